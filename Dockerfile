@@ -1,0 +1,44 @@
+# whaletop: an LXDE desktop on TigerVNC, served to the browser by noVNC, run by whaletopd.
+# Build with scripts/build (bootstraps debian:trixie offline when no registry answers).
+FROM debian:trixie
+
+ARG DEBIAN_FRONTEND=noninteractive
+
+# Every Python dependency of whaletopd comes from Debian, so the image builds without PyPI.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+        tini sudo ca-certificates \
+        python3 python3-transitions python3-watchdog python3-psutil \
+        python3-cryptography python3-structlog \
+        tigervnc-standalone-server tigervnc-tools novnc websockify \
+        dbus dbus-x11 lxde-core lxterminal lxde-icon-theme gnome-themes-extra \
+        x11-utils x11-xserver-utils xdotool xclip fonts-dejavu-core \
+        chromium \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
+
+ENV LANG=C.UTF-8 \
+    APPIMAGE_EXTRACT_AND_RUN=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+# Desktop defaults: the LXDE wallpaper (its alternatives link comes with desktop-base,
+# not installed), no polkit agent (no logind in a container: it only shows an error),
+# no screensaver (none installed).
+RUN sed -i 's|^wallpaper=.*|wallpaper=/usr/share/lxde/wallpapers/lxde_blue.jpg|' \
+        /etc/xdg/pcmanfm/LXDE/pcmanfm.conf \
+ && sed -i 's|^\[Session\]$|[Session]\npolkit/command=|' /etc/xdg/lxsession/LXDE/desktop.conf \
+ && sed -i '/xscreensaver/d' /etc/xdg/lxsession/LXDE/autostart
+
+COPY docker/index.html /usr/share/novnc/index.html
+COPY chrome.json /opt/whaletop/chrome.json
+COPY docker/start.py /start.py
+COPY docker/whaletopd /usr/local/bin/whaletopd
+COPY whaletopd /usr/lib/python3/dist-packages/whaletopd
+RUN python3 -m compileall -q /usr/lib/python3/dist-packages/whaletopd \
+ && mkdir -p /Apps /opt/whaletop
+
+EXPOSE 8080
+# The daemon's own word: healthy only when a user can connect now.
+HEALTHCHECK --interval=5s --timeout=3s --start-period=30s --retries=1 \
+    CMD ["/usr/local/bin/whaletopd", "status"]
+ENTRYPOINT ["/usr/bin/tini", "--"]
+CMD ["/start.py"]

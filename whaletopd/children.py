@@ -1,0 +1,112 @@
+"""The desktop's child processes: spawned as the desktop user, watched, stopped.
+
+Each child gets two threads that only post and log: one re-emits its output as JSON
+lines with a `source` field, one waits for its exit and posts ChildExited at once (no
+polling).  Each child leads its own process group, so stopping it reaches the programs
+it started too (the LXDE session's panel, window manager, file manager).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from whaletopd import logs
+from whaletopd.events import ChildExited, EventQueue
+
+log = logs.get("whaletopd.children")
+MAX_LINE = 4096
+
+
+@dataclass(frozen=True)
+class RunAs:
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+
+def _pump_output(name: str, proc: subprocess.Popen[bytes]) -> None:
+    clog = log.bind(source=name, pid=proc.pid)
+    assert proc.stdout is not None
+    for raw in proc.stdout:
+        line = raw[:MAX_LINE].decode("utf-8", errors="replace").rstrip()
+        if line:
+            clog.info(line)
+    proc.stdout.close()
+
+
+def _wait_and_post(child: Child, events: EventQueue) -> None:
+    code = child.proc.wait()
+    events.post(ChildExited(name=child.name, pid=child.pid, returncode=code))
+
+
+def spawn(name: str, argv: Sequence[str], run_as: RunAs, env: Mapping[str, str],
+          events: EventQueue, pass_fds: Sequence[int] = ()) -> Child:
+    proc = subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=dict(env),
+        cwd=run_as.home,
+        user=run_as.uid,
+        group=run_as.gid,
+        extra_groups=list(run_as.groups),
+        start_new_session=True,
+        pass_fds=tuple(pass_fds),
+    )
+    child = Child(name=name, proc=proc)
+    log.info("child_started", child=name, pid=proc.pid, argv=list(argv))
+    threading.Thread(target=_pump_output, args=(name, proc), name=f"out-{name}",
+                     daemon=True).start()
+    threading.Thread(target=_wait_and_post, args=(child, events), name=f"wait-{name}",
+                     daemon=True).start()
+    return child
+
+
+def _signal_group(child: Child, sig: signal.Signals) -> None:
+    try:
+        os.killpg(child.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def stop(children: Sequence[Child], deadline: float = 1.5) -> None:
+    """Stop in reverse start order: SIGTERM to each group, wait, SIGKILL what is left."""
+    for child in reversed(children):
+        t0 = time.monotonic()
+        if child.proc.poll() is None:
+            _signal_group(child, signal.SIGTERM)
+            try:
+                child.proc.wait(timeout=deadline)
+            except subprocess.TimeoutExpired:
+                log.warning("child_kill", child=child.name, pid=child.pid,
+                            reason=f"still running {deadline}s after SIGTERM")
+        # The group may outlive its leader (programs the session started): end them too.
+        _signal_group(child, signal.SIGKILL)
+        if child.proc.poll() is None:
+            child.proc.wait()
+        log.info("child_stopped", child=child.name, pid=child.pid,
+                 returncode=child.proc.returncode,
+                 duration_ms=round((time.monotonic() - t0) * 1000, 1))

@@ -1,0 +1,83 @@
+"""Command line: `whaletopd run [flags]` (what /start.py calls), `status`, `diagram`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from whaletopd import paths as paths_mod
+
+
+def main(argv: Sequence[str]) -> int:
+    args = list(argv)
+    command = args.pop(0) if args and not args[0].startswith("-") else "run"
+    if command == "run":
+        return _run(args)
+    if command == "status":
+        return _status(args)
+    if command == "diagram":
+        from whaletopd import diagram
+
+        return diagram.main(args)
+    print(f"whaletopd: unknown command {command!r} (run, status, diagram)", file=sys.stderr)
+    return 2
+
+
+def _run(args: list[str]) -> int:
+    import os
+
+    from whaletopd import config as config_mod
+    from whaletopd import logs, loop
+
+    error: str | None = None
+    try:
+        config = config_mod.parse(args)
+    except config_mod.ConfigError as exc:
+        config, error = config_mod.Config(), str(exc)
+    logs.configure(os.environ.get("WHALETOP_LOG_FORMAT", config.log_format)
+                   if error else config.log_format)
+    try:
+        return loop.run(config, config_error=error)
+    except Exception:
+        # A bug, not bad input: still one JSON line, and a code no final state uses.
+        logs.get("whaletopd").exception("crash")
+        return 1
+
+
+def _status(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="whaletopd status",
+        description="Print the desktop's state; exit 0 only when HEALTHY.")
+    parser.add_argument("--json", action="store_true", help="print status.json")
+    opts = parser.parse_args(args)
+    from whaletopd import status
+
+    paths = paths_mod.from_env()
+    word, detail = status.read(paths.status, paths.status_json)
+    pid = detail.get("pid")
+    if word and isinstance(pid, int) and not _alive(pid):
+        detail["stale"] = f"whaletopd (pid {pid}) is not running"
+    if opts.json:
+        print(json.dumps(detail or {"state": word}, indent=2, sort_keys=True))
+    else:
+        print(word or "UNKNOWN", detail.get("reason", ""), sep=": " if detail.get("reason") else "")
+    return 0 if word == "HEALTHY" and "stale" not in detail else 1
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main(sys.argv[1:]))

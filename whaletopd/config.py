@@ -1,0 +1,200 @@
+"""Flags and their environment twins, parsed and validated into one immutable Config.
+
+A flag beats its environment variable; the environment beats the default.  Every
+problem is a ConfigError whose message names the flag or variable at fault.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# Debian's split: below 1000 and from 60000 (nobody is 65534) belong to the system.
+MIN_USER_UID = 1000
+MAX_USER_UID = 59999
+VNC_PASSWORD_ENV = "VNC_PASSWORD"
+# What Debian's useradd accepts, narrowed to names that need no quoting anywhere.
+USERNAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+GEOMETRY_RE = re.compile(r"^(\d{3,5})x(\d{3,5})$")
+TRUE_WORDS = {"1", "true", "yes", "on"}
+FALSE_WORDS = {"0", "false", "no", "off", ""}
+
+
+class ConfigError(ValueError):
+    """A flag, variable or value the desktop cannot start with."""
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str
+    env: str
+    kind: type
+    default: Any
+    help: str
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("--username", "WHALETOP_USERNAME", str, "user",
+           "name of the desktop user (created on first start)"),
+    Option("--no-sudo", "WHALETOP_NO_SUDO", bool, False,
+           "do not give the desktop user password-less sudo"),
+    Option("--vnc-password-from-env", "WHALETOP_VNC_PASSWORD_FROM_ENV", bool, False,
+           f"take the VNC password from ${VNC_PASSWORD_ENV} instead of generating one"),
+    Option("--no-exit-on-failure", "WHALETOP_NO_EXIT_ON_FAILURE", bool, False,
+           "stay up in UNHEALTHY instead of stopping, so files can be recovered"),
+    Option("--geometry", "WHALETOP_GEOMETRY", str, "1280x800",
+           "initial desktop size WIDTHxHEIGHT (the browser can resize it)"),
+    Option("--depth", "WHALETOP_DEPTH", int, 24, "colour depth: 16, 24 or 32"),
+    Option("--web-port", "WHALETOP_WEB_PORT", int, 8080, "port of the noVNC web page"),
+    Option("--vnc-port", "WHALETOP_VNC_PORT", int, 5901, "port of the raw VNC server"),
+    Option("--expose-vnc", "WHALETOP_EXPOSE_VNC", bool, False,
+           "let raw VNC listen on all interfaces, not only on localhost"),
+    Option("--probe-interval", "WHALETOP_PROBE_INTERVAL", float, 5.0,
+           "seconds between health checks once HEALTHY"),
+    Option("--probe-timeout", "WHALETOP_PROBE_TIMEOUT", float, 2.0,
+           "seconds one health check may take before it counts as failed"),
+    Option("--startup-timeout", "WHALETOP_STARTUP_TIMEOUT", float, 60.0,
+           "seconds allowed from start to HEALTHY before the desktop is UNHEALTHY"),
+    Option("--log-format", "WHALETOP_LOG_FORMAT", str, "json",
+           "json (one object per line, the default) or console (for people)"),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    username: str = "user"
+    no_sudo: bool = False
+    vnc_password_from_env: bool = False
+    no_exit_on_failure: bool = False
+    geometry: str = "1280x800"
+    depth: int = 24
+    web_port: int = 8080
+    vnc_port: int = 5901
+    expose_vnc: bool = False
+    probe_interval: float = 5.0
+    probe_timeout: float = 2.0
+    startup_timeout: float = 60.0
+    log_format: str = "json"
+    vnc_password: str | None = None
+
+    @property
+    def sudo(self) -> bool:
+        return not self.no_sudo
+
+    @property
+    def exit_on_failure(self) -> bool:
+        return not self.no_exit_on_failure
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # noqa: D102 - argparse's hook
+        raise ConfigError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="/start.py", add_help=True, allow_abbrev=False,
+                     description="Start the whaletop desktop.")
+    for opt in OPTIONS:
+        if opt.kind is bool:
+            parser.add_argument(opt.flag, action="store_true", default=None,
+                                help=f"{opt.help} (env {opt.env})")
+        else:
+            parser.add_argument(opt.flag, default=None, metavar=opt.dest.upper(),
+                                help=f"{opt.help} (env {opt.env}, default {opt.default})")
+    return parser
+
+
+def _from_env(opt: Option, raw: str) -> Any:
+    if opt.kind is bool:
+        word = raw.strip().lower()
+        if word in TRUE_WORDS:
+            return True
+        if word in FALSE_WORDS:
+            return False
+        raise ConfigError(f"{opt.env}={raw!r} is not a boolean (use 1/0, true/false, yes/no)")
+    return _convert(opt, raw, opt.env)
+
+
+def _convert(opt: Option, raw: str, origin: str) -> Any:
+    try:
+        return opt.kind(raw)
+    except ValueError:
+        raise ConfigError(f"{origin}={raw!r} is not a valid {opt.kind.__name__}") from None
+
+
+def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Flags, then environment, then defaults; validated."""
+    env = os.environ if environ is None else environ
+    args = vars(_parser().parse_args(list(argv)))
+    values: dict[str, Any] = {}
+    for opt in OPTIONS:
+        given = args[opt.dest]
+        if given is not None:
+            values[opt.dest] = given if opt.kind is bool else _convert(opt, given, opt.flag)
+        elif opt.env in env:
+            values[opt.dest] = _from_env(opt, env[opt.env])
+        else:
+            values[opt.dest] = opt.default
+    if values["vnc_password_from_env"]:
+        values["vnc_password"] = _password_from_env(env)
+    config = Config(**values)
+    validate(config)
+    return config
+
+
+def _password_from_env(env: Mapping[str, str]) -> str:
+    if VNC_PASSWORD_ENV not in env:
+        raise ConfigError(f"--vnc-password-from-env is set but {VNC_PASSWORD_ENV} is not")
+    password = env[VNC_PASSWORD_ENV]
+    if not password:
+        raise ConfigError(f"--vnc-password-from-env is set but {VNC_PASSWORD_ENV} is empty")
+    if len(password) < 6:
+        # TigerVNC's vncpasswd refuses shorter ones; say so before Xvnc does.
+        raise ConfigError(f"{VNC_PASSWORD_ENV} is shorter than 6 characters")
+    if any(ord(c) < 32 or ord(c) > 126 for c in password):
+        raise ConfigError(f"{VNC_PASSWORD_ENV} must be printable ASCII")
+    return password
+
+
+def validate_username(name: str) -> None:
+    if name == "root":
+        raise ConfigError("--username: the desktop must not run as root")
+    if not USERNAME_RE.match(name):
+        raise ConfigError(
+            f"--username: {name!r} is not a valid user name "
+            "(lower-case letters, digits, '_' and '-', starting with a letter or '_', at most 32)")
+    try:
+        existing = pwd.getpwnam(name)
+    except KeyError:
+        return
+    if not MIN_USER_UID <= existing.pw_uid <= MAX_USER_UID:
+        raise ConfigError(f"--username: {name!r} is a system account (uid {existing.pw_uid})")
+
+
+def validate(config: Config) -> None:
+    validate_username(config.username)
+    if not GEOMETRY_RE.match(config.geometry):
+        raise ConfigError(f"--geometry: {config.geometry!r} is not WIDTHxHEIGHT, e.g. 1280x800")
+    if config.depth not in (16, 24, 32):
+        raise ConfigError(f"--depth: {config.depth} is not one of 16, 24, 32")
+    for flag, port in (("--web-port", config.web_port), ("--vnc-port", config.vnc_port)):
+        if not 1 <= port <= 65535:
+            raise ConfigError(f"{flag}: {port} is not a TCP port")
+    if config.web_port == config.vnc_port:
+        raise ConfigError("--web-port and --vnc-port must differ")
+    for flag, seconds in (("--probe-interval", config.probe_interval),
+                          ("--probe-timeout", config.probe_timeout),
+                          ("--startup-timeout", config.startup_timeout)):
+        if not seconds > 0:
+            raise ConfigError(f"{flag}: {seconds} must be a positive number of seconds")
+    if config.log_format not in ("json", "console"):
+        raise ConfigError(f"--log-format: {config.log_format!r} is not json or console")

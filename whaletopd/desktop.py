@@ -1,0 +1,232 @@
+"""The machine's model: what each transition does.
+
+Methods named in machine.TRANSITIONS run inside the one loop's thread.  They never
+raise for bad input or a failed step: they post an event (Failed, Provisioned, ...) and
+the machine moves on from there.  Blocking work here is bounded: provisioning steps are
+short, stopping children has a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from transitions import EventData
+
+from whaletopd import children, logs, probes
+from whaletopd.children import Child, RunAs
+from whaletopd.config import Config
+from whaletopd.events import (
+    DisplayReady,
+    EventQueue,
+    Failed,
+    Launched,
+    Provisioned,
+    ShutDown,
+    StartupTimedOut,
+)
+from whaletopd.machine import EXIT_CODES
+from whaletopd.paths import Paths
+from whaletopd.provision import ProvisionError
+from whaletopd.status import StatusFile
+
+log = logs.get("whaletopd")
+DISPLAY = 1
+# Xvnc logs every connection (status, level 10), health probes included, a dozen lines
+# each: keep only errors (level 0) of those modules.  websockify logs browser connections.
+XVNC_LOG = ",".join(["*:stderr:30"] + [
+    f"{module}:stderr:0"
+    for module in ("Connections", "VNCSConnST", "EncodeManager", "ComparingUpdateTracker")])
+
+
+class Desktop:
+    """Holds what the machine needs to know; its state attribute is set by transitions."""
+
+    state: str
+
+    def __init__(self, config: Config, events: EventQueue, paths: Paths | None = None) -> None:
+        self.config = config
+        self.events = events
+        self.paths = paths or Paths()
+        self.status = StatusFile(self.paths.status, self.paths.status_json)
+        self.children: list[Child] = []
+        self.run_as: RunAs | None = None
+        self.reason = ""
+        self.exit_code: int | None = None
+        self._prober: probes.Prober | None = None
+        self._timers: list[threading.Timer] = []
+        self._t0 = time.monotonic()
+        self._password = ""
+
+    # -- bookkeeping shared by every transition ---------------------------------------
+
+    def on_state_change(self, event: EventData) -> None:
+        ev = event.kwargs.get("event")
+        self.reason = (ev.why if ev is not None else "") or self.reason
+        src = event.transition.source if event.transition else None
+        log.info("transition", trigger=event.event.name, source=src, dest=self.state,
+                 reason=self.reason, elapsed_ms=self._elapsed_ms())
+        self.write_status()
+
+    def write_status(self) -> None:
+        self.status.write(self.state, self.reason, {
+            "username": self.config.username,
+            "web_port": self.config.web_port,
+            "vnc_port": self.config.vnc_port,
+            "children": {c.name: {"pid": c.pid, "running": c.returncode is None,
+                                  "returncode": c.returncode} for c in self.children},
+        })
+
+    def _elapsed_ms(self) -> float:
+        return round((time.monotonic() - self._t0) * 1000, 1)
+
+    @contextmanager
+    def _step(self, name: str, **fields: Any) -> Iterator[dict[str, Any]]:
+        t0 = time.monotonic()
+        extra: dict[str, Any] = {}
+        yield extra
+        log.info("step", step=name, duration_ms=round((time.monotonic() - t0) * 1000, 1),
+                 **fields, **extra)
+
+    def _fail_on_error(self, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except (ProvisionError, OSError) as exc:
+            self.events.post(Failed(reason=str(exc)))
+
+    # -- STARTING: provisioning, then the display -------------------------------------
+
+    def provision(self, event: EventData) -> None:
+        self._fail_on_error(self._provision)
+
+    def _provision(self) -> None:
+        from whaletopd import provision as p
+
+        cfg = self.config
+        with self._step("prepare_dirs"):
+            p.prepare_dirs(self.paths)
+        with self._step("clear_stale_x_lock") as out:
+            out["removed"] = p.clear_stale_x_lock(self.paths, DISPLAY)
+        with self._step("ensure_user", username=cfg.username) as out:
+            self.run_as, out["done"] = p.ensure_user(cfg, self.paths)
+        with self._step("configure_sudo") as out:
+            out["result"] = p.configure_sudo(cfg, self.paths)
+        with self._step("vnc_password"):
+            password = cfg.vnc_password or p.generate_password()
+            p.write_password(password, self.paths, self.run_as)
+        self._password = password
+        if cfg.vnc_password is None:
+            log.info("vnc_password", password=password, file=str(self.paths.vnc_passwd))
+        elif len(cfg.vnc_password) > p.VNC_PASSWORD_LENGTH:
+            log.warning("vnc_password_truncated", length=len(cfg.vnc_password),
+                        reason="VNC authentication uses only the first 8 characters")
+        self.events.post(Provisioned())
+
+    def _env(self) -> dict[str, str]:
+        from whaletopd import provision as p
+
+        assert self.run_as is not None
+        name = self.config.username
+        return {
+            "HOME": self.run_as.home, "USER": name, "LOGNAME": name, "SHELL": "/bin/bash",
+            "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/games",
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "DISPLAY": f":{DISPLAY}",
+            "XDG_RUNTIME_DIR": p.runtime_dir(self.run_as),
+            "APPIMAGE_EXTRACT_AND_RUN": "1",
+        }
+
+    def launch_display(self, event: EventData) -> None:
+        self._fail_on_error(self._launch_display)
+
+    def _launch_display(self) -> None:
+        assert self.run_as is not None
+        cfg = self.config
+        env = self._env()
+        timer = threading.Timer(cfg.startup_timeout, self.events.post,
+                                args=(StartupTimedOut(seconds=cfg.startup_timeout),))
+        timer.daemon = True
+        timer.start()
+        self._timers.append(timer)
+        read_fd, write_fd = os.pipe()
+        with self._step("launch_xvnc"):
+            self.children.append(children.spawn("xvnc", [
+                "Xvnc", f":{DISPLAY}",
+                "-geometry", cfg.geometry, "-depth", str(cfg.depth),
+                "-rfbport", str(cfg.vnc_port),
+                "-localhost", "0" if cfg.expose_vnc else "1",
+                "-SecurityTypes", "VncAuth", "-PasswordFile", str(self.paths.vnc_auth),
+                "-AlwaysShared", "-AcceptSetDesktopSize", "-desktop", "whaletop",
+                "-nolisten", "tcp", "-nolisten", "local", "-Log", XVNC_LOG,
+                "-displayfd", str(write_fd),
+            ], self.run_as, env, self.events, pass_fds=(write_fd,)))
+        os.close(write_fd)
+        threading.Thread(target=_await_display, args=(read_fd, self.events),
+                         name="displayfd", daemon=True).start()
+        # websockify needs only the port number, not a running Xvnc: start it alongside.
+        with self._step("launch_websockify"):
+            self.children.append(children.spawn("websockify", [
+                "websockify", "--web", str(self.paths.novnc_dir),
+                f"0.0.0.0:{cfg.web_port}", f"127.0.0.1:{cfg.vnc_port}",
+            ], self.run_as, env, self.events))
+
+    def launch_session(self, event: EventData) -> None:
+        self._fail_on_error(self._launch_session)
+
+    def _launch_session(self) -> None:
+        assert self.run_as is not None
+        with self._step("launch_session"):
+            self.children.append(children.spawn(
+                "session", ["dbus-run-session", "--", "startlxde"],
+                self.run_as, self._env(), self.events))
+        self.events.post(Launched())
+
+    def start_probes(self, event: EventData) -> None:
+        cfg = self.config
+        self._prober = probes.Prober(
+            probes.desktop_probes(cfg.vnc_port, cfg.web_port,
+                                  str(self.paths.x11_socket_dir / f"X{DISPLAY}"),
+                                  self._password, cfg.probe_timeout),
+            self.events, interval=cfg.probe_interval)
+        self._prober.start()
+
+    # -- leaving: STOPPING, FAILED, UNHEALTHY ------------------------------------------
+
+    def on_enter_STOPPING(self, event: EventData) -> None:
+        self.events.post(ShutDown())
+
+    def on_enter_FAILED(self, event: EventData) -> None:
+        log.error("failed", reason=self.reason)
+        self.events.post(ShutDown())
+
+    def on_enter_UNHEALTHY(self, event: EventData) -> None:
+        log.error("unhealthy", reason=self.reason, exit_on_failure=self.exit_on_failure)
+        if self.exit_on_failure:
+            self.events.post(ShutDown())
+
+    @property
+    def exit_on_failure(self) -> bool:
+        return self.config.exit_on_failure
+
+    def stop_children(self, event: EventData) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        if self._prober is not None:
+            self._prober.stop()
+        with self._step("stop_children", children=[c.name for c in reversed(self.children)]):
+            children.stop(self.children)
+
+    def exit(self, event: EventData) -> None:
+        self.exit_code = EXIT_CODES[self.state]
+
+
+def _await_display(read_fd: int, events: EventQueue) -> None:
+    """Xvnc writes its display number to -displayfd once it accepts clients."""
+    with os.fdopen(read_fd, "rb") as pipe:
+        data = pipe.readline()
+    if data.strip():
+        events.post(DisplayReady(display=":" + data.decode().strip()))

@@ -1,0 +1,131 @@
+"""Everything that can change the desktop's state, as values on one queue.
+
+Producers (signal handlers, child watchers, probes, timers) only `post()`.  The loop
+in loop.py is the only consumer; it turns each event into the machine trigger named
+by the event's class attribute `trigger`.
+"""
+
+from __future__ import annotations
+
+import queue
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+@dataclass(frozen=True)
+class Event:
+    trigger: ClassVar[str]
+    summary: ClassVar[str] = ""
+
+    @property
+    def why(self) -> str:
+        """Why the machine moved, for the log and status.json's `reason`."""
+        return self.summary
+
+
+@dataclass(frozen=True)
+class Start(Event):
+    trigger: ClassVar[str] = "start"
+    summary: ClassVar[str] = "provisioning the user and launching the X server"
+
+
+@dataclass(frozen=True)
+class Provisioned(Event):
+    trigger: ClassVar[str] = "provisioned"
+
+
+@dataclass(frozen=True)
+class DisplayReady(Event):
+    trigger: ClassVar[str] = "display_ready"
+    display: str
+
+
+@dataclass(frozen=True)
+class Launched(Event):
+    trigger: ClassVar[str] = "launched"
+    summary: ClassVar[str] = "Xvnc, websockify and the LXDE session are launched"
+
+
+@dataclass(frozen=True)
+class ProbePassed(Event):
+    trigger: ClassVar[str] = "probe_passed"
+    summary: ClassVar[str] = "X display, VNC login and noVNC page answer"
+
+
+@dataclass(frozen=True)
+class ProbeFailed(Event):
+    trigger: ClassVar[str] = "probe_failed"
+    reason: str
+
+    @property
+    def why(self) -> str:
+        return f"health check failed: {self.reason}"
+
+
+@dataclass(frozen=True)
+class StartupTimedOut(Event):
+    trigger: ClassVar[str] = "startup_timed_out"
+    seconds: float
+
+    @property
+    def why(self) -> str:
+        return f"not HEALTHY within {self.seconds:g} s of start"
+
+
+@dataclass(frozen=True)
+class ChildExited(Event):
+    trigger: ClassVar[str] = "child_exited"
+    name: str
+    pid: int
+    returncode: int
+
+    @property
+    def why(self) -> str:
+        if self.returncode < 0:
+            return f"{self.name} (pid {self.pid}) was killed by signal {-self.returncode}"
+        return f"{self.name} (pid {self.pid}) exited with code {self.returncode}"
+
+
+@dataclass(frozen=True)
+class Failed(Event):
+    """Bad input or a provisioning step that cannot succeed: the desktop never starts."""
+
+    trigger: ClassVar[str] = "fail"
+    reason: str
+
+    @property
+    def why(self) -> str:
+        return self.reason
+
+
+@dataclass(frozen=True)
+class StopRequested(Event):
+    trigger: ClassVar[str] = "stop"
+    reason: str
+
+    @property
+    def why(self) -> str:
+        return self.reason
+
+
+@dataclass(frozen=True)
+class ShutDown(Event):
+    """Posted on entering a state that ends the daemon: stop the children, then exit."""
+
+    trigger: ClassVar[str] = "shut_down"
+
+
+class EventQueue:
+    """The one queue.  SimpleQueue.put is reentrant, so signal handlers may post too."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
+
+    def post(self, event: Event) -> None:
+        self._queue.put(event)
+
+    def get(self, timeout: float | None = None) -> Event | None:
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None

@@ -1,0 +1,43 @@
+"""structlog set-up: every line on stdout is one JSON object, stdlib loggers included."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+_SHARED: list[Any] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.processors.add_log_level,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+]
+
+
+def configure(fmt: str = "json", stream: TextIO | None = None) -> None:
+    out = sys.stdout if stream is None else stream
+    renderer: Any = (structlog.dev.ConsoleRenderer(colors=False) if fmt == "console"
+                     else structlog.processors.JSONRenderer())
+    structlog.configure(
+        processors=[*_SHARED, structlog.processors.dict_tracebacks, renderer],
+        logger_factory=structlog.WriteLoggerFactory(file=out),
+        # Not cached: tests swap processors with structlog.testing.capture_logs(), and a
+        # daemon that logs a few lines a minute gains nothing from caching.
+        cache_logger_on_first_use=False,
+    )
+    # transitions and anything else using stdlib logging: same JSON, same stream.
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*_SHARED, structlog.stdlib.add_logger_name],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.dict_tracebacks, renderer],
+    ))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+
+
+def get(name: str) -> Any:
+    # get_logger(**values), not .bind(): bind() would fix the configuration at import time.
+    return structlog.get_logger(component=name)

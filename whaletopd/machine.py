@@ -1,0 +1,77 @@
+"""The desktop's lifecycle: states and transitions as plain tables.
+
+The daemon (loop.py) and the diagram generator (diagram.py) build their machines from
+these same tables, so state_diagrams/ cannot describe a different machine than the one
+that runs.  Callback names refer to methods of desktop.Desktop, which does the work.
+
+Status words: STARTING, STARTED and HEALTHY keep the original project's meaning;
+UNHEALTHY, STOPPING, STOPPED and FAILED are what it left out.  INIT is never written.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transitions import Machine
+
+INIT = "INIT"
+STARTING = "STARTING"
+STARTED = "STARTED"
+HEALTHY = "HEALTHY"
+UNHEALTHY = "UNHEALTHY"
+STOPPING = "STOPPING"
+STOPPED = "STOPPED"
+FAILED = "FAILED"
+
+STATES: list[str] = [INIT, STARTING, STARTED, HEALTHY, UNHEALTHY, STOPPING, STOPPED, FAILED]
+RUNNING = [STARTING, STARTED, HEALTHY]
+
+TRANSITIONS: list[dict[str, Any]] = [
+    # Provisioning (user, sudo, password), then the display: Xvnc and websockify.
+    {"trigger": "start", "source": INIT, "dest": STARTING, "after": "provision"},
+    {"trigger": "provisioned", "source": STARTING, "dest": None, "after": "launch_display"},
+    # Xvnc said it is ready (-displayfd): the LXDE session can connect to it.
+    {"trigger": "display_ready", "source": STARTING, "dest": None, "after": "launch_session"},
+    {"trigger": "launched", "source": STARTING, "dest": STARTED, "after": "start_probes"},
+    # HEALTHY means a user can connect now: VNC login, noVNC page, X display all answer.
+    {"trigger": "probe_passed", "source": STARTED, "dest": HEALTHY},
+    # Only with --no-exit-on-failure does UNHEALTHY wait, and so can recover.
+    {"trigger": "probe_passed", "source": UNHEALTHY, "dest": HEALTHY,
+     "unless": "exit_on_failure"},
+    {"trigger": "probe_failed", "source": HEALTHY, "dest": UNHEALTHY},
+    {"trigger": "startup_timed_out", "source": [STARTING, STARTED], "dest": UNHEALTHY},
+    {"trigger": "child_exited", "source": RUNNING, "dest": UNHEALTHY},
+    # Bad flags, environment or a provisioning step that cannot succeed.
+    {"trigger": "fail", "source": [INIT, STARTING], "dest": FAILED},
+    # docker stop, Ctrl-C: stop the children in reverse order, then exit 0.
+    {"trigger": "stop", "source": [INIT, *RUNNING, UNHEALTHY], "dest": STOPPING},
+    # Entering STOPPING, FAILED or (by default) UNHEALTHY posts shut_down, so the new
+    # status word is written before the children are stopped, not after.
+    {"trigger": "shut_down", "source": STOPPING, "dest": STOPPED,
+     "before": "stop_children", "after": "exit"},
+    {"trigger": "shut_down", "source": [FAILED, UNHEALTHY], "dest": None,
+     "after": ["stop_children", "exit"]},
+]
+
+# Exit codes of the daemon (and so of the container) in each final state.
+EXIT_CODES = {STOPPED: 0, FAILED: 2, UNHEALTHY: 3}
+
+
+def machine_kwargs() -> dict[str, Any]:
+    return {
+        "states": STATES,
+        "transitions": TRANSITIONS,
+        "initial": INIT,
+        "auto_transitions": False,
+        "send_event": True,
+    }
+
+
+def build(model: Any) -> Machine:
+    """The runtime machine.  queued=True: a trigger fired inside a callback runs after it."""
+    return Machine(
+        model=model,
+        queued=True,
+        after_state_change="on_state_change",
+        **machine_kwargs(),
+    )

@@ -1,0 +1,211 @@
+"""Provisioning: the desktop user, sudo, the VNC password, the runtime directories.
+
+Every step is idempotent, so `docker restart` of the same container provisions again
+cleanly.  A mounted home is never walked: at most its top directory changes owner,
+and only when it is a fresh root-owned mount point.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import secrets
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+from whaletopd.children import RunAs
+from whaletopd.config import Config
+from whaletopd.paths import Paths
+
+# No look-alikes (0/O, 1/l/I): the password is read off a log and typed by hand.
+PASSWORD_ALPHABET = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+# VNC authentication (DES) uses only the first 8 characters of a password.
+VNC_PASSWORD_LENGTH = 8
+DEFAULT_UID = 1000
+SKEL = Path("/etc/skel")
+
+
+class ProvisionError(RuntimeError):
+    """A provisioning step that cannot succeed with this input."""
+
+
+def _run(argv: list[str], input_text: str | None = None) -> bytes:
+    try:
+        result = subprocess.run(argv, input=None if input_text is None else input_text.encode(),
+                                capture_output=True, check=False)
+    except OSError as exc:
+        raise ProvisionError(f"{argv[0]}: {exc.strerror}") from None
+    if result.returncode != 0:
+        err = result.stderr.decode(errors="replace").strip().splitlines()
+        raise ProvisionError(f"{' '.join(argv[:2])} failed ({result.returncode}): "
+                             f"{err[-1] if err else 'no message'}")
+    return result.stdout
+
+
+def prepare_dirs(paths: Paths) -> None:
+    paths.state_dir.mkdir(parents=True, exist_ok=True)
+    paths.state_dir.chmod(0o755)
+    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    paths.run_dir.chmod(0o755)
+    paths.x11_socket_dir.mkdir(parents=True, exist_ok=True)
+    paths.x11_socket_dir.chmod(0o1777)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clear_stale_x_lock(paths: Paths, display: int) -> list[str]:
+    """Remove the X lock and socket a previous run left (docker restart keeps /tmp)."""
+    lock = paths.x_lock_dir / f".X{display}-lock"
+    sock = paths.x11_socket_dir / f"X{display}"
+    removed: list[str] = []
+    try:
+        pid = int(lock.read_text().strip())
+    except FileNotFoundError:
+        pid = 0
+    except ValueError:
+        pid = 0  # a torn lock file is as stale as a dead one
+    if pid and _pid_alive(pid):
+        raise ProvisionError(f"display :{display} is held by a running process (pid {pid})")
+    for path in (lock, sock):
+        if path.exists() or path.is_symlink():
+            path.unlink()
+            removed.append(str(path))
+    return removed
+
+
+def _home_owner(home: Path) -> tuple[int, int] | None:
+    try:
+        st = home.lstat()
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ProvisionError(f"{home} exists and is not a directory")
+    return st.st_uid, st.st_gid
+
+
+def _ensure_group(name: str, gid: int) -> None:
+    try:
+        grp.getgrgid(gid)
+    except KeyError:
+        group_name = name
+        try:
+            grp.getgrnam(name)
+            group_name = f"{name}{gid}"  # the name is taken by another gid
+        except KeyError:
+            pass
+        _run(["groupadd", "-g", str(gid), group_name])
+
+
+def _populate_home(home: Path, uid: int, gid: int) -> None:
+    """Copy /etc/skel into an empty home; never overwrite, never re-own what exists."""
+    if not SKEL.is_dir():
+        return
+    for src in SKEL.rglob("*"):
+        dest = home / src.relative_to(SKEL)
+        if dest.exists() or dest.is_symlink():
+            continue
+        if src.is_dir():
+            dest.mkdir()
+        else:
+            shutil.copy2(src, dest, follow_symlinks=False)
+        os.lchown(dest, uid, gid)
+
+
+def ensure_user(config: Config, paths: Paths) -> tuple[RunAs, list[str]]:
+    """The desktop user, created once.  Returns how to run as it and what was done."""
+    name = config.username
+    home = paths.home_root / name
+    done: list[str] = []
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        entry = None
+    if entry is None:
+        owner = _home_owner(home)
+        if owner is not None and owner[0] != 0:
+            uid, gid = owner  # a mounted home keeps its owner: the user takes its uid/gid
+            try:
+                holder = pwd.getpwuid(uid).pw_name
+                raise ProvisionError(f"{home} belongs to existing account {holder!r} "
+                                     f"(uid {uid}); choose another --username")
+            except KeyError:
+                pass
+        else:
+            uid = gid = DEFAULT_UID
+            while _uid_taken(uid):
+                uid += 1
+            gid = uid
+        _ensure_group(name, gid)
+        _run(["useradd", "--no-create-home", "--home-dir", str(home), "--shell", "/bin/bash",
+              "--uid", str(uid), "--gid", str(gid), name])
+        done.append(f"created user {name} (uid {uid}, gid {gid})")
+        entry = pwd.getpwnam(name)
+    uid, gid = entry.pw_uid, entry.pw_gid
+    if _home_owner(home) is None:
+        home.mkdir(mode=0o755, parents=True)
+        os.chown(home, uid, gid)
+        done.append(f"created {home}")
+    elif _home_owner(home) == (0, 0) and uid != 0:
+        os.chown(home, uid, gid)  # a fresh bind mount point docker made for us
+        done.append(f"took ownership of {home} (not its contents)")
+    if not any(home.iterdir()):
+        _populate_home(home, uid, gid)
+        done.append(f"populated {home} from {SKEL}")
+    groups = tuple(g.gr_gid for g in grp.getgrall() if name in g.gr_mem and g.gr_gid != gid)
+    return RunAs(uid=uid, gid=gid, groups=groups, home=str(home)), done
+
+
+def _uid_taken(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return True
+
+
+def configure_sudo(config: Config, paths: Paths) -> str:
+    if config.no_sudo:
+        paths.sudoers_file.unlink(missing_ok=True)
+        return "sudo disabled"
+    paths.sudoers_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = paths.sudoers_file.with_name(".whaletop.tmp")
+    tmp.write_text(f"{config.username} ALL=(ALL:ALL) NOPASSWD: ALL\n")
+    tmp.chmod(0o440)
+    os.replace(tmp, paths.sudoers_file)
+    return "password-less sudo granted"
+
+
+def generate_password() -> str:
+    return "".join(secrets.choice(PASSWORD_ALPHABET) for _ in range(VNC_PASSWORD_LENGTH))
+
+
+def write_password(password: str, paths: Paths, run_as: RunAs) -> None:
+    """Plain text for root (docker exec), obfuscated for Xvnc (readable by the user only)."""
+    from whaletopd.status import atomic_write
+
+    atomic_write(paths.vnc_passwd, password + "\n", mode=0o600)
+    obfuscated = _run(["vncpasswd", "-f"], input_text=f"{password}\n{password}\n")
+    fd = os.open(paths.vnc_auth, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(obfuscated)
+    os.chown(paths.vnc_auth, run_as.uid, run_as.gid)
+    os.chmod(paths.vnc_auth, 0o600)
+
+
+def runtime_dir(run_as: RunAs) -> str:
+    path = Path(f"/run/user/{run_as.uid}")
+    path.mkdir(parents=True, exist_ok=True)
+    os.chown(path, run_as.uid, run_as.gid)
+    path.chmod(0o700)
+    return str(path)
