@@ -8,6 +8,7 @@ it started too (the LXDE session's panel, window manager, file manager).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -86,10 +87,8 @@ def spawn(name: str, argv: Sequence[str], run_as: RunAs, env: Mapping[str, str],
 
 
 def _signal_group(child: Child, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(child.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def stop(children: Sequence[Child], deadline: float = 1.5) -> None:

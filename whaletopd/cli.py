@@ -52,30 +52,20 @@ def _status(args: list[str]) -> int:
         description="Print the desktop's state; exit 0 only when HEALTHY.")
     parser.add_argument("--json", action="store_true", help="print status.json")
     opts = parser.parse_args(args)
+    import psutil
+
     from whaletopd import status
 
     paths = paths_mod.from_env()
     word, detail = status.read(paths.status, paths.status_json)
     pid = detail.get("pid")
-    if word and isinstance(pid, int) and not _alive(pid):
+    if word and isinstance(pid, int) and not psutil.pid_exists(pid):
         detail["stale"] = f"whaletopd (pid {pid}) is not running"
     if opts.json:
         print(json.dumps(detail or {"state": word}, indent=2, sort_keys=True))
     else:
         print(word or "UNKNOWN", detail.get("reason", ""), sep=": " if detail.get("reason") else "")
     return 0 if word == "HEALTHY" and "stale" not in detail else 1
-
-
-def _alive(pid: int) -> bool:
-    import os
-
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def entry() -> None:

@@ -96,7 +96,7 @@ class Config:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # noqa: D102 - argparse's hook
+    def error(self, message: str) -> Any:
         raise ConfigError(message)
 
 

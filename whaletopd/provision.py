@@ -16,6 +16,8 @@ import stat
 import subprocess
 from pathlib import Path
 
+import psutil
+
 from whaletopd.children import RunAs
 from whaletopd.config import Config
 from whaletopd.paths import Paths
@@ -54,16 +56,6 @@ def prepare_dirs(paths: Paths) -> None:
     paths.x11_socket_dir.chmod(0o1777)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def clear_stale_x_lock(paths: Paths, display: int) -> list[str]:
     """Remove the X lock and socket a previous run left (docker restart keeps /tmp)."""
     lock = paths.x_lock_dir / f".X{display}-lock"
@@ -75,7 +67,7 @@ def clear_stale_x_lock(paths: Paths, display: int) -> list[str]:
         pid = 0
     except ValueError:
         pid = 0  # a torn lock file is as stale as a dead one
-    if pid and _pid_alive(pid):
+    if pid and psutil.pid_exists(pid):
         raise ProvisionError(f"display :{display} is held by a running process (pid {pid})")
     for path in (lock, sock):
         if path.exists() or path.is_symlink():
