@@ -21,11 +21,12 @@ ENV LANG=C.UTF-8 \
     PYTHONDONTWRITEBYTECODE=1
 
 # Desktop defaults: the LXDE wallpaper (its alternatives link comes with desktop-base,
-# not installed), no polkit agent (no logind in a container: it only shows an error),
+# not installed), no polkit agent or screen locker (no logind in a container: they only
+# show errors; VNC has its own password),
 # no screensaver (none installed).
 RUN sed -i 's|^wallpaper=.*|wallpaper=/usr/share/lxde/wallpapers/lxde_blue.jpg|' \
         /etc/xdg/pcmanfm/LXDE/pcmanfm.conf \
- && sed -i 's|^\[Session\]$|[Session]\npolkit/command=|' /etc/xdg/lxsession/LXDE/desktop.conf \
+ && rm -f /etc/xdg/autostart/lxpolkit.desktop /etc/xdg/autostart/light-locker.desktop \
  && sed -i '/xscreensaver/d' /etc/xdg/lxsession/LXDE/autostart
 
 COPY docker/index.html /usr/share/novnc/index.html

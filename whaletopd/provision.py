@@ -123,6 +123,7 @@ def ensure_user(config: Config, paths: Paths) -> tuple[RunAs, list[str]]:
         entry = pwd.getpwnam(name)
     except KeyError:
         entry = None
+    created = entry is None
     if entry is None:
         owner = _home_owner(home)
         if owner is not None and owner[0] != 0:
@@ -151,9 +152,10 @@ def ensure_user(config: Config, paths: Paths) -> tuple[RunAs, list[str]]:
     elif _home_owner(home) == (0, 0) and uid != 0:
         os.chown(home, uid, gid)  # a fresh bind mount point docker made for us
         done.append(f"took ownership of {home} (not its contents)")
-    if not any(home.iterdir()):
+    if created:
+        # First start of this user: add the default files the home lacks, keep the rest.
         _populate_home(home, uid, gid)
-        done.append(f"populated {home} from {SKEL}")
+        done.append(f"added missing default files from {SKEL}")
     groups = tuple(g.gr_gid for g in grp.getgrall() if name in g.gr_mem and g.gr_gid != gid)
     return RunAs(uid=uid, gid=gid, groups=groups, home=str(home)), done
 
