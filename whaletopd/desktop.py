@@ -64,9 +64,12 @@ class Desktop:
 
     # -- bookkeeping shared by every transition ---------------------------------------
 
-    def on_state_change(self, event: EventData) -> None:
+    def note_reason(self, event: EventData) -> None:
+        """Before the state changes, so on_enter_* callbacks already see the new reason."""
         ev = event.kwargs.get("event")
         self.reason = (ev.why if ev is not None else "") or self.reason
+
+    def on_state_change(self, event: EventData) -> None:
         src = event.transition.source if event.transition else None
         log.info("transition", trigger=event.event.name, source=src, dest=self.state,
                  reason=self.reason, elapsed_ms=self._elapsed_ms())

@@ -72,6 +72,7 @@ def build(model: Any) -> Machine:
     return Machine(
         model=model,
         queued=True,
+        before_state_change="note_reason",
         after_state_change="on_state_change",
         **machine_kwargs(),
     )

@@ -38,10 +38,10 @@ def test_default_start_reaches_healthy_and_a_vnc_client_logs_in(desktop, tmp_pat
     assert len(c.password()) == 8
     assert oct((c.state_dir / "vnc_passwd").stat().st_mode & 0o777) == "0o600"
 
+    ok = vnc.capture(c.password(), tmp_path / "first.png")
+    assert ok.returncode == 0, ok.stderr  # logging in works as soon as HEALTHY
     shot = tmp_path / "desktop.png"
-    ok = vnc.capture(c.password(), shot)
-    assert ok.returncode == 0, ok.stderr
-    assert vnc.looks_drawn(shot), "the LXDE desktop (wallpaper and panel) is drawn"
+    assert vnc.capture_drawn(c.password(), shot), "the LXDE desktop (wallpaper, panel) is drawn"
     wrong = vnc.capture("wrongpw1" if c.password() != "wrongpw1" else "wrongpw2",
                         tmp_path / "no.png")
     assert wrong.returncode != 0

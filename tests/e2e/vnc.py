@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from PIL import Image
@@ -16,6 +17,15 @@ def capture(password: str, out: Path, port: int = 5901) -> subprocess.CompletedP
     return subprocess.run(
         [VNCDO, "-s", f"127.0.0.1::{port}", "-p", password, "capture", str(out)],
         capture_output=True, text=True, timeout=60, check=False)
+
+
+def capture_drawn(password: str, out: Path, attempts: int = 40) -> bool:
+    """HEALTHY means a client can log in; the session paints a moment later: retry."""
+    for _ in range(attempts):
+        if capture(password, out).returncode == 0 and looks_drawn(out):
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def looks_drawn(png: Path) -> bool:

@@ -1,0 +1,292 @@
+"""Flags, their environment twins and validation: what `docker run IMAGE /start.py ...`
+and `docker run -e WHALETOP_...` accept, and what they refuse with a useful message."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from whaletopd import config
+from whaletopd.config import OPTIONS, Config, ConfigError, parse
+
+OPTION = {opt.dest: opt for opt in OPTIONS}
+BOOL_OPTIONS = [opt for opt in OPTIONS if opt.kind is bool]
+VALUE_OPTIONS = [opt for opt in OPTIONS if opt.kind is not bool]
+
+# A valid non-default value for every option that takes one, as given on the command line,
+# and the value Config should hold.
+NON_DEFAULT = {
+    "username": ("alice", "alice"),
+    "geometry": ("1920x1080", "1920x1080"),
+    "depth": ("16", 16),
+    "web_port": ("9090", 9090),
+    "vnc_port": ("5999", 5999),
+    "probe_interval": ("0.5", 0.5),
+    "probe_timeout": ("1.5", 1.5),
+    "startup_timeout": ("120", 120.0),
+    "log_format": ("console", "console"),
+}
+
+
+def test_defaults_without_flags_or_environment() -> None:
+    cfg = parse([], {})
+    assert cfg == Config()
+    assert cfg.username == "user"
+    assert cfg.sudo is True
+    assert cfg.exit_on_failure is True
+    assert cfg.vnc_password is None
+    assert (cfg.geometry, cfg.depth, cfg.web_port, cfg.vnc_port) == ("1280x800", 24, 8080, 5901)
+    assert cfg.expose_vnc is False
+    assert cfg.log_format == "json"
+
+
+def test_option_table_matches_config_defaults() -> None:
+    """The --help text shows OPTIONS' defaults; Config must hold the same ones."""
+    fields = {f.name: f.default for f in dataclasses.fields(Config)}
+    for opt in OPTIONS:
+        assert fields[opt.dest] == opt.default, opt.flag
+    assert all(opt.env.startswith("WHALETOP_") for opt in OPTIONS)
+    assert len({opt.env for opt in OPTIONS}) == len(OPTIONS)
+
+
+def test_every_value_option_has_a_test_value() -> None:
+    assert set(NON_DEFAULT) == {opt.dest for opt in VALUE_OPTIONS}
+
+
+@pytest.mark.parametrize("opt", VALUE_OPTIONS, ids=lambda o: o.flag)
+def test_value_flag(opt: config.Option) -> None:
+    raw, expected = NON_DEFAULT[opt.dest]
+    assert getattr(parse([opt.flag, raw], {}), opt.dest) == expected
+
+
+@pytest.mark.parametrize("opt", VALUE_OPTIONS, ids=lambda o: o.env)
+def test_value_env(opt: config.Option) -> None:
+    raw, expected = NON_DEFAULT[opt.dest]
+    assert getattr(parse([], {opt.env: raw}), opt.dest) == expected
+
+
+@pytest.mark.parametrize("opt", VALUE_OPTIONS, ids=lambda o: o.flag)
+def test_flag_beats_env(opt: config.Option) -> None:
+    raw, expected = NON_DEFAULT[opt.dest]
+    env_value = str(opt.default)
+    assert getattr(parse([opt.flag, raw], {opt.env: env_value}), opt.dest) == expected
+
+
+def test_flag_equals_form() -> None:
+    cfg = parse(["--geometry=1024x768", "--depth=32"], {})
+    assert (cfg.geometry, cfg.depth) == ("1024x768", 32)
+
+
+@pytest.mark.parametrize("opt", BOOL_OPTIONS, ids=lambda o: o.flag)
+def test_bool_flag(opt: config.Option) -> None:
+    env = {"VNC_PASSWORD": "secret1"}
+    assert getattr(parse([opt.flag], env), opt.dest) is True
+    assert getattr(parse([], env), opt.dest) is False
+
+
+@pytest.mark.parametrize("opt", BOOL_OPTIONS, ids=lambda o: o.env)
+@pytest.mark.parametrize("word", ["1", "true", "yes", "on", "TRUE", " Yes ", "On"])
+def test_bool_env_true_words(opt: config.Option, word: str) -> None:
+    assert getattr(parse([], {opt.env: word, "VNC_PASSWORD": "secret1"}), opt.dest) is True
+
+
+@pytest.mark.parametrize("opt", BOOL_OPTIONS, ids=lambda o: o.env)
+@pytest.mark.parametrize("word", ["0", "false", "no", "off", "FALSE", "Off", ""])
+def test_bool_env_false_words(opt: config.Option, word: str) -> None:
+    assert getattr(parse([], {opt.env: word}), opt.dest) is False
+
+
+@pytest.mark.parametrize("opt", BOOL_OPTIONS, ids=lambda o: o.env)
+@pytest.mark.parametrize("word", ["2", "maybe", "y", "enabled", "tru"])
+def test_bool_env_invalid_word_names_the_variable(opt: config.Option, word: str) -> None:
+    with pytest.raises(ConfigError, match=opt.env):
+        parse([], {opt.env: word})
+
+
+def test_bool_flag_beats_false_env() -> None:
+    assert parse(["--no-sudo"], {"WHALETOP_NO_SUDO": "0"}).no_sudo is True
+    assert parse(["--expose-vnc"], {"WHALETOP_EXPOSE_VNC": "off"}).expose_vnc is True
+
+
+def test_bool_options_mean_what_they_say() -> None:
+    cfg = parse(["--no-sudo", "--no-exit-on-failure"], {})
+    assert cfg.sudo is False
+    assert cfg.exit_on_failure is False
+
+
+def test_environ_defaults_to_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WHALETOP_WEB_PORT", "8181")
+    assert parse([]).web_port == 8181
+
+
+@pytest.mark.parametrize("argv", [["--bogus"], ["--no-sud"], ["--geometry"], ["positional"]])
+def test_unknown_or_malformed_flag_is_config_error(argv: list[str]) -> None:
+    with pytest.raises(ConfigError):
+        parse(argv, {})
+
+
+def test_bool_flag_takes_no_value() -> None:
+    with pytest.raises(ConfigError, match="--no-sudo"):
+        parse(["--no-sudo=1"], {})
+
+
+# -- the desktop user -------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", [
+    "root",
+    "Alice",
+    "ALICE",
+    "1user",
+    "a" * 33,
+    "my user",
+    "user;rm",
+    "user.name",
+    "",
+    "daemon",
+    "nobody",
+])
+def test_invalid_username_names_the_flag(name: str) -> None:
+    with pytest.raises(ConfigError, match="--username"):
+        parse(["--username", name], {})
+
+
+def test_invalid_username_from_env_is_refused_too() -> None:
+    with pytest.raises(ConfigError, match="--username"):
+        parse([], {"WHALETOP_USERNAME": "root"})
+
+
+def test_system_account_message_says_why() -> None:
+    with pytest.raises(ConfigError, match="system account"):
+        parse(["--username", "daemon"], {})
+
+
+def test_root_message_says_why() -> None:
+    with pytest.raises(ConfigError, match="root"):
+        parse(["--username", "root"], {})
+
+
+@pytest.mark.parametrize("name", ["a", "_svc", "dev-1", "x_y", "a" * 32, "alice"])
+def test_valid_usernames(name: str) -> None:
+    assert parse(["--username", name], {}).username == name
+
+
+# -- the VNC password -------------------------------------------------------------------
+
+def test_password_from_env() -> None:
+    cfg = parse(["--vnc-password-from-env"], {"VNC_PASSWORD": "s3cret!"})
+    assert cfg.vnc_password == "s3cret!"
+
+
+def test_password_from_env_via_env_twin() -> None:
+    cfg = parse([], {"WHALETOP_VNC_PASSWORD_FROM_ENV": "yes", "VNC_PASSWORD": "abcdef"})
+    assert cfg.vnc_password == "abcdef"
+
+
+def test_password_env_ignored_without_the_flag() -> None:
+    assert parse([], {"VNC_PASSWORD": "abcdef"}).vnc_password is None
+
+
+@pytest.mark.parametrize(("env", "why"), [
+    ({}, "not"),
+    ({"VNC_PASSWORD": ""}, "empty"),
+    ({"VNC_PASSWORD": "abc"}, "shorter than 6"),
+    ({"VNC_PASSWORD": "abcde"}, "shorter than 6"),
+    ({"VNC_PASSWORD": "pässwörd"}, "ASCII"),
+    ({"VNC_PASSWORD": "good\npass"}, "ASCII"),
+    ({"VNC_PASSWORD": "tab\tpass"}, "ASCII"),
+], ids=["missing", "empty", "3-chars", "5-chars", "non-ascii", "newline", "tab"])
+def test_bad_password_names_the_variable(env: dict[str, str], why: str) -> None:
+    with pytest.raises(ConfigError, match="VNC_PASSWORD") as info:
+        parse(["--vnc-password-from-env"], env)
+    assert why in str(info.value)
+
+
+def test_password_of_six_printable_characters_is_enough() -> None:
+    assert parse(["--vnc-password-from-env"], {"VNC_PASSWORD": "a b~!?"}).vnc_password == "a b~!?"
+
+
+# -- display and ports ------------------------------------------------------------------
+
+@pytest.mark.parametrize("geometry", ["1280x800", "800x600", "3840x2160", "10000x10000"])
+def test_valid_geometry(geometry: str) -> None:
+    assert parse(["--geometry", geometry], {}).geometry == geometry
+
+
+@pytest.mark.parametrize("geometry", ["1280", "1280X800", "1280x", "x800", "12x8", "1280x800x24",
+                                      "-1280x800", "1280 x 800", "big"])
+def test_invalid_geometry_names_the_flag(geometry: str) -> None:
+    with pytest.raises(ConfigError, match="--geometry"):
+        parse(["--geometry", geometry], {})
+
+
+@pytest.mark.parametrize("depth", ["16", "24", "32"])
+def test_valid_depth(depth: str) -> None:
+    assert parse(["--depth", depth], {}).depth == int(depth)
+
+
+@pytest.mark.parametrize("depth", ["8", "15", "0", "-24"])
+def test_invalid_depth_names_the_flag(depth: str) -> None:
+    with pytest.raises(ConfigError, match="--depth"):
+        parse(["--depth", depth], {})
+
+
+@pytest.mark.parametrize(("argv", "env", "name"), [
+    (["--depth", "deep"], {}, "--depth"),
+    ([], {"WHALETOP_DEPTH": "deep"}, "WHALETOP_DEPTH"),
+    (["--web-port", "http"], {}, "--web-port"),
+    ([], {"WHALETOP_VNC_PORT": "5901.5"}, "WHALETOP_VNC_PORT"),
+    (["--probe-interval", "soon"], {}, "--probe-interval"),
+    ([], {"WHALETOP_STARTUP_TIMEOUT": "1m"}, "WHALETOP_STARTUP_TIMEOUT"),
+])
+def test_unparsable_number_names_its_origin(argv: list[str], env: dict[str, str],
+                                            name: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        parse(argv, env)
+
+
+@pytest.mark.parametrize("flag", ["--web-port", "--vnc-port"])
+@pytest.mark.parametrize("port", ["0", "65536", "-1", "100000"])
+def test_port_out_of_range_names_the_flag(flag: str, port: str) -> None:
+    with pytest.raises(ConfigError, match=flag):
+        parse([flag, port], {})
+
+
+def test_port_bounds_are_accepted() -> None:
+    cfg = parse(["--web-port", "1", "--vnc-port", "65535"], {})
+    assert (cfg.web_port, cfg.vnc_port) == (1, 65535)
+
+
+def test_web_and_vnc_port_must_differ() -> None:
+    with pytest.raises(ConfigError, match="--web-port and --vnc-port"):
+        parse(["--web-port", "5901"], {})
+    with pytest.raises(ConfigError, match="--web-port and --vnc-port"):
+        parse([], {"WHALETOP_VNC_PORT": "8080"})
+
+
+@pytest.mark.parametrize("flag", ["--probe-interval", "--probe-timeout", "--startup-timeout"])
+@pytest.mark.parametrize("seconds", ["0", "-1", "nan"])
+def test_seconds_must_be_positive(flag: str, seconds: str) -> None:
+    with pytest.raises(ConfigError, match=flag):
+        parse([flag, seconds], {})
+
+
+@pytest.mark.parametrize("flag", ["--probe-interval", "--probe-timeout", "--startup-timeout"])
+def test_seconds_must_be_finite(flag: str) -> None:
+    """Infinity passes `> 0`, but threading and socket timeouts overflow on it
+    (OverflowError: timestamp out of range): the prober thread or the startup timer
+    would die, and the desktop would never be judged healthy or unhealthy again."""
+    with pytest.raises(ConfigError, match=flag):
+        parse([flag, "inf"], {})
+
+
+@pytest.mark.parametrize("fmt", ["xml", "JSON", "text"])
+def test_invalid_log_format_names_the_flag(fmt: str) -> None:
+    with pytest.raises(ConfigError, match="--log-format"):
+        parse(["--log-format", fmt], {})
+
+
+def test_config_is_immutable() -> None:
+    cfg = parse([], {})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.username = "other"  # type: ignore[misc]
