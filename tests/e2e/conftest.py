@@ -25,7 +25,8 @@ WEB = "http://127.0.0.1:8080"
 STATUS_WORDS = {"STARTING", "STARTED", "HEALTHY", "UNHEALTHY", "STOPPING", "STOPPED", "FAILED"}
 
 
-def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def docker(*args: str, check: bool = True,
+           timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["docker", *args], capture_output=True, text=True, check=check,
                           timeout=timeout)
 
@@ -51,7 +52,8 @@ class Container:
             return ""
 
     def status_json(self) -> dict[str, Any]:
-        return json.loads((self.state_dir / "status.json").read_text())  # type: ignore[no-any-return]
+        detail: dict[str, Any] = json.loads((self.state_dir / "status.json").read_text())
+        return detail
 
     def wait_status(self, word: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -61,7 +63,8 @@ class Container:
             if not self.running() and self.status() != word + "\n":
                 break
             time.sleep(0.02)
-        raise AssertionError(f"status never became {word}: {self.status()!r}\n{self.logs()[-3000:]}")
+        raise AssertionError(
+            f"status never became {word}: {self.status()!r}\n{self.logs()[-3000:]}")
 
     def logs(self) -> str:
         return docker("logs", self.name, check=False).stdout

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -23,13 +22,12 @@ def _children_users(c: Container) -> dict[str, str]:
 
 def test_default_start_reaches_healthy_and_a_vnc_client_logs_in(desktop, tmp_path):
     c = desktop()
-    seen = set()
     # Watch the file while it starts: every read is exactly one known word.
     while c.status() != "HEALTHY\n":
         word = c.status()
         if word:
-            assert word.endswith("\n") and word.strip() in STATUS_WORDS, repr(word)
-            seen.add(word.strip())
+            assert word.endswith("\n"), repr(word)
+            assert word.strip() in STATUS_WORDS, repr(word)
         assert c.running(), c.logs()[-2000:]
     assert c.transitions()[:3] == ["STARTING", "STARTED", "HEALTHY"]
 
@@ -49,7 +47,8 @@ def test_default_start_reaches_healthy_and_a_vnc_client_logs_in(desktop, tmp_pat
     # Nothing the desktop runs is root; the session is the desktop user's.
     assert set(_children_users(c).values()) == {"user"}
     detail = c.status_json()
-    assert detail["state"] == "HEALTHY" and detail["reason"]
+    assert detail["state"] == "HEALTHY"
+    assert detail["reason"]
     assert all(info["running"] for info in detail["children"].values())
 
 
@@ -111,7 +110,8 @@ def test_bad_input_fails_with_one_clear_json_error(desktop, args, env, message):
     assert c.wait_exit() == 2
     assert c.status() == "FAILED\n"
     errors = [e for e in c.log_lines() if e.get("level") == "error"]
-    assert len(errors) == 1 and message in errors[0]["reason"], errors
+    assert len(errors) == 1, errors
+    assert message in errors[0]["reason"]
     assert message in c.status_json()["reason"]
     assert not (c.state_dir / "vnc_passwd").exists(), "nothing was provisioned"
 
@@ -146,7 +146,8 @@ def test_killing_xvnc_is_unhealthy_and_exits_non_zero(desktop):
     c.exec("pkill", "-9", "-x", "Xvnc")
     assert c.wait_exit() == 3
     assert c.status() == "UNHEALTHY\n"
-    assert "xvnc" in c.status_json()["reason"] and "signal 9" in c.status_json()["reason"]
+    assert "xvnc" in c.status_json()["reason"]
+    assert "signal 9" in c.status_json()["reason"]
 
 
 def test_no_exit_on_failure_keeps_the_container_up(desktop):
