@@ -1,0 +1,156 @@
+"""Provisioning steps that need no user database changes: password, X lock, sudo, dirs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from whaletopd import provision
+from whaletopd.config import Config
+from whaletopd.paths import Paths
+from whaletopd.provision import PASSWORD_ALPHABET, ProvisionError
+
+DISPLAY = 1
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+# -- the generated VNC password ---------------------------------------------------------
+
+def test_generated_password_is_eight_unambiguous_characters() -> None:
+    for _ in range(200):
+        password = provision.generate_password()
+        assert len(password) == provision.VNC_PASSWORD_LENGTH == 8
+        assert set(password) <= set(PASSWORD_ALPHABET)
+
+
+def test_alphabet_has_no_look_alikes() -> None:
+    assert not set("0O1lI") & set(PASSWORD_ALPHABET)
+    assert all(c.isascii() and c.isalnum() for c in PASSWORD_ALPHABET)
+
+
+def test_generated_passwords_differ() -> None:
+    assert len({provision.generate_password() for _ in range(50)}) == 50
+
+
+# -- the stale X lock a `docker restart` leaves -----------------------------------------
+
+def _lock(paths: Paths) -> Path:
+    return paths.x_lock_dir / f".X{DISPLAY}-lock"
+
+
+def _sock(paths: Paths) -> Path:
+    return paths.x11_socket_dir / f"X{DISPLAY}"
+
+
+def _leave_x_files(paths: Paths, lock_text: str) -> None:
+    paths.x11_socket_dir.mkdir(exist_ok=True)
+    _lock(paths).write_text(lock_text)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(str(_sock(paths)))  # the socket file stays after close, like a dead Xvnc's
+
+
+def test_lock_of_dead_process_is_removed_with_its_socket(paths: Paths) -> None:
+    _leave_x_files(paths, f"{_dead_pid():>10}\n")  # Xvnc writes the pid as %10d
+    removed = provision.clear_stale_x_lock(paths, DISPLAY)
+    assert sorted(removed) == sorted([str(_lock(paths)), str(_sock(paths))])
+    assert not _lock(paths).exists()
+    assert not _sock(paths).exists()
+
+
+def test_lock_of_running_process_is_kept_and_refused(paths: Paths) -> None:
+    _leave_x_files(paths, f"{os.getpid():>10}\n")
+    with pytest.raises(ProvisionError, match=rf"display :{DISPLAY}.*pid {os.getpid()}"):
+        provision.clear_stale_x_lock(paths, DISPLAY)
+    assert _lock(paths).exists()
+    assert _sock(paths).exists()
+
+
+@pytest.mark.parametrize("text", ["", "garbage\n", "\x00\x00\x00", "12ab\n"])
+def test_torn_lock_is_stale(paths: Paths, text: str) -> None:
+    _leave_x_files(paths, text)
+    removed = provision.clear_stale_x_lock(paths, DISPLAY)
+    assert str(_lock(paths)) in removed
+    assert not _lock(paths).exists()
+    assert not _sock(paths).exists()
+
+
+def test_nothing_to_clear(paths: Paths) -> None:
+    assert provision.clear_stale_x_lock(paths, DISPLAY) == []
+
+
+def test_socket_without_lock_is_removed(paths: Paths) -> None:
+    paths.x11_socket_dir.mkdir()
+    _sock(paths).symlink_to(paths.x11_socket_dir / "gone")  # dangling: exists() is False
+    assert provision.clear_stale_x_lock(paths, DISPLAY) == [str(_sock(paths))]
+    assert not _sock(paths).is_symlink()
+
+
+def test_other_displays_are_left_alone(paths: Paths) -> None:
+    paths.x11_socket_dir.mkdir()
+    other_lock = paths.x_lock_dir / ".X2-lock"
+    other_lock.write_text(f"{_dead_pid():>10}\n")
+    (paths.x11_socket_dir / "X2").write_text("")
+    provision.clear_stale_x_lock(paths, DISPLAY)
+    assert other_lock.exists()
+    assert (paths.x11_socket_dir / "X2").exists()
+
+
+# -- sudo -------------------------------------------------------------------------------
+
+def test_sudo_granted_to_the_user(paths: Paths) -> None:
+    result = provision.configure_sudo(Config(username="alice"), paths)
+    assert "granted" in result
+    assert paths.sudoers_file.read_text() == "alice ALL=(ALL:ALL) NOPASSWD: ALL\n"
+    assert _mode(paths.sudoers_file) == 0o440
+    # sudo ignores files with a dot in their name, but leave none behind anyway.
+    assert os.listdir(paths.sudoers_file.parent) == [paths.sudoers_file.name]
+
+
+def test_sudo_file_follows_a_renamed_user(paths: Paths) -> None:
+    provision.configure_sudo(Config(username="alice"), paths)
+    provision.configure_sudo(Config(username="bob"), paths)
+    assert paths.sudoers_file.read_text() == "bob ALL=(ALL:ALL) NOPASSWD: ALL\n"
+    assert _mode(paths.sudoers_file) == 0o440
+
+
+def test_no_sudo_removes_an_earlier_grant(paths: Paths) -> None:
+    provision.configure_sudo(Config(username="alice"), paths)
+    result = provision.configure_sudo(Config(username="alice", no_sudo=True), paths)
+    assert "disabled" in result
+    assert not paths.sudoers_file.exists()
+
+
+def test_no_sudo_without_earlier_grant(paths: Paths) -> None:
+    provision.configure_sudo(Config(no_sudo=True), paths)
+    assert not paths.sudoers_file.exists()
+
+
+# -- directories ------------------------------------------------------------------------
+
+def test_prepare_dirs_creates_dirs_with_modes(paths: Paths) -> None:
+    provision.prepare_dirs(paths)
+    assert _mode(paths.state_dir) == 0o755
+    assert _mode(paths.run_dir) == 0o755
+    # Any user's X client may create its socket's neighbours: sticky and world-writable.
+    assert _mode(paths.x11_socket_dir) == 0o1777
+
+
+def test_prepare_dirs_is_idempotent(paths: Paths) -> None:
+    provision.prepare_dirs(paths)
+    (paths.state_dir / "status").write_text("STOPPED\n")
+    provision.prepare_dirs(paths)
+    assert (paths.state_dir / "status").read_text() == "STOPPED\n"

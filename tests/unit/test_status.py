@@ -1,0 +1,130 @@
+"""The status files a user's script reads: one word, and JSON detail."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from whaletopd import status
+from whaletopd.status import StatusFile, atomic_write
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_atomic_write_writes_content_and_leaves_no_temp_files(tmp_path: Path) -> None:
+    target = tmp_path / "status"
+    atomic_write(target, "HEALTHY\n")
+    assert target.read_text() == "HEALTHY\n"
+    assert os.listdir(tmp_path) == ["status"]
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o644, 0o640])
+def test_atomic_write_respects_mode(tmp_path: Path, mode: int) -> None:
+    target = tmp_path / "secret"
+    atomic_write(target, "x\n", mode=mode)
+    assert _mode(target) == mode
+
+
+def test_atomic_write_default_mode_is_world_readable(tmp_path: Path) -> None:
+    target = tmp_path / "status"
+    atomic_write(target, "x\n")
+    assert _mode(target) == 0o644
+
+
+def test_atomic_write_replaces_existing_file(tmp_path: Path) -> None:
+    target = tmp_path / "status"
+    target.write_text("STARTING\n")
+    os.chmod(target, 0o600)
+    atomic_write(target, "STOPPED\n")
+    assert target.read_text() == "STOPPED\n"
+    assert _mode(target) == 0o644
+    assert os.listdir(tmp_path) == ["status"]
+
+
+def test_atomic_write_failure_keeps_old_content_and_cleans_up(tmp_path: Path) -> None:
+    target = tmp_path / "status"
+    target.write_text("HEALTHY\n")
+    with pytest.raises(TypeError):
+        atomic_write(target, 42)  # type: ignore[arg-type]
+    assert target.read_text() == "HEALTHY\n"
+    assert os.listdir(tmp_path) == ["status"]
+
+
+def test_atomic_write_readers_see_whole_old_or_whole_new(tmp_path: Path) -> None:
+    """The file is replaced, never rewritten in place: an open reader keeps the old text."""
+    target = tmp_path / "status"
+    atomic_write(target, "STARTING\n")
+    with target.open() as reader:
+        atomic_write(target, "HEALTHY\n")
+        assert reader.read() == "STARTING\n"
+    assert target.read_text() == "HEALTHY\n"
+
+
+def test_status_file_writes_word_and_json(tmp_path: Path) -> None:
+    sf = StatusFile(tmp_path / "status", tmp_path / "status.json")
+    before = datetime.now(UTC)
+    sf.write("HEALTHY", "all probes answer", {"username": "alice", "web_port": 8080})
+    after = datetime.now(UTC)
+
+    assert (tmp_path / "status").read_text() == "HEALTHY\n"
+    doc = json.loads((tmp_path / "status.json").read_text())
+    assert doc["state"] == "HEALTHY"
+    assert doc["reason"] == "all probes answer"
+    assert doc["pid"] == os.getpid()
+    assert doc["username"] == "alice"
+    assert doc["web_port"] == 8080
+    assert doc["since"].endswith("Z")
+    since = datetime.fromisoformat(doc["since"].replace("Z", "+00:00"))
+    assert before.replace(microsecond=before.microsecond // 1000 * 1000) <= since <= after
+    assert sorted(os.listdir(tmp_path)) == ["status", "status.json"]
+    assert _mode(tmp_path / "status") == 0o644
+    assert _mode(tmp_path / "status.json") == 0o644
+
+
+def test_status_file_overwrites_previous_state(tmp_path: Path) -> None:
+    sf = StatusFile(tmp_path / "status", tmp_path / "status.json")
+    sf.write("STARTING", "provisioning", {})
+    sf.write("FAILED", "useradd failed", {})
+    assert status.read(tmp_path / "status", tmp_path / "status.json") == (
+        "FAILED", json.loads((tmp_path / "status.json").read_text()))
+    assert json.loads((tmp_path / "status.json").read_text())["reason"] == "useradd failed"
+
+
+def test_read_missing_files(tmp_path: Path) -> None:
+    assert status.read(tmp_path / "status", tmp_path / "status.json") == ("", {})
+
+
+def test_read_word_without_json(tmp_path: Path) -> None:
+    (tmp_path / "status").write_text("STARTING\n")
+    assert status.read(tmp_path / "status", tmp_path / "status.json") == ("STARTING", {})
+
+
+def test_read_word_with_corrupt_json(tmp_path: Path) -> None:
+    (tmp_path / "status").write_text("HEALTHY\n")
+    (tmp_path / "status.json").write_text('{"state": "HEAL')
+    assert status.read(tmp_path / "status", tmp_path / "status.json") == ("HEALTHY", {})
+
+
+def test_read_round_trip(tmp_path: Path) -> None:
+    sf = StatusFile(tmp_path / "status", tmp_path / "status.json")
+    sf.write("UNHEALTHY", "xvnc exited", {"children": {"xvnc": {"pid": 3}}})
+    word, detail = status.read(tmp_path / "status", tmp_path / "status.json")
+    assert word == "UNHEALTHY"
+    assert detail["reason"] == "xvnc exited"
+    assert detail["children"] == {"xvnc": {"pid": 3}}
+
+
+def test_now_iso_is_utc_milliseconds() -> None:
+    stamp = status.now_iso()
+    assert stamp.endswith("Z")
+    # 2026-01-02T03:04:05.678Z
+    assert len(stamp) == len("2026-01-02T03:04:05.678Z")
+    parsed = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    assert abs((datetime.now(UTC) - parsed).total_seconds()) < 60
