@@ -37,6 +37,7 @@ class Child:
     name: str
     proc: subprocess.Popen[bytes]
     started: float = field(default_factory=time.monotonic)
+    retired: bool = False  # stopped or replaced on purpose: its exit is expected
 
     @property
     def pid(self) -> int:

@@ -28,6 +28,10 @@ def main(argv: Sequence[str]) -> int:
 def _run(args: list[str]) -> int:
     import os
 
+    from whaletopd import signals
+
+    signals.hold()
+
     from whaletopd import config as config_mod
     from whaletopd import logs, loop
 

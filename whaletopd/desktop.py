@@ -18,14 +18,19 @@ from typing import Any
 from transitions import EventData
 
 from whaletopd import children, logs, probes
+from whaletopd.backoff import RestartBudget
 from whaletopd.children import Child, RunAs
 from whaletopd.config import Config
 from whaletopd.events import (
+    ChildExited,
     DisplayReady,
+    Event,
     EventQueue,
     Failed,
     Launched,
     Provisioned,
+    RecoveryTimedOut,
+    RestartDue,
     ShutDown,
     StartupTimedOut,
 )
@@ -36,6 +41,8 @@ from whaletopd.status import StatusFile
 
 log = logs.get("whaletopd")
 DISPLAY = 1
+# Children that hold no user state, so a restart repairs them without loss.
+RESTARTABLE = frozenset({"websockify"})
 # Xvnc logs every connection (status, level 10), health probes included, a dozen lines
 # each: keep only errors (level 0) of those modules.  websockify logs browser connections.
 XVNC_LOG = ",".join(["*:stderr:30"] + [
@@ -61,6 +68,8 @@ class Desktop:
         self._timers: list[threading.Timer] = []
         self._t0 = time.monotonic()
         self._password = ""
+        self._restarts = RestartBudget()
+        self._recovery_deadline: threading.Timer | None = None
 
     # -- bookkeeping shared by every transition ---------------------------------------
 
@@ -82,6 +91,9 @@ class Desktop:
             "vnc_port": self.config.vnc_port,
             "children": {c.name: {"pid": c.pid, "running": c.returncode is None,
                                   "returncode": c.returncode} for c in self.children},
+            "restarts": {"websockify": self._restarts.used(),
+                         "allowed": self._restarts.attempts,
+                         "window_s": self._restarts.window},
         })
 
     def _elapsed_ms(self) -> float:
@@ -150,11 +162,7 @@ class Desktop:
         assert self.run_as is not None
         cfg = self.config
         env = self._env()
-        timer = threading.Timer(cfg.startup_timeout, self.events.post,
-                                args=(StartupTimedOut(seconds=cfg.startup_timeout),))
-        timer.daemon = True
-        timer.start()
-        self._timers.append(timer)
+        self._post_later(cfg.startup_timeout, StartupTimedOut(seconds=cfg.startup_timeout))
         read_fd, write_fd = os.pipe()
         with self._step("launch_xvnc"):
             self.children.append(children.spawn("xvnc", [
@@ -172,10 +180,22 @@ class Desktop:
                          name="displayfd", daemon=True).start()
         # websockify needs only the port number, not a running Xvnc: start it alongside.
         with self._step("launch_websockify"):
-            self.children.append(children.spawn("websockify", [
-                "websockify", "--web", str(self.paths.novnc_dir),
-                f"0.0.0.0:{cfg.web_port}", f"127.0.0.1:{cfg.vnc_port}",
-            ], self.run_as, env, self.events))
+            self.children.append(self._spawn_websockify(env))
+
+    def _spawn_websockify(self, env: dict[str, str]) -> Child:
+        assert self.run_as is not None
+        cfg = self.config
+        return children.spawn("websockify", [
+            "websockify", "--web", str(self.paths.novnc_dir),
+            f"0.0.0.0:{cfg.web_port}", f"127.0.0.1:{cfg.vnc_port}",
+        ], self.run_as, env, self.events)
+
+    def _post_later(self, seconds: float, event: Event) -> threading.Timer:
+        timer = threading.Timer(seconds, self.events.post, args=(event,))
+        timer.daemon = True
+        timer.start()
+        self._timers.append(timer)
+        return timer
 
     def launch_session(self, event: EventData) -> None:
         self._fail_on_error(self._launch_session)
@@ -197,6 +217,70 @@ class Desktop:
             self.events, interval=cfg.probe_interval)
         self._prober.start()
 
+    # -- RECOVERING: restart what holds no user state ------------------------------------
+
+    def _child(self, name: str) -> Child | None:
+        return next((c for c in self.children if c.name == name), None)
+
+    @staticmethod
+    def _part(event: EventData) -> str:
+        ev = event.kwargs.get("event")
+        if isinstance(ev, ChildExited):
+            return ev.name
+        return getattr(ev, "part", "")
+
+    def restartable(self, event: EventData) -> bool:
+        return self._part(event) in RESTARTABLE and self._restarts.allowed()
+
+    def retryable(self, event: EventData) -> bool:
+        return self._part(event) in RESTARTABLE and not self.exit_on_failure
+
+    def stale(self, event: EventData) -> bool:
+        """The exit of a child that was already replaced (or stopped on purpose)."""
+        ev = event.kwargs.get("event")
+        current = self._child(ev.name) if isinstance(ev, ChildExited) else None
+        return isinstance(ev, ChildExited) and (
+            current is None or current.pid != ev.pid or current.retired)
+
+    def recover(self, event: EventData) -> None:
+        name = self._part(event)
+        child = self._child(name)
+        if child is not None:
+            child.retired = True  # whatever it does from now on is not news
+            if child.returncode is None:
+                children.stop([child], deadline=0.5)  # hung (its probe failed)
+        delay = self._restarts.record()
+        log.warning("restart_scheduled", child=name, delay_s=delay,
+                    attempt=self._restarts.used(), of=self._restarts.attempts,
+                    window_s=self._restarts.window, reason=self.reason)
+        self._post_later(delay, RestartDue(name=name))
+        if self._recovery_deadline is not None:
+            self._recovery_deadline.cancel()
+        self._recovery_deadline = self._post_later(
+            self.config.startup_timeout, RecoveryTimedOut(seconds=self.config.startup_timeout))
+
+    def retry_later(self, event: EventData) -> None:
+        """--no-exit-on-failure: try again once the restart budget allows."""
+        name = self._part(event)
+        delay = max(self._restarts.refill_in(), 1.0)
+        log.warning("restart_scheduled", child=name, delay_s=round(delay, 3),
+                    reason="restart budget used up; retrying later")
+        self._post_later(delay, RestartDue(name=name))
+
+    def restart_child(self, event: EventData) -> None:
+        ev = event.kwargs["event"]
+        old = self._child(ev.name)
+        if old is None or ev.name not in RESTARTABLE:
+            return
+        if old.returncode is None:
+            old.retired = True
+            children.stop([old], deadline=0.5)
+        with self._step("restart_" + ev.name):
+            new = self._spawn_websockify(self._env())
+        self.children[self.children.index(old)] = new
+        if self._prober is not None:
+            self._prober.reset()
+
     # -- leaving: STOPPING, FAILED, UNHEALTHY ------------------------------------------
 
     def on_enter_STOPPING(self, event: EventData) -> None:
@@ -205,6 +289,11 @@ class Desktop:
     def on_enter_FAILED(self, event: EventData) -> None:
         log.error("failed", reason=self.reason)
         self.events.post(ShutDown())
+
+    def on_enter_HEALTHY(self, event: EventData) -> None:
+        if self._recovery_deadline is not None:
+            self._recovery_deadline.cancel()
+            self._recovery_deadline = None
 
     def on_enter_UNHEALTHY(self, event: EventData) -> None:
         log.error("unhealthy", reason=self.reason, exit_on_failure=self.exit_on_failure)
@@ -220,6 +309,8 @@ class Desktop:
             timer.cancel()
         if self._prober is not None:
             self._prober.stop()
+        for child in self.children:
+            child.retired = True
         with self._step("stop_children", children=[c.name for c in reversed(self.children)]):
             children.stop(self.children)
 

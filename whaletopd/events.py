@@ -49,17 +49,40 @@ class Launched(Event):
 @dataclass(frozen=True)
 class ProbePassed(Event):
     trigger: ClassVar[str] = "probe_passed"
-    summary: ClassVar[str] = "X display, VNC login and noVNC page answer"
+    summary: ClassVar[str] = "X display, VNC login, noVNC page and WebSocket login answer"
 
 
 @dataclass(frozen=True)
 class ProbeFailed(Event):
     trigger: ClassVar[str] = "probe_failed"
     reason: str
+    part: str  # "xvnc" or "websockify": which child the failed check points at
 
     @property
     def why(self) -> str:
         return f"health check failed: {self.reason}"
+
+
+@dataclass(frozen=True)
+class RestartDue(Event):
+    """A restart's backoff delay is over."""
+
+    trigger: ClassVar[str] = "restart_due"
+    name: str
+
+    @property
+    def why(self) -> str:
+        return f"restarting {self.name}"
+
+
+@dataclass(frozen=True)
+class RecoveryTimedOut(Event):
+    trigger: ClassVar[str] = "recovery_timed_out"
+    seconds: float
+
+    @property
+    def why(self) -> str:
+        return f"not HEALTHY again within {self.seconds:g} s of a restart"
 
 
 @dataclass(frozen=True)

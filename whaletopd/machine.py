@@ -23,8 +23,12 @@ STOPPING = "STOPPING"
 STOPPED = "STOPPED"
 FAILED = "FAILED"
 
-STATES: list[str] = [INIT, STARTING, STARTED, HEALTHY, UNHEALTHY, STOPPING, STOPPED, FAILED]
-RUNNING = [STARTING, STARTED, HEALTHY]
+RECOVERING = "RECOVERING"
+
+STATES: list[str] = [INIT, STARTING, STARTED, HEALTHY, RECOVERING, UNHEALTHY, STOPPING, STOPPED,
+                     FAILED]
+UP = [STARTED, HEALTHY, RECOVERING]  # launched: the user's windows exist
+LIVE = [STARTING, *UP]
 
 TRANSITIONS: list[dict[str, Any]] = [
     # Provisioning (user, sudo, password), then the display: Xvnc and websockify.
@@ -33,18 +37,31 @@ TRANSITIONS: list[dict[str, Any]] = [
     # Xvnc said it is ready (-displayfd): the LXDE session can connect to it.
     {"trigger": "display_ready", "source": STARTING, "dest": None, "after": "launch_session"},
     {"trigger": "launched", "source": STARTING, "dest": STARTED, "after": "start_probes"},
-    # HEALTHY means a user can connect now: VNC login, noVNC page, X display all answer.
-    {"trigger": "probe_passed", "source": STARTED, "dest": HEALTHY},
+    # HEALTHY means a user can connect now: X display, VNC login, noVNC page and a VNC
+    # login through websockify's WebSocket all answer.
+    {"trigger": "probe_passed", "source": [STARTED, RECOVERING], "dest": HEALTHY},
     # Only with --no-exit-on-failure does UNHEALTHY wait, and so can recover.
     {"trigger": "probe_passed", "source": UNHEALTHY, "dest": HEALTHY,
      "unless": "exit_on_failure"},
+    # websockify holds no user state: restart it (with backoff, a bounded number of times
+    # in a window) instead of giving up the desktop.  Xvnc or the session dying loses the
+    # user's windows: UNHEALTHY at once.  Exits of replaced children are stale: ignored.
+    {"trigger": "probe_failed", "source": HEALTHY, "dest": RECOVERING,
+     "conditions": "restartable", "after": "recover"},
     {"trigger": "probe_failed", "source": HEALTHY, "dest": UNHEALTHY},
+    {"trigger": "child_exited", "source": UP, "dest": RECOVERING,
+     "conditions": "restartable", "unless": "stale", "after": "recover"},
+    {"trigger": "child_exited", "source": LIVE, "dest": UNHEALTHY, "unless": "stale"},
+    {"trigger": "child_exited", "source": UNHEALTHY, "dest": None,
+     "conditions": "retryable", "unless": "stale", "after": "retry_later"},
+    {"trigger": "restart_due", "source": [RECOVERING, UNHEALTHY], "dest": None,
+     "after": "restart_child"},
+    {"trigger": "recovery_timed_out", "source": RECOVERING, "dest": UNHEALTHY},
     {"trigger": "startup_timed_out", "source": [STARTING, STARTED], "dest": UNHEALTHY},
-    {"trigger": "child_exited", "source": RUNNING, "dest": UNHEALTHY},
     # Bad flags, environment or a provisioning step that cannot succeed.
     {"trigger": "fail", "source": [INIT, STARTING], "dest": FAILED},
     # docker stop, Ctrl-C: stop the children in reverse order, then exit 0.
-    {"trigger": "stop", "source": [INIT, *RUNNING, UNHEALTHY], "dest": STOPPING},
+    {"trigger": "stop", "source": [INIT, *LIVE, UNHEALTHY], "dest": STOPPING},
     # Entering STOPPING, FAILED or (by default) UNHEALTHY posts shut_down, so the new
     # status word is written before the children are stopped, not after.
     {"trigger": "shut_down", "source": STOPPING, "dest": STOPPED,

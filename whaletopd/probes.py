@@ -1,39 +1,93 @@
 """Health checks that speak the protocols a user's connection needs, and their thread.
 
-HEALTHY means a user can connect now, so each check is what a client would do:
-the VNC port logs a client in with the desktop's password, the web port serves
-noVNC's page, the X display accepts a connection.  The prober runs in its own thread
-with socket timeouts, so a hung server costs a probe timeout, never the machine's
-attention; it posts only when the verdict changes, so an idle healthy desktop puts
-nothing on the queue.
+HEALTHY means a user can connect now, so each check is what a client would do: the
+X display accepts a connection; a VNC client logs in with the desktop's password; the
+web port serves noVNC's page; and a VNC login through websockify's WebSocket succeeds.
+Logging in (not just reading the banner) matters: Xvnc blacklists an address after a
+few unauthenticated connections, and a blacklisted server still sends its banner.
+
+The prober runs in its own thread with socket timeouts, so a hung server costs a probe
+timeout, never the machine's attention.  It posts only when its verdict changes, so an
+idle healthy desktop puts nothing on the queue.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import http.client
+import os
 import socket
+import ssl
+import struct
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from whaletopd.events import EventQueue, ProbeFailed, ProbePassed
 
 # Poll quickly until the first pass, so HEALTHY follows readiness within this delay.
 STARTUP_INTERVAL = 0.02
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 class ProbeError(Exception):
     pass
 
 
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise ProbeError(f"connection closed after {len(data)} of {size} bytes")
-        data += chunk
-    return data
+class _Stream(Protocol):
+    def recv_exact(self, size: int) -> bytes: ...
+    def sendall(self, data: bytes) -> None: ...
+
+
+class _SocketStream:
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def recv_exact(self, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = self._sock.recv(size - len(data))
+            if not chunk:
+                raise ProbeError(f"connection closed after {len(data)} of {size} bytes")
+            data += chunk
+        return data
+
+    def sendall(self, data: bytes) -> None:
+        self._sock.sendall(data)
+
+
+class _WebSocketStream:
+    """The binary payload of a client WebSocket (RFC 6455) as a byte stream."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._raw = _SocketStream(sock)
+        self._sock = sock
+        self._buffer = b""
+
+    def recv_exact(self, size: int) -> bytes:
+        while len(self._buffer) < size:
+            self._buffer += self._frame()
+        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+    def _frame(self) -> bytes:
+        head = self._raw.recv_exact(2)
+        opcode, length = head[0] & 0x0F, head[1] & 0x7F
+        if length == 126:
+            length = struct.unpack("!H", self._raw.recv_exact(2))[0]
+        elif length == 127:
+            length = struct.unpack("!Q", self._raw.recv_exact(8))[0]
+        payload = self._raw.recv_exact(length) if length else b""
+        if opcode == 0x8:
+            raise ProbeError("websockify closed the WebSocket")
+        return payload if opcode in (0x0, 0x2) else b""  # pings and text carry no RFB
+
+    def sendall(self, data: bytes) -> None:
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+        self._sock.sendall(bytes([0x82, 0x80 | len(data)]) + mask + masked)
 
 
 def _vnc_des_response(password: str, challenge: bytes) -> bytes:
@@ -52,41 +106,73 @@ def _vnc_des_response(password: str, challenge: bytes) -> bytes:
     return encryptor.update(challenge) + encryptor.finalize()
 
 
-def rfb_login(host: str, port: int, password: str, timeout: float) -> str:
-    """Connect as a VNC client would and authenticate; return the server's banner.
-
-    Reading the banner alone is not enough: a server that rejects every client (Xvnc
-    blacklists an address after a few unauthenticated connections) still sends one.
-    """
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            return _rfb_handshake(sock, password)
-    except (OSError, ProbeError) as exc:
-        raise ProbeError(f"VNC port {port}: {exc}") from None
-
-
-def _rfb_handshake(sock: socket.socket, password: str) -> str:
-    banner = _recv_exact(sock, 12)
+def _rfb_login(stream: _Stream, password: str) -> str:
+    banner = stream.recv_exact(12)
     if not banner.startswith(b"RFB "):
         raise ProbeError(f"no RFB banner (got {banner!r})")
-    sock.sendall(b"RFB 003.008\n")
-    count = _recv_exact(sock, 1)[0]
+    stream.sendall(b"RFB 003.008\n")
+    count = stream.recv_exact(1)[0]
     if count == 0:
-        size = int.from_bytes(_recv_exact(sock, 4), "big")
+        size = int.from_bytes(stream.recv_exact(4), "big")
         raise ProbeError("server refused the connection: "
-                         + _recv_exact(sock, size).decode(errors="replace"))
-    types = _recv_exact(sock, count)
+                         + stream.recv_exact(size).decode(errors="replace"))
+    types = stream.recv_exact(count)
     if 2 not in types:
         raise ProbeError(f"no VNC authentication offered (security types {list(types)})")
-    sock.sendall(b"\x02")
-    sock.sendall(_vnc_des_response(password, _recv_exact(sock, 16)))
-    if int.from_bytes(_recv_exact(sock, 4), "big") != 0:
+    stream.sendall(b"\x02")
+    stream.sendall(_vnc_des_response(password, stream.recv_exact(16)))
+    if int.from_bytes(stream.recv_exact(4), "big") != 0:
         raise ProbeError("authentication failed")
     return banner.decode("ascii", errors="replace").strip()
 
 
-def novnc_page(host: str, port: int, timeout: float, path: str = "/vnc.html") -> None:
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+def _connect(host: str, port: int, timeout: float,
+             tls: ssl.SSLContext | None) -> socket.socket:
+    sock = socket.create_connection((host, port), timeout=timeout)
+    return tls.wrap_socket(sock, server_hostname=host) if tls else sock
+
+
+def rfb_login(host: str, port: int, password: str, timeout: float) -> str:
+    """Log in to the VNC server as a client would; return its banner."""
+    try:
+        with _connect(host, port, timeout, None) as sock:
+            return _rfb_login(_SocketStream(sock), password)
+    except (OSError, ProbeError) as exc:
+        raise ProbeError(f"VNC port {port}: {exc}") from None
+
+
+def websocket_login(host: str, port: int, password: str, timeout: float,
+                    tls: ssl.SSLContext | None = None, path: str = "/websockify") -> str:
+    """What noVNC does: open websockify's WebSocket and log in to VNC through it."""
+    key = base64.b64encode(os.urandom(16))
+    request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+               "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+               "Sec-WebSocket-Protocol: binary\r\n").encode() + b"Sec-WebSocket-Key: " + key
+    accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+    try:
+        with _connect(host, port, timeout, tls) as sock:
+            sock.sendall(request + b"\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(1)
+                if not chunk:
+                    raise ProbeError("connection closed during the WebSocket handshake")
+                head += chunk
+            status = head.split(b"\r\n", 1)[0]
+            if b" 101 " not in status + b" ":
+                raise ProbeError(f"no WebSocket upgrade ({status.decode(errors='replace')})")
+            if accept not in head:
+                raise ProbeError("bad Sec-WebSocket-Accept")
+            return _rfb_login(_WebSocketStream(sock), password)
+    except (OSError, ProbeError) as exc:
+        raise ProbeError(f"WebSocket on web port {port}: {exc}") from None
+
+
+def novnc_page(host: str, port: int, timeout: float, path: str = "/vnc.html",
+               tls: ssl.SSLContext | None = None) -> None:
+    conn: http.client.HTTPConnection = (
+        http.client.HTTPSConnection(host, port, timeout=timeout, context=tls) if tls
+        else http.client.HTTPConnection(host, port, timeout=timeout))
     try:
         conn.request("GET", path)
         resp = conn.getresponse()
@@ -108,31 +194,33 @@ def x_display(socket_path: str, timeout: float) -> None:
         raise ProbeError(f"X display {socket_path}: {exc}") from None
 
 
-Check = Callable[[], object]
-
-
 @dataclass(frozen=True)
 class Probe:
     name: str
-    check: Check
+    part: str  # the child whose failure this check reveals
+    check: Callable[[], object]
 
 
 def desktop_probes(vnc_port: int, web_port: int, x_socket: str, password: str,
-                   timeout: float) -> list[Probe]:
+                   timeout: float, tls: ssl.SSLContext | None = None) -> list[Probe]:
+    """In dependency order: a failure is blamed on the first part that fails."""
+    host = "127.0.0.1"
     return [
-        Probe("x_display", lambda: x_display(x_socket, timeout)),
-        Probe("rfb_login", lambda: rfb_login("127.0.0.1", vnc_port, password, timeout)),
-        Probe("novnc_page", lambda: novnc_page("127.0.0.1", web_port, timeout)),
+        Probe("x_display", "xvnc", lambda: x_display(x_socket, timeout)),
+        Probe("rfb_login", "xvnc", lambda: rfb_login(host, vnc_port, password, timeout)),
+        Probe("novnc_page", "websockify", lambda: novnc_page(host, web_port, timeout, tls=tls)),
+        Probe("websocket_login", "websockify",
+              lambda: websocket_login(host, web_port, password, timeout, tls)),
     ]
 
 
-def run_all(probes: Sequence[Probe]) -> str | None:
-    """None when every probe passed, else the first failure's reason."""
+def run_all(probes: Sequence[Probe]) -> tuple[str, str] | None:
+    """None when every probe passed, else (reason, part) of the first failure."""
     for probe in probes:
         try:
             probe.check()
         except ProbeError as exc:
-            return str(exc)
+            return str(exc), probe.part
     return None
 
 
@@ -146,6 +234,8 @@ class Prober:
         self._interval = interval
         self._threshold = failures_to_unhealthy
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._reset = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prober", daemon=True)
 
     def start(self) -> None:
@@ -153,13 +243,26 @@ class Prober:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
+
+    def reset(self, probes: Sequence[Probe] | None = None) -> None:
+        """Forget the verdict (a part was restarted): probe fast until the next pass."""
+        if probes is not None:
+            self._probes = list(probes)
+        self._reset.set()
+        self._wake.set()
 
     def _run(self) -> None:
         healthy: bool | None = None
         failures = 0
         while not self._stop.is_set():
-            reason = run_all(self._probes)
-            if reason is None:
+            if self._reset.is_set():
+                self._reset.clear()
+                healthy, failures = None, 0
+            failure = run_all(self._probes)
+            if self._reset.is_set() or self._stop.is_set():
+                continue  # a verdict about the part that was just replaced
+            if failure is None:
                 failures = 0
                 if healthy is not True:
                     healthy = True
@@ -168,5 +271,6 @@ class Prober:
                 failures += 1
                 if failures >= self._threshold:
                     healthy = False
-                    self._events.post(ProbeFailed(reason=reason))
-            self._stop.wait(self._interval if healthy is not None else STARTUP_INTERVAL)
+                    self._events.post(ProbeFailed(reason=failure[0], part=failure[1]))
+            self._wake.wait(self._interval if healthy is not None else STARTUP_INTERVAL)
+            self._wake.clear()

@@ -1,0 +1,152 @@
+"""The health issue's fault matrix: what each failure does to status, reason, exit code,
+and that the user's home survives every one of them."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.e2e.conftest import Container, docker
+
+pytestmark = pytest.mark.e2e
+FAST = ("--probe-interval=0.5", "--probe-timeout=1")
+
+
+def _healthy_with_work(c: Container) -> None:
+    c.wait_status("HEALTHY")
+    c.exec("sh", "-c", "echo precious > /home/user/work.txt", user="user")
+
+
+def _home_intact(c: Container) -> bool:
+    return c.exec("cat", "/home/user/work.txt").stdout == "precious\n"
+
+
+def _kill_child(c: Container, name: str, sig: str = "KILL") -> int:
+    pid = c.status_json()["children"][name]["pid"]
+    c.exec("kill", f"-{sig}", str(pid))
+    return int(pid)
+
+
+def _wait_pid_changed(c: Container, name: str, old: int, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid = int(c.status_json()["children"][name]["pid"])
+        if pid != old and c.status() == "HEALTHY\n":
+            return pid
+        time.sleep(0.05)
+    raise AssertionError(f"{name} was not replaced: {c.status_json()}")
+
+
+@pytest.mark.parametrize("name", ["xvnc", "session"])
+def test_losing_the_users_windows_is_unhealthy_and_exits_3(desktop, name):
+    c = desktop()
+    _healthy_with_work(c)
+    pid = _kill_child(c, name)
+    assert c.wait_exit() == 3
+    assert c.status() == "UNHEALTHY\n"
+    detail = c.status_json()
+    assert detail["reason"] == f"{name} (pid {pid}) was killed by signal 9"
+    assert detail["children"][name]["returncode"] == -9
+    assert not any(info["running"] for info in detail["children"].values())
+    # The home is still there for a new container (docker start of the same one).
+    docker("start", c.name)
+    c.wait_status("HEALTHY")
+    assert _home_intact(c)
+
+
+@pytest.mark.parametrize("name", ["xvnc", "session"])
+def test_no_exit_on_failure_keeps_everything_for_recovery(desktop, name):
+    c = desktop("--no-exit-on-failure", *FAST)
+    _healthy_with_work(c)
+    pid = _kill_child(c, name)
+    c.wait_status("UNHEALTHY")
+    time.sleep(1.5)  # several probe intervals: it stays up, and stays UNHEALTHY
+    assert c.running()
+    assert c.status() == "UNHEALTHY\n"
+    assert c.status_json()["reason"] == f"{name} (pid {pid}) was killed by signal 9"
+    survivors = [n for n, info in c.status_json()["children"].items() if info["running"]]
+    assert sorted(survivors) == sorted({"xvnc", "session", "websockify"} - {name})
+    assert _home_intact(c)
+    assert c.exec("whaletopd", "status", check=False).returncode == 1
+
+
+@pytest.mark.parametrize("flags", [(), ("--no-exit-on-failure",)])
+def test_websockify_killed_is_restarted_and_the_desktop_stays(desktop, flags):
+    c = desktop(*flags, *FAST)
+    _healthy_with_work(c)
+    xvnc = c.status_json()["children"]["xvnc"]["pid"]
+    old = _kill_child(c, "websockify")
+    _wait_pid_changed(c, "websockify", old)
+    assert "RECOVERING" in c.transitions()
+    assert c.transitions()[-1] == "HEALTHY"
+    assert c.status_json()["children"]["xvnc"]["pid"] == xvnc, "the X session was not touched"
+    assert c.status_json()["restarts"]["websockify"] == 1
+    assert _home_intact(c)
+
+
+def test_hung_websockify_is_detected_by_its_probe_and_replaced(desktop):
+    c = desktop(*FAST)
+    _healthy_with_work(c)
+    old = _kill_child(c, "websockify", sig="STOP")
+    _wait_pid_changed(c, "websockify", old)
+    reasons = [e["reason"] for e in c.log_lines()
+               if e.get("event") == "transition" and e["dest"] == "RECOVERING"]
+    assert reasons
+    assert reasons[0].startswith("health check failed: ")
+    assert "timed out" in reasons[0]
+    assert c.running()
+
+
+def test_websockify_that_keeps_failing_ends_unhealthy(desktop):
+    c = desktop(*FAST)
+    _healthy_with_work(c)
+    # Something else takes the web port: every restart of websockify fails at once.
+    ws = c.status_json()["children"]["websockify"]["pid"]
+    c.exec("sh", "-c", f"kill -9 {ws}; exec python3 -m http.server 8080 >/dev/null 2>&1 &",
+           user="user")
+    assert c.wait_exit() == 3
+    assert c.status() == "UNHEALTHY\n"
+    assert "websockify" in c.status_json()["reason"]
+    restarts = [e for e in c.log_lines() if e.get("event") == "restart_scheduled"]
+    assert len(restarts) == 5
+
+
+def test_orphans_are_reaped(desktop):
+    c = desktop()
+    c.wait_status("HEALTHY")
+    # 200 short-lived processes whose parent exits at once: all orphaned to PID 1.
+    c.exec("sh", "-c", "for i in $(seq 200); do (sleep 0.2 &) ; done", user="user")
+    deadline = time.monotonic() + 20
+    zombies = -1
+    while time.monotonic() < deadline:
+        zombies = c.exec("ps", "-eo", "stat=").stdout.split().count("Z")
+        sleepers = c.exec("pgrep", "-c", "-x", "sleep", check=False).stdout.strip()
+        if zombies == 0 and sleepers in ("0", ""):
+            break
+        time.sleep(0.2)
+    assert zombies == 0
+    assert c.status() == "HEALTHY\n"
+
+
+def test_docker_stop_while_starting_ends_cleanly(desktop):
+    c = desktop()
+    # As soon as the daemon has written its first word (STARTING), not later.  (Before
+    # that, in the interpreter's first milliseconds, SIGTERM ends it with 143.)
+    while not c.status():
+        time.sleep(0.001)
+    docker("stop", "-t", "10", c.name)
+    assert c.wait_exit() == 0
+    assert c.status() == "STOPPED\n"
+    assert c.transitions()[-2:] == ["STOPPING", "STOPPED"]
+
+
+def test_docker_restart_twice_in_a_row(desktop):
+    c = desktop()
+    _healthy_with_work(c)
+    docker("restart", "-t", "10", c.name)
+    docker("restart", "-t", "10", c.name)
+    c.wait_status("HEALTHY")
+    assert c.transitions().count("STOPPED") == 2
+    assert _home_intact(c)
+    assert c.exec("whaletopd", "status").returncode == 0
