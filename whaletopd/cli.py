@@ -68,7 +68,12 @@ def _status(args: list[str]) -> int:
     if opts.json:
         print(json.dumps(detail or {"state": word}, indent=2, sort_keys=True))
     else:
-        print(word or "UNKNOWN", detail.get("reason", ""), sep=": " if detail.get("reason") else "")
+        line = word or "UNKNOWN"
+        if detail.get("reason"):
+            line += f": {detail['reason']}"
+        if "stale" in detail:
+            line += f" ({detail['stale']})"
+        print(line)
     return 0 if word == "HEALTHY" and "stale" not in detail else 1
 
 

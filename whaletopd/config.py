@@ -7,6 +7,7 @@ problem is a ConfigError whose message names the flag or variable at fault.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import pwd
 import re
@@ -18,9 +19,12 @@ from typing import Any
 MIN_USER_UID = 1000
 MAX_USER_UID = 59999
 VNC_PASSWORD_ENV = "VNC_PASSWORD"
+TLS_KEY_PASSWORD_ENV = "TLS_KEY_PASSWORD"
 # What Debian's useradd accepts, narrowed to names that need no quoting anywhere.
 USERNAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 GEOMETRY_RE = re.compile(r"^(\d{3,5})x(\d{3,5})$")
+# Timers and socket timeouts overflow on infinite or huge values; a day is plenty.
+MAX_SECONDS = 86400.0
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off", ""}
 
@@ -51,6 +55,10 @@ OPTIONS: tuple[Option, ...] = (
            f"take the VNC password from ${VNC_PASSWORD_ENV} instead of generating one"),
     Option("--no-exit-on-failure", "WHALETOP_NO_EXIT_ON_FAILURE", bool, False,
            "stay up in UNHEALTHY instead of stopping, so files can be recovered"),
+    Option("--enable-tls", "WHALETOP_ENABLE_TLS", bool, False,
+           "serve the web page over HTTPS only (self-signed unless --tls-certificate)"),
+    Option("--tls-certificate", "WHALETOP_TLS_CERTIFICATE", str, "",
+           "combined PEM (certificate + private key) for HTTPS; implies --enable-tls"),
     Option("--geometry", "WHALETOP_GEOMETRY", str, "1280x800",
            "initial desktop size WIDTHxHEIGHT (the browser can resize it)"),
     Option("--depth", "WHALETOP_DEPTH", int, 24, "colour depth: 16, 24 or 32"),
@@ -75,6 +83,8 @@ class Config:
     no_sudo: bool = False
     vnc_password_from_env: bool = False
     no_exit_on_failure: bool = False
+    enable_tls: bool = False
+    tls_certificate: str = ""
     geometry: str = "1280x800"
     depth: int = 24
     web_port: int = 8080
@@ -85,6 +95,7 @@ class Config:
     startup_timeout: float = 60.0
     log_format: str = "json"
     vnc_password: str | None = None
+    tls_key_password: bytes | None = None
 
     @property
     def sudo(self) -> bool:
@@ -93,6 +104,10 @@ class Config:
     @property
     def exit_on_failure(self) -> bool:
         return not self.no_exit_on_failure
+
+    @property
+    def tls(self) -> bool:
+        return self.enable_tls or bool(self.tls_certificate)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -146,6 +161,8 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Conf
             values[opt.dest] = opt.default
     if values["vnc_password_from_env"]:
         values["vnc_password"] = _password_from_env(env)
+    # Only for an encrypted private key; never logged, never written.
+    values["tls_key_password"] = env.get(TLS_KEY_PASSWORD_ENV, "").encode() or None
     config = Config(**values)
     validate(config)
     return config
@@ -194,7 +211,11 @@ def validate(config: Config) -> None:
     for flag, seconds in (("--probe-interval", config.probe_interval),
                           ("--probe-timeout", config.probe_timeout),
                           ("--startup-timeout", config.startup_timeout)):
-        if not seconds > 0:
-            raise ConfigError(f"{flag}: {seconds} must be a positive number of seconds")
+        if not (math.isfinite(seconds) and 0 < seconds <= MAX_SECONDS):
+            raise ConfigError(f"{flag}: {seconds} must be between 0 and {MAX_SECONDS:g} "
+                              "seconds")
+    if config.tls_certificate and not config.tls_certificate.startswith("/"):
+        raise ConfigError(f"--tls-certificate: {config.tls_certificate!r} is not an absolute "
+                          "path in the container (mount the file, e.g. -v ...:/data/cert.pem)")
     if config.log_format not in ("json", "console"):
         raise ConfigError(f"--log-format: {config.log_format!r} is not json or console")

@@ -13,15 +13,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from transitions import EventData
 
-from whaletopd import children, logs, probes
+from whaletopd import certs, children, logs, probes
 from whaletopd.backoff import RestartBudget
 from whaletopd.children import Child, RunAs
 from whaletopd.config import Config
 from whaletopd.events import (
+    CertificateChanged,
+    CertificateCheckDue,
+    CertificateExpired,
     ChildExited,
     DisplayReady,
     Event,
@@ -37,7 +41,8 @@ from whaletopd.events import (
 from whaletopd.machine import EXIT_CODES
 from whaletopd.paths import Paths
 from whaletopd.provision import ProvisionError
-from whaletopd.status import StatusFile
+from whaletopd.status import StatusFile, now_iso
+from whaletopd.tls import TLSError
 
 log = logs.get("whaletopd")
 DISPLAY = 1
@@ -68,8 +73,15 @@ class Desktop:
         self._timers: list[threading.Timer] = []
         self._t0 = time.monotonic()
         self._password = ""
+        self._since = ""
         self._restarts = RestartBudget()
         self._recovery_deadline: threading.Timer | None = None
+        self._certificate: certs.Certificate | None = None
+        self._candidate: certs.Certificate | None = None
+        self._certificate_pending = False
+        self._cert_timer: threading.Timer | None = None
+        self._cert_watcher: certs.DirectoryWatcher | None = None
+        self._websockify_pem: Path | None = None
 
     # -- bookkeeping shared by every transition ---------------------------------------
 
@@ -80,17 +92,20 @@ class Desktop:
 
     def on_state_change(self, event: EventData) -> None:
         src = event.transition.source if event.transition else None
+        if src != self.state or not self._since:
+            self._since = now_iso()
         log.info("transition", trigger=event.event.name, source=src, dest=self.state,
                  reason=self.reason, elapsed_ms=self._elapsed_ms())
         self.write_status()
 
     def write_status(self) -> None:
-        self.status.write(self.state, self.reason, {
+        self.status.write(self.state, self.reason, since=self._since, detail={
             "username": self.config.username,
             "web_port": self.config.web_port,
             "vnc_port": self.config.vnc_port,
             "children": {c.name: {"pid": c.pid, "running": c.returncode is None,
                                   "returncode": c.returncode} for c in self.children},
+            "tls": self._certificate.describe() if self._certificate else None,
             "restarts": {"websockify": self._restarts.used(),
                          "allowed": self._restarts.attempts,
                          "window_s": self._restarts.window},
@@ -110,7 +125,7 @@ class Desktop:
     def _fail_on_error(self, work: Callable[[], None]) -> None:
         try:
             work()
-        except (ProvisionError, OSError) as exc:
+        except (ProvisionError, TLSError, OSError) as exc:
             self.events.post(Failed(reason=str(exc)))
 
     # -- STARTING: provisioning, then the display -------------------------------------
@@ -134,6 +149,16 @@ class Desktop:
             password = cfg.vnc_password or p.generate_password()
             p.write_password(password, self.paths, self.run_as)
         self._password = password
+        if cfg.tls:
+            with self._step("tls") as out:
+                self._certificate = certs.obtain(cfg.tls_certificate, self.paths.state_dir,
+                                                 cfg.tls_key_password)
+                self._websockify_pem = certs.publish(
+                    self._certificate, self.paths.state_dir, self.paths.run_dir,
+                    self.run_as.uid, self.run_as.gid)
+                out.update(self._certificate.describe())
+            self._watch_certificate()
+            self._check_certificate()
         if cfg.vnc_password is None:
             log.info("vnc_password", password=password, file=str(self.paths.vnc_passwd))
         elif len(cfg.vnc_password) > p.VNC_PASSWORD_LENGTH:
@@ -185,10 +210,23 @@ class Desktop:
     def _spawn_websockify(self, env: dict[str, str]) -> Child:
         assert self.run_as is not None
         cfg = self.config
+        tls_args = ([] if self._websockify_pem is None
+                    else ["--cert", str(self._websockify_pem), "--ssl-only"])
         return children.spawn("websockify", [
-            "websockify", "--web", str(self.paths.novnc_dir),
+            "websockify", *tls_args, "--web", str(self.paths.novnc_dir),
             f"0.0.0.0:{cfg.web_port}", f"127.0.0.1:{cfg.vnc_port}",
         ], self.run_as, env, self.events)
+
+    def _respawn_websockify(self, old: Child) -> Child | None:
+        """Replace `old` in place (stop order stays reverse start order).  A spawn that
+        fails is logged; the recovery deadline then ends the desktop UNHEALTHY."""
+        try:
+            new = self._spawn_websockify(self._env())
+        except OSError as exc:
+            log.error("restart_failed", child=old.name, reason=str(exc))
+            return None
+        self.children[self.children.index(old)] = new
+        return new
 
     def _post_later(self, seconds: float, event: Event) -> threading.Timer:
         timer = threading.Timer(seconds, self.events.post, args=(event,))
@@ -208,13 +246,16 @@ class Desktop:
                 self.run_as, self._env(), self.events))
         self.events.post(Launched())
 
-    def start_probes(self, event: EventData) -> None:
+    def _probes(self) -> list[probes.Probe]:
         cfg = self.config
-        self._prober = probes.Prober(
-            probes.desktop_probes(cfg.vnc_port, cfg.web_port,
-                                  str(self.paths.x11_socket_dir / f"X{DISPLAY}"),
-                                  self._password, cfg.probe_timeout),
-            self.events, interval=cfg.probe_interval)
+        return probes.desktop_probes(
+            cfg.vnc_port, cfg.web_port, str(self.paths.x11_socket_dir / f"X{DISPLAY}"),
+            self._password, cfg.probe_timeout,
+            pin=self._certificate.bundle.fingerprint if self._certificate else None)
+
+    def start_probes(self, event: EventData) -> None:
+        self._prober = probes.Prober(self._probes(), self.events,
+                                     interval=self.config.probe_interval)
         self._prober.start()
 
     # -- RECOVERING: restart what holds no user state ------------------------------------
@@ -254,10 +295,13 @@ class Desktop:
                     attempt=self._restarts.used(), of=self._restarts.attempts,
                     window_s=self._restarts.window, reason=self.reason)
         self._post_later(delay, RestartDue(name=name))
+        self._arm_recovery_deadline()
+
+    def _arm_recovery_deadline(self) -> None:
         if self._recovery_deadline is not None:
             self._recovery_deadline.cancel()
-        self._recovery_deadline = self._post_later(
-            self.config.startup_timeout, RecoveryTimedOut(seconds=self.config.startup_timeout))
+        seconds = self.config.startup_timeout
+        self._recovery_deadline = self._post_later(seconds, RecoveryTimedOut(seconds=seconds))
 
     def retry_later(self, event: EventData) -> None:
         """--no-exit-on-failure: try again once the restart budget allows."""
@@ -276,10 +320,91 @@ class Desktop:
             old.retired = True
             children.stop([old], deadline=0.5)
         with self._step("restart_" + ev.name):
-            new = self._spawn_websockify(self._env())
-        self.children[self.children.index(old)] = new
+            new = self._respawn_websockify(old)
+        if new is None:
+            return
         if self._prober is not None:
             self._prober.reset()
+
+    # -- TLS: rotation and expiry -----------------------------------------------------------
+
+    def _watch_certificate(self) -> None:
+        cert = self._certificate
+        if cert is None or cert.source is None:
+            return
+        self._cert_watcher = certs.DirectoryWatcher(
+            cert.source.parent, lambda: self.events.post(CertificateChanged()))
+        self._cert_watcher.start()
+
+    def new_certificate_valid(self, event: EventData) -> bool:
+        """Condition: the file changed and what it holds now can be served."""
+        from whaletopd import tls
+
+        cert = self._certificate
+        if cert is None or cert.source is None:
+            return False
+        if tls.file_digest(cert.source) == cert.digest:
+            return False  # a touch, or an event about another file in the folder
+        try:
+            self._candidate = certs.obtain(str(cert.source), self.paths.state_dir,
+                                           self.config.tls_key_password)
+        except TLSError as exc:
+            log.error("certificate_refused", reason=str(exc),
+                      in_service=cert.bundle.fingerprint)
+            cert.digest = tls.file_digest(cert.source)  # refuse this content once
+            return False
+        return True
+
+    def expiry_is_the_problem(self, event: EventData) -> bool:
+        return self.reason == CertificateExpired.summary and not self.exit_on_failure
+
+    def reload_certificate(self, event: EventData) -> None:
+        assert self._candidate is not None
+        assert self.run_as is not None
+        old, self._certificate, self._candidate = self._certificate, self._candidate, None
+        with self._step("reload_tls") as out:
+            certs.publish(self._certificate, self.paths.state_dir, self.paths.run_dir,
+                          self.run_as.uid, self.run_as.gid)
+            out.update(self._certificate.describe())
+            out["replaced"] = old.bundle.fingerprint if old else None
+        self._check_certificate()
+        web = self._child("websockify")
+        if web is not None:
+            web.retired = True
+            children.stop([web], deadline=0.5)
+            self._respawn_websockify(web)
+        if self._prober is not None:
+            self._prober.reset(self._probes())
+        self._arm_recovery_deadline()
+
+    def defer_certificate(self, event: EventData) -> None:
+        self._certificate_pending = True
+
+    def check_certificate(self, event: EventData) -> None:
+        self._check_certificate()
+
+    def _check_certificate(self) -> None:
+        """Log the expiry warnings now due, post expiry, and arm the next check."""
+        cert = self._certificate
+        if cert is None:
+            return
+        for threshold in cert.due_warnings():
+            log.warning("certificate_expires_soon", within_days=threshold.days,
+                        not_after=cert.describe()["not_after"],
+                        fingerprint_sha256=cert.bundle.fingerprint)
+        if cert.expired():
+            self.events.post(CertificateExpired())
+            return
+        if self._cert_timer is not None:
+            self._cert_timer.cancel()
+        delay = cert.seconds_to_next_check()
+        if delay is not None:
+            # A timer's clock stops while the host sleeps: never wait more than an hour.
+            self._cert_timer = self._post_later(min(delay, 3600.0) + 0.01,
+                                                CertificateCheckDue())
+
+    def certificate_expired_now(self, event: EventData) -> bool:
+        return self._certificate is not None and self._certificate.expired()
 
     # -- leaving: STOPPING, FAILED, UNHEALTHY ------------------------------------------
 
@@ -294,6 +419,9 @@ class Desktop:
         if self._recovery_deadline is not None:
             self._recovery_deadline.cancel()
             self._recovery_deadline = None
+        if self._certificate_pending:
+            self._certificate_pending = False
+            self.events.post(CertificateChanged())
 
     def on_enter_UNHEALTHY(self, event: EventData) -> None:
         log.error("unhealthy", reason=self.reason, exit_on_failure=self.exit_on_failure)
@@ -309,6 +437,8 @@ class Desktop:
             timer.cancel()
         if self._prober is not None:
             self._prober.stop()
+        if self._cert_watcher is not None:
+            self._cert_watcher.stop()
         for child in self.children:
             child.retired = True
         with self._step("stop_children", children=[c.name for c in reversed(self.children)]):

@@ -31,7 +31,7 @@ def render() -> dict[str, str]:
     markdown = (
         "# whaletopd state machine\n\n"
         "Generated from `whaletopd/machine.py` by `python -m whaletopd diagram`; "
-        "`tests/test_diagram.py` fails when this file and the code disagree.\n\n"
+        "`tests/unit/test_diagram.py` fails when this file and the code disagree.\n\n"
         f"```mermaid\n{source}```\n"
     )
     return {"whaletopd.mmd": source, "README.md": markdown}

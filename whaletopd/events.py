@@ -86,6 +86,27 @@ class RecoveryTimedOut(Event):
 
 
 @dataclass(frozen=True)
+class CertificateChanged(Event):
+    """Something changed in the directory of --tls-certificate (debounced)."""
+
+    trigger: ClassVar[str] = "certificate_changed"
+    summary: ClassVar[str] = "a new certificate is in service; restarting websockify"
+
+
+@dataclass(frozen=True)
+class CertificateCheckDue(Event):
+    """Time to log an expiry warning, or to notice that the certificate expired."""
+
+    trigger: ClassVar[str] = "certificate_check_due"
+
+
+@dataclass(frozen=True)
+class CertificateExpired(Event):
+    trigger: ClassVar[str] = "certificate_expired"
+    summary: ClassVar[str] = "certificate expired"
+
+
+@dataclass(frozen=True)
 class StartupTimedOut(Event):
     trigger: ClassVar[str] = "startup_timed_out"
     seconds: float

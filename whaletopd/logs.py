@@ -7,6 +7,11 @@ import sys
 from typing import Any, TextIO
 
 import structlog
+import structlog.tracebacks
+
+# Tracebacks without local variables: a frame's locals can hold the VNC or key password.
+_TRACEBACKS = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
 
 _SHARED: list[Any] = [
     structlog.contextvars.merge_contextvars,
@@ -20,7 +25,7 @@ def configure(fmt: str = "json", stream: TextIO | None = None) -> None:
     renderer: Any = (structlog.dev.ConsoleRenderer(colors=False) if fmt == "console"
                      else structlog.processors.JSONRenderer())
     structlog.configure(
-        processors=[*_SHARED, structlog.processors.dict_tracebacks, renderer],
+        processors=[*_SHARED, _TRACEBACKS, renderer],
         logger_factory=structlog.WriteLoggerFactory(file=out),
         # Not cached: tests swap processors with structlog.testing.capture_logs(), and a
         # daemon that logs a few lines a minute gains nothing from caching.
@@ -31,7 +36,7 @@ def configure(fmt: str = "json", stream: TextIO | None = None) -> None:
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*_SHARED, structlog.stdlib.add_logger_name],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.processors.dict_tracebacks, renderer],
+                    _TRACEBACKS, renderer],
     ))
     root = logging.getLogger()
     root.handlers[:] = [handler]

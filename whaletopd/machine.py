@@ -24,10 +24,11 @@ STOPPED = "STOPPED"
 FAILED = "FAILED"
 
 RECOVERING = "RECOVERING"
+RELOADING_TLS = "RELOADING_TLS"
 
-STATES: list[str] = [INIT, STARTING, STARTED, HEALTHY, RECOVERING, UNHEALTHY, STOPPING, STOPPED,
-                     FAILED]
-UP = [STARTED, HEALTHY, RECOVERING]  # launched: the user's windows exist
+STATES: list[str] = [INIT, STARTING, STARTED, HEALTHY, RECOVERING, RELOADING_TLS, UNHEALTHY,
+                     STOPPING, STOPPED, FAILED]
+UP = [STARTED, HEALTHY, RECOVERING, RELOADING_TLS]  # launched: the user's windows exist
 LIVE = [STARTING, *UP]
 
 TRANSITIONS: list[dict[str, Any]] = [
@@ -39,7 +40,8 @@ TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "launched", "source": STARTING, "dest": STARTED, "after": "start_probes"},
     # HEALTHY means a user can connect now: X display, VNC login, noVNC page and a VNC
     # login through websockify's WebSocket all answer.
-    {"trigger": "probe_passed", "source": [STARTED, RECOVERING], "dest": HEALTHY},
+    {"trigger": "probe_passed", "source": [STARTED, RECOVERING, RELOADING_TLS],
+     "dest": HEALTHY},
     # Only with --no-exit-on-failure does UNHEALTHY wait, and so can recover.
     {"trigger": "probe_passed", "source": UNHEALTHY, "dest": HEALTHY,
      "unless": "exit_on_failure"},
@@ -56,8 +58,23 @@ TRANSITIONS: list[dict[str, Any]] = [
      "conditions": "retryable", "unless": "stale", "after": "retry_later"},
     {"trigger": "restart_due", "source": [RECOVERING, UNHEALTHY], "dest": None,
      "after": "restart_child"},
-    {"trigger": "recovery_timed_out", "source": RECOVERING, "dest": UNHEALTHY},
+    {"trigger": "recovery_timed_out", "source": [RECOVERING, RELOADING_TLS], "dest": UNHEALTHY},
     {"trigger": "startup_timed_out", "source": [STARTING, STARTED], "dest": UNHEALTHY},
+    # TLS rotation: a changed --tls-certificate is validated first (a bad one is refused,
+    # logged, and the old one stays in service); a good one replaces websockify only.
+    {"trigger": "certificate_changed", "source": HEALTHY, "dest": RELOADING_TLS,
+     "conditions": "new_certificate_valid", "after": "reload_certificate"},
+    {"trigger": "certificate_changed", "source": UNHEALTHY, "dest": RELOADING_TLS,
+     "conditions": ["expiry_is_the_problem", "new_certificate_valid"],
+     "after": "reload_certificate"},
+    {"trigger": "certificate_changed", "source": [STARTING, STARTED, RECOVERING, RELOADING_TLS],
+     "dest": None, "after": "defer_certificate"},
+    # Expiry: warnings 30, 7 and 1 day(s) ahead; at notAfter, UNHEALTHY (unless a renewed
+    # file was swapped in first).
+    {"trigger": "certificate_check_due", "source": [*UP, UNHEALTHY], "dest": None,
+     "after": "check_certificate"},
+    {"trigger": "certificate_expired", "source": UP, "dest": UNHEALTHY,
+     "conditions": "certificate_expired_now"},
     # Bad flags, environment or a provisioning step that cannot succeed.
     {"trigger": "fail", "source": [INIT, STARTING], "dest": FAILED},
     # docker stop, Ctrl-C: stop the children in reverse order, then exit 0.

@@ -20,6 +20,7 @@ import psutil
 
 from whaletopd.children import RunAs
 from whaletopd.config import Config
+from whaletopd.files import atomic_write
 from whaletopd.paths import Paths
 
 # No look-alikes (0/O, 1/l/I): the password is read off a log and typed by hand.
@@ -186,15 +187,9 @@ def generate_password() -> str:
 
 def write_password(password: str, paths: Paths, run_as: RunAs) -> None:
     """Plain text for root (docker exec), obfuscated for Xvnc (readable by the user only)."""
-    from whaletopd.status import atomic_write
-
     atomic_write(paths.vnc_passwd, password + "\n", mode=0o600)
     obfuscated = _run(["vncpasswd", "-f"], input_text=f"{password}\n{password}\n")
-    fd = os.open(paths.vnc_auth, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(obfuscated)
-    os.chown(paths.vnc_auth, run_as.uid, run_as.gid)
-    os.chmod(paths.vnc_auth, 0o600)
+    atomic_write(paths.vnc_auth, obfuscated, mode=0o600, owner=(run_as.uid, run_as.gid))
 
 
 def runtime_dir(run_as: RunAs) -> str:

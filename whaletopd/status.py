@@ -9,24 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-
-def atomic_write(path: Path, data: str, mode: int = 0o644) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+from whaletopd.files import atomic_write
 
 
 def now_iso() -> str:
@@ -38,8 +25,11 @@ class StatusFile:
         self.word_path = word_path
         self.json_path = json_path
 
-    def write(self, state: str, reason: str, detail: dict[str, Any]) -> None:
-        doc = {"state": state, "since": now_iso(), "reason": reason, "pid": os.getpid(), **detail}
+    def write(self, state: str, reason: str, detail: dict[str, Any],
+              since: str | None = None) -> None:
+        """`since`: when the state was entered (detail may change within a state)."""
+        doc = {"state": state, "since": since or now_iso(), "reason": reason,
+               "pid": os.getpid(), **detail}
         atomic_write(self.json_path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
         atomic_write(self.word_path, state + "\n")
 

@@ -14,10 +14,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import ipaddress
-import os
 import re
 import stat
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,6 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from whaletopd.files import atomic_write
 
 PrivateKey: TypeAlias = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
@@ -142,32 +142,6 @@ def next_check(not_after: datetime, now: datetime) -> datetime | None:
 
 # -- files --------------------------------------------------------------------------------
 
-def _atomic_write(path: Path, data: bytes, mode: int,
-                  owner: tuple[int, int] | None = None) -> None:
-    """Write via a temporary file in the same directory (mode and owner set before the
-    content goes in) and rename it over `path`, so no reader sees a partial file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if owner is not None:
-                os.fchown(f.fileno(), *owner)
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
 def file_digest(path: Path) -> str | None:
     """SHA-256 of the file's content; None when it is missing or unreadable."""
     try:
@@ -180,7 +154,7 @@ def file_digest(path: Path) -> str | None:
 def install(bundle: Bundle, dest: Path, uid: int, gid: int) -> None:
     """Write the combined PEM for websockify: mode 0600, owned by uid:gid.  This is the only
     place the decrypted key is written."""
-    _atomic_write(dest, bundle.combined_pem(), 0o600, owner=(uid, gid))
+    atomic_write(dest, bundle.combined_pem(), 0o600, owner=(uid, gid))
 
 
 # -- loading a user's file ----------------------------------------------------------------
@@ -425,6 +399,6 @@ def load_or_create_self_signed(state_dir: Path, hostname: str, *, now: datetime 
             path.chmod(0o600)
     else:
         bundle, created = generate_self_signed(host, now=at), True
-        _atomic_write(path, bundle.combined_pem(), 0o600)
-    _atomic_write(state_dir / PUBLIC_CERT_NAME, bundle.cert_pem(), 0o644)
+        atomic_write(path, bundle.combined_pem(), 0o600)
+    atomic_write(state_dir / PUBLIC_CERT_NAME, bundle.cert_pem(), 0o644)
     return bundle, created

@@ -40,9 +40,12 @@ def run_as(tmp_path: Path) -> RunAs:
 
 @pytest.fixture
 def restore_signals() -> Iterator[None]:
-    """loop.run installs SIGTERM/SIGINT/SIGHUP handlers: put pytest's back afterwards."""
+    """loop.run installs SIGTERM/SIGINT/SIGHUP handlers and changes the signal mask: put
+    pytest's back afterwards."""
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT,
                                                     signal.SIGHUP)}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     yield
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     for sig, handler in saved.items():
         signal.signal(sig, handler)

@@ -26,6 +26,7 @@ NON_DEFAULT = {
     "probe_timeout": ("1.5", 1.5),
     "startup_timeout": ("120", 120.0),
     "log_format": ("console", "console"),
+    "tls_certificate": ("/data/cert.pem", "/data/cert.pem"),
 }
 
 
@@ -39,6 +40,8 @@ def test_defaults_without_flags_or_environment() -> None:
     assert (cfg.geometry, cfg.depth, cfg.web_port, cfg.vnc_port) == ("1280x800", 24, 8080, 5901)
     assert cfg.expose_vnc is False
     assert cfg.log_format == "json"
+    assert cfg.tls is False
+    assert cfg.tls_key_password is None
 
 
 def test_option_table_matches_config_defaults() -> None:
@@ -204,6 +207,31 @@ def test_bad_password_names_the_variable(env: dict[str, str], why: str) -> None:
 
 def test_password_of_six_printable_characters_is_enough() -> None:
     assert parse(["--vnc-password-from-env"], {"VNC_PASSWORD": "a b~!?"}).vnc_password == "a b~!?"
+
+
+# -- TLS ------------------------------------------------------------------------------
+
+def test_enable_tls() -> None:
+    assert parse(["--enable-tls"], {}).tls is True
+    assert parse([], {"WHALETOP_ENABLE_TLS": "yes"}).tls is True
+
+
+def test_tls_certificate_implies_tls() -> None:
+    cfg = parse(["--tls-certificate", "/data/cert.pem"], {})
+    assert cfg.tls is True
+    assert cfg.enable_tls is False
+
+
+@pytest.mark.parametrize("path", ["cert.pem", "./cert.pem", "~/cert.pem", "data/cert.pem"])
+def test_tls_certificate_must_be_absolute(path: str) -> None:
+    with pytest.raises(ConfigError, match="--tls-certificate"):
+        parse(["--tls-certificate", path], {})
+
+
+def test_tls_key_password_from_env_only() -> None:
+    cfg = parse(["--tls-certificate", "/data/cert.pem"], {"TLS_KEY_PASSWORD": "pässword"})
+    assert cfg.tls_key_password == "pässword".encode()
+    assert parse([], {"TLS_KEY_PASSWORD": ""}).tls_key_password is None
 
 
 # -- display and ports ------------------------------------------------------------------

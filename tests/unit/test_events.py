@@ -13,6 +13,8 @@ from whaletopd.events import (
     Launched,
     ProbeFailed,
     ProbePassed,
+    RecoveryTimedOut,
+    RestartDue,
     Start,
     StartupTimedOut,
     StopRequested,
@@ -44,12 +46,14 @@ def test_why_of_a_child_exit() -> None:
 
 
 def test_why_carries_the_reason() -> None:
-    assert ProbeFailed(reason="VNC port 5901: refused").why == (
+    assert ProbeFailed(reason="VNC port 5901: refused", part="xvnc").why == (
         "health check failed: VNC port 5901: refused")
     assert Failed(reason="useradd failed").why == "useradd failed"
     assert StopRequested(reason="received SIGTERM").why == "received SIGTERM"
     assert StartupTimedOut(seconds=60.0).why == "not HEALTHY within 60 s of start"
     assert StartupTimedOut(seconds=2.5).why == "not HEALTHY within 2.5 s of start"
+    assert RestartDue(name="websockify").why == "restarting websockify"
+    assert RecoveryTimedOut(seconds=60.0).why == "not HEALTHY again within 60 s of a restart"
 
 
 def test_summaries_of_milestones() -> None:

@@ -3,10 +3,13 @@ http.server serving a noVNC-like page, an AF_UNIX socket standing in for the X d
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 import http.server
 import os
 import socket
+import ssl
 import threading
 import warnings
 from collections.abc import Iterator
@@ -19,7 +22,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from cryptography.utils import CryptographyDeprecationWarning
 
 from whaletopd import probes
-from whaletopd.events import EventQueue, ProbeFailed, ProbePassed
+from whaletopd.events import Event, EventQueue, ProbeFailed, ProbePassed
 from whaletopd.probes import Probe, ProbeError, Prober
 
 from .helpers import wait_for
@@ -58,18 +61,73 @@ def test_oracle_key_matches_the_known_vnc_fixed_key() -> None:
         "e84ad660c4721ae0")
 
 
-# -- a tiny RFB 3.8 server --------------------------------------------------------------
+# -- a tiny RFB 3.8 server, over TCP or over a WebSocket as websockify serves it ---------
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+class _TCP:
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+
+    def recv(self, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = self.conn.recv(size - len(data))
+            if not chunk:
+                raise OSError("client went away")
+            data += chunk
+        return data
+
+    def send(self, data: bytes) -> None:
+        self.conn.sendall(data)
+
+
+class _WS(_TCP):
+    """Server side of RFC 6455 binary frames: client frames are masked, ours are not.
+    Each send is split in two frames with a ping between, as a real server may do."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        super().__init__(conn)
+        self.buffer = b""
+
+    def recv(self, size: int) -> bytes:
+        while len(self.buffer) < size:
+            head = super().recv(2)
+            assert head[1] & 0x80, "client frames must be masked"
+            length = head[1] & 0x7F
+            mask = super().recv(4)
+            payload = bytes(b ^ mask[i % 4] for i, b in enumerate(super().recv(length)))
+            if head[0] & 0x0F == 0x2:
+                self.buffer += payload
+        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        return data
+
+    def send(self, data: bytes) -> None:
+        half = len(data) // 2
+        for part in (data[:half], data[half:]):
+            if part:
+                self.conn.sendall(bytes([0x82, len(part)]) + part)
+            self.conn.sendall(b"\x89\x00")  # a ping: carries no RFB bytes
+
 
 @dataclass
 class RFBServer:
-    """Serves each connection according to `mode`; records what clients sent."""
+    """Serves each connection according to `mode`; records what clients sent.
+
+    transport "ws" puts a WebSocket handshake (on `ws_path`) in front, like websockify.
+    """
 
     password: str = "s3cretpw"
-    mode: str = "auth"  # auth | refuse | none-only | silent | close | http
+    mode: str = "auth"  # auth | refuse | none-only | silent | close | http | bad-accept
+    transport: str = "tcp"
+    ws_path: str = "/websockify"
     port: int = 0
     client_versions: list[bytes] = field(default_factory=list)
     chosen_types: list[int] = field(default_factory=list)
     results: list[int] = field(default_factory=list)
+    ws_requests: list[bytes] = field(default_factory=list)
+    pages: dict[str, bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._sock = socket.create_server(("127.0.0.1", 0))
@@ -85,50 +143,71 @@ class RFBServer:
                 return
             with conn:
                 try:
+                    conn.settimeout(TIMEOUT)
                     self._handle(conn)
                 except OSError:
                     pass
 
-    @staticmethod
-    def _recv(conn: socket.socket, size: int) -> bytes:
-        data = b""
-        while len(data) < size:
-            chunk = conn.recv(size - len(data))
+    def _upgrade(self, conn: socket.socket) -> _TCP | None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = conn.recv(1)
             if not chunk:
-                raise OSError("client went away")
-            data += chunk
-        return data
+                return None
+            head += chunk
+        self.ws_requests.append(head)
+        path = head.split(b" ")[1].decode()
+        if path in self.pages:
+            body = self.pages[path]
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: "
+                         + str(len(body)).encode() + b"\r\n\r\n" + body)
+            return None
+        if not head.startswith(f"GET {self.ws_path} ".encode()):
+            conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+            return None
+        key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"sec-websocket-key:"))
+        accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+        if self.mode == "bad-accept":
+            accept = base64.b64encode(b"not the right digest")
+        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Protocol: binary\r\n"
+                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        return _WS(conn)
 
     def _handle(self, conn: socket.socket) -> None:
-        conn.settimeout(TIMEOUT)
         if self.mode == "close":
             return
         if self.mode == "silent":
-            self._recv(conn, 1)  # waits for the client, which waits for us: its timeout ends it
+            while conn.recv(1024):  # reads, never answers: the client's timeout ends it
+                pass
             return
         if self.mode == "http":
             conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
             return
-        conn.sendall(b"RFB 003.008\n")
-        self.client_versions.append(self._recv(conn, 12))
+        io = self._upgrade(conn) if self.transport == "ws" else _TCP(conn)
+        if io is None:
+            return
+        io.send(b"RFB 003.008\n")
+        self.client_versions.append(io.recv(12))
         if self.mode == "refuse":
             reason = b"Too many security failures"
-            conn.sendall(b"\x00" + len(reason).to_bytes(4, "big") + reason)
+            io.send(b"\x00" + len(reason).to_bytes(4, "big") + reason)
             return
-        conn.sendall(b"\x01\x01" if self.mode == "none-only" else b"\x02\x10\x02")
-        chosen = self._recv(conn, 1)[0]
+        io.send(b"\x01\x01" if self.mode == "none-only" else b"\x02\x10\x02")
+        chosen = io.recv(1)[0]
         self.chosen_types.append(chosen)
         if chosen != 2:
             return
         challenge = os.urandom(16)
-        conn.sendall(challenge)
-        response = self._recv(conn, 16)
+        io.send(challenge)
+        response = io.recv(16)
         result = 0 if response == vnc_response(self.password, challenge) else 1
         self.results.append(result)
-        conn.sendall(result.to_bytes(4, "big"))
+        io.send(result.to_bytes(4, "big"))
         if result:
             reason = b"Authentication failed"
-            conn.sendall(len(reason).to_bytes(4, "big") + reason)
+            io.send(len(reason).to_bytes(4, "big") + reason)
 
     def close(self) -> None:
         self._sock.close()
@@ -180,7 +259,7 @@ def test_rfb_login_with_a_wrong_password(rfb: RFBServer) -> None:
 def test_rfb_login_refused_by_the_server_says_why() -> None:
     server = RFBServer(mode="refuse")
     try:
-        with pytest.raises(ProbeError, match="refused.*Too many security failures"):
+        with pytest.raises(ProbeError, match=r"refused.*Too many security failures"):
             probes.rfb_login("127.0.0.1", server.port, "s3cretpw", TIMEOUT)
     finally:
         server.close()
@@ -222,14 +301,15 @@ def test_rfb_login_uses_no_deprecated_cryptography(rfb: RFBServer) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         probes.rfb_login("127.0.0.1", rfb.port, "s3cretpw", TIMEOUT)
-    deprecations = [w for w in caught if issubclass(w.category, CryptographyDeprecationWarning)]
-    assert deprecations == [], [str(w.message) for w in deprecations]
+    deprecations = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught
+                    if issubclass(w.category, CryptographyDeprecationWarning)]
+    assert deprecations == []
 
 
 # -- the noVNC page ---------------------------------------------------------------------
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
@@ -239,7 +319,8 @@ def web(tmp_path: Path) -> Iterator[int]:
     (tmp_path / "other.html").write_text("<html>It works!</html>")
     handler = functools.partial(_QuietHandler, directory=str(tmp_path))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01},
+                              daemon=True)
     thread.start()
     yield int(server.server_address[1])
     server.shutdown()
@@ -251,12 +332,12 @@ def test_novnc_page_served(web: int) -> None:
 
 
 def test_novnc_page_missing(web: int) -> None:
-    with pytest.raises(ProbeError, match=rf"web port {web}: /nope.html answered 404"):
+    with pytest.raises(ProbeError, match=rf"web port {web}: /nope.html answered .*404"):
         probes.novnc_page("127.0.0.1", web, TIMEOUT, path="/nope.html")
 
 
 def test_novnc_page_of_another_application(web: int) -> None:
-    with pytest.raises(ProbeError, match="answered 200 without noVNC"):
+    with pytest.raises(ProbeError, match=r"answered .*200.* without noVNC"):
         probes.novnc_page("127.0.0.1", web, TIMEOUT, path="/other.html")
 
 
@@ -273,6 +354,67 @@ def test_novnc_page_from_a_server_speaking_rfb() -> None:
             probes.novnc_page("127.0.0.1", server.port, 0.2)
     finally:
         server.close()
+
+
+# -- HTTPS with a pinned certificate (--enable-tls) --------------------------------------
+
+def _self_signed(tmp_path: Path) -> tuple[Path, str]:
+    """A PEM with certificate and key, and the certificate's SHA-256 (the pin)."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    pem = tmp_path / "cert.pem"
+    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return pem, hashlib.sha256(der).hexdigest()
+
+
+@pytest.fixture
+def https(tmp_path: Path) -> Iterator[tuple[int, str]]:
+    """(port, pin) of an HTTPS server serving noVNC's page."""
+    pem, pin = _self_signed(tmp_path)
+    (tmp_path / "vnc.html").write_text("<title>noVNC</title>")
+    handler = functools.partial(_QuietHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pem)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01},
+                              daemon=True)
+    thread.start()
+    yield int(server.server_address[1]), pin
+    server.shutdown()
+    server.server_close()
+
+
+def test_novnc_page_over_https_with_the_pinned_certificate(https: tuple[int, str]) -> None:
+    port, pin = https
+    probes.novnc_page("127.0.0.1", port, TIMEOUT, pin=pin)
+
+
+def test_novnc_page_over_https_with_another_certificate(https: tuple[int, str]) -> None:
+    """websockify still serving the old certificate after a rotation is a failure."""
+    port, _ = https
+    with pytest.raises(ProbeError, match=rf"web port {port}: serves certificate .*expected"):
+        probes.novnc_page("127.0.0.1", port, TIMEOUT, pin="0" * 64)
+
+
+def test_novnc_page_expecting_https_from_plain_http(web: int) -> None:
+    with pytest.raises(ProbeError, match=f"web port {web}"):
+        probes.novnc_page("127.0.0.1", web, TIMEOUT, pin="0" * 64)
 
 
 # -- the X display ----------------------------------------------------------------------
@@ -301,35 +443,147 @@ def test_x_display_stale_socket_file(tmp_path: Path) -> None:
         probes.x_display(path, TIMEOUT)
 
 
+# -- VNC through websockify's WebSocket, as noVNC connects -------------------------------
+
+@pytest.fixture
+def ws() -> Iterator[RFBServer]:
+    server = RFBServer(transport="ws")
+    yield server
+    server.close()
+
+
+def test_websocket_login_with_the_right_password(ws: RFBServer) -> None:
+    assert probes.websocket_login("127.0.0.1", ws.port, "s3cretpw", TIMEOUT) == "RFB 003.008"
+    assert ws.results == [0]
+    request = ws.ws_requests[0].decode()
+    assert request.startswith("GET /websockify HTTP/1.1\r\n")
+    assert "Upgrade: websocket" in request
+    assert "Sec-WebSocket-Version: 13" in request
+
+
+def test_websocket_login_with_a_wrong_password(ws: RFBServer) -> None:
+    with pytest.raises(ProbeError, match=rf"WebSocket on web port {ws.port}: authentication"):
+        probes.websocket_login("127.0.0.1", ws.port, "wrongpw1", TIMEOUT)
+    assert ws.results == [1]
+
+
+def test_websocket_login_refused_by_vnc_says_why() -> None:
+    server = RFBServer(transport="ws", mode="refuse")
+    try:
+        with pytest.raises(ProbeError, match="Too many security failures"):
+            probes.websocket_login("127.0.0.1", server.port, "s3cretpw", TIMEOUT)
+    finally:
+        server.close()
+
+
+def test_websocket_login_without_upgrade() -> None:
+    server = RFBServer(transport="ws", ws_path="/elsewhere")
+    try:
+        with pytest.raises(ProbeError, match=r"no WebSocket upgrade.*404"):
+            probes.websocket_login("127.0.0.1", server.port, "s3cretpw", TIMEOUT)
+    finally:
+        server.close()
+
+
+def test_websocket_login_with_a_bad_accept_key() -> None:
+    server = RFBServer(transport="ws", mode="bad-accept")
+    try:
+        with pytest.raises(ProbeError, match="Sec-WebSocket-Accept"):
+            probes.websocket_login("127.0.0.1", server.port, "s3cretpw", TIMEOUT)
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("mode", ["close", "silent"])
+def test_websocket_login_without_an_answer(mode: str) -> None:
+    server = RFBServer(transport="ws", mode=mode)
+    try:
+        with pytest.raises(ProbeError, match=f"WebSocket on web port {server.port}"):
+            probes.websocket_login("127.0.0.1", server.port, "s3cretpw", 0.2)
+    finally:
+        server.close()
+
+
+def test_websocket_login_on_a_closed_port() -> None:
+    port = _closed_port()
+    with pytest.raises(ProbeError, match=f"WebSocket on web port {port}"):
+        probes.websocket_login("127.0.0.1", port, "s3cretpw", TIMEOUT)
+
+
+def test_websocket_login_to_a_plain_vnc_port(rfb: RFBServer) -> None:
+    """The VNC port given as the web port: an RFB banner is no WebSocket upgrade."""
+    with pytest.raises(ProbeError, match="WebSocket"):
+        probes.websocket_login("127.0.0.1", rfb.port, "s3cretpw", 0.5)
+
+
 # -- all of them, as the desktop runs them ----------------------------------------------
 
-def test_desktop_probes_pass_when_everything_answers(tmp_path: Path, rfb: RFBServer,
-                                                     web: int) -> None:
-    x_path = str(tmp_path / "X1")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as xsrv:
-        xsrv.bind(x_path)
-        xsrv.listen(4)
-        checks = probes.desktop_probes(rfb.port, web, x_path, "s3cretpw", TIMEOUT)
-        assert [p.name for p in checks] == ["x_display", "rfb_login", "novnc_page"]
-        assert probes.run_all(checks) is None
-        # A password that changed under the desktop is a failure with a reason.
-        checks = probes.desktop_probes(rfb.port, web, x_path, "otherpw1", TIMEOUT)
-        assert probes.run_all(checks) == f"VNC port {rfb.port}: authentication failed"
+@pytest.fixture
+def websockify() -> Iterator[RFBServer]:
+    """Like websockify: serves noVNC's page and VNC over a WebSocket on one port."""
+    server = RFBServer(transport="ws", pages={"/vnc.html": b"<title>noVNC</title>"})
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def x_socket(tmp_path: Path) -> Iterator[str]:
+    path = str(tmp_path / "X1")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(path)
+        server.listen(8)
+        yield path
+
+
+def test_desktop_probes_pass_when_everything_answers(rfb: RFBServer, websockify: RFBServer,
+                                                     x_socket: str) -> None:
+    checks = probes.desktop_probes(rfb.port, websockify.port, x_socket, "s3cretpw", TIMEOUT)
+    assert [(p.name, p.part) for p in checks] == [
+        ("x_display", "xvnc"), ("rfb_login", "xvnc"),
+        ("novnc_page", "websockify"), ("websocket_login", "websockify")]
+    assert probes.run_all(checks) is None
+    assert rfb.results == [0]
+    assert websockify.results == [0]
+
+
+def test_desktop_probes_blame_xvnc_for_a_wrong_password(rfb: RFBServer, websockify: RFBServer,
+                                                        x_socket: str) -> None:
+    checks = probes.desktop_probes(rfb.port, websockify.port, x_socket, "otherpw1", TIMEOUT)
+    assert probes.run_all(checks) == (f"VNC port {rfb.port}: authentication failed", "xvnc")
+
+
+def test_desktop_probes_blame_websockify_when_the_web_port_is_down(
+        rfb: RFBServer, x_socket: str) -> None:
+    port = _closed_port()
+    checks = probes.desktop_probes(rfb.port, port, x_socket, "s3cretpw", TIMEOUT)
+    reason, part = probes.run_all(checks) or ("", "")
+    assert part == "websockify"
+    assert f"web port {port}" in reason
+
+
+def test_desktop_probes_blame_xvnc_when_the_display_is_gone(
+        rfb: RFBServer, websockify: RFBServer, tmp_path: Path) -> None:
+    checks = probes.desktop_probes(rfb.port, websockify.port, str(tmp_path / "X1"),
+                                   "s3cretpw", TIMEOUT)
+    reason, part = probes.run_all(checks) or ("", "")
+    assert part == "xvnc"
+    assert reason.startswith("X display")
 
 
 def test_run_all_reports_the_first_failure_and_stops() -> None:
     calls: list[str] = []
 
     def ok(name: str) -> Probe:
-        return Probe(name, lambda: calls.append(name))
+        return Probe(name, "xvnc", lambda: calls.append(name))
 
-    def bad(name: str) -> Probe:
+    def bad(name: str, part: str) -> Probe:
         def check() -> None:
             calls.append(name)
             raise ProbeError(f"{name} is down")
-        return Probe(name, check)
+        return Probe(name, part, check)
 
-    assert probes.run_all([ok("a"), bad("b"), bad("c")]) == "b is down"
+    assert probes.run_all([ok("a"), bad("b", "websockify"), bad("c", "xvnc")]) == (
+        "b is down", "websockify")
     assert calls == ["a", "b"]
     assert probes.run_all([ok("a")]) is None
 
@@ -337,44 +591,60 @@ def test_run_all_reports_the_first_failure_and_stops() -> None:
 # -- the prober thread ------------------------------------------------------------------
 
 class Script:
-    """A probe whose outcomes follow a script; after the script it keeps passing."""
+    """A probe whose outcomes ("p" passes, "f" fails) follow a script; after it, the
+    script's last outcome repeats."""
 
     def __init__(self, outcomes: str) -> None:
-        self.outcomes = list(outcomes)  # "p" passes, "f" fails
+        self.outcomes = list(outcomes)
+        self.last = outcomes[-1] if outcomes else "p"
         self.calls = 0
         self.done = threading.Event()
 
     def __call__(self) -> None:
         self.calls += 1
-        if not self.outcomes:
+        if self.outcomes:
+            outcome = self.outcomes.pop(0)
+        else:
             self.done.set()
-            return
-        if self.outcomes.pop(0) == "f":
+            outcome = self.last
+        if outcome == "f":
             raise ProbeError(f"failure at call {self.calls}")
 
 
-def _drain(q: EventQueue) -> list[object]:
-    out = []
+def _drain(q: EventQueue) -> list[Event]:
+    out: list[Event] = []
     while (ev := q.get(timeout=0)) is not None:
         out.append(ev)
     return out
 
 
-def _run_script(outcomes: str) -> list[object]:
+def _join_probers() -> None:
+    threads = [t for t in threading.enumerate() if t.name == "prober"]
+    for t in threads:
+        t.join(10)
+    assert not any(t.is_alive() for t in threads), "prober.stop() did not end the thread"
+
+
+def _run_script(outcomes: str) -> list[Event]:
     q = EventQueue()
     script = Script(outcomes)
-    prober = Prober([Probe("always", lambda: None), Probe("scripted", script)], q,
-                    interval=0.001)
+    prober = Prober([Probe("always", "xvnc", lambda: None),
+                     Probe("scripted", "websockify", script)], q, interval=0.001)
     prober.start()
     try:
         assert script.done.wait(10), "the prober stopped probing"
     finally:
         prober.stop()
+        _join_probers()
     return _drain(q)
 
 
+def _failed(call: int) -> ProbeFailed:
+    return ProbeFailed(reason=f"failure at call {call}", part="websockify")
+
+
 def test_prober_posts_passed_once_then_nothing_while_healthy() -> None:
-    assert _run_script("fffpppp") == [ProbePassed()]
+    assert _run_script("fffp") == [ProbePassed()]
 
 
 def test_prober_ignores_failures_before_the_first_pass() -> None:
@@ -384,26 +654,68 @@ def test_prober_ignores_failures_before_the_first_pass() -> None:
 
 def test_prober_needs_two_consecutive_failures() -> None:
     # One failure between passes is a blip; two in a row are a verdict.
-    events = _run_script("pfpfpffff")
-    assert events == [ProbePassed(), ProbeFailed(reason="failure at call 7")]
+    assert _run_script("pfpfpf") == [ProbePassed(), _failed(7)]
+
+
+def test_prober_posts_failure_once_while_it_lasts() -> None:
+    assert _run_script("pfffffffff") == [ProbePassed(), _failed(3)]
 
 
 def test_prober_posts_recovery() -> None:
-    events = _run_script("pffffpp")
-    assert events == [ProbePassed(), ProbeFailed(reason="failure at call 3"), ProbePassed()]
+    assert _run_script("pffffp") == [ProbePassed(), _failed(3), ProbePassed()]
+
+
+def test_prober_reset_forgets_the_verdict() -> None:
+    """After a part is restarted, the next pass is news again (RECOVERING -> HEALTHY)."""
+    q = EventQueue()
+    script = Script("p")
+    prober = Prober([Probe("scripted", "websockify", script)], q, interval=0.001)
+    prober.start()
+    try:
+        assert q.get(timeout=10) == ProbePassed()
+        prober.reset()
+        assert q.get(timeout=10) == ProbePassed()
+    finally:
+        prober.stop()
+        _join_probers()
+    assert _drain(q) == []
+
+
+def test_prober_reset_with_new_probes_uses_them() -> None:
+    q = EventQueue()
+    old, new = Script("p"), Script("p")
+    prober = Prober([Probe("old", "websockify", old)], q, interval=0.001)
+    prober.start()
+    try:
+        assert q.get(timeout=10) == ProbePassed()
+        prober.reset([Probe("new", "websockify", new)])
+        assert q.get(timeout=10) == ProbePassed()
+        calls = old.calls
+        wait_for(lambda: new.calls > 3, "the new probes to run")
+        assert old.calls == calls
+    finally:
+        prober.stop()
+        _join_probers()
 
 
 def test_prober_stop_ends_the_thread() -> None:
     q = EventQueue()
     script = Script("")
-    prober = Prober([Probe("scripted", script)], q, interval=0.001)
+    prober = Prober([Probe("scripted", "xvnc", script)], q, interval=0.001)
     prober.start()
     wait_for(lambda: script.calls > 3, "probes to run")
     prober.stop()
-    threads = [t for t in threading.enumerate() if t.name == "prober"]
-    for t in threads:
-        t.join(10)
-    assert not any(t.is_alive() for t in threads)
+    _join_probers()
     calls = script.calls
     assert not threading.Event().wait(0.05)
     assert script.calls == calls
+
+
+def test_prober_stop_interrupts_a_long_interval() -> None:
+    """stop() must not wait out the interval (5 s by default): docker stop is waiting."""
+    q = EventQueue()
+    prober = Prober([Probe("ok", "xvnc", lambda: None)], q, interval=3600)
+    prober.start()
+    assert q.get(timeout=10) == ProbePassed()  # now sleeping for an hour
+    prober.stop()
+    _join_probers()

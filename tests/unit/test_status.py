@@ -1,4 +1,4 @@
-"""The status files a user's script reads: one word, and JSON detail."""
+"""The status files a user's script reads: one word, and JSON detail; written atomically."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from whaletopd import status
-from whaletopd.status import StatusFile, atomic_write
+from whaletopd.files import atomic_write
+from whaletopd.status import StatusFile
 
 
 def _mode(path: Path) -> int:
@@ -36,6 +37,17 @@ def test_atomic_write_default_mode_is_world_readable(tmp_path: Path) -> None:
     target = tmp_path / "status"
     atomic_write(target, "x\n")
     assert _mode(target) == 0o644
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file away needs root")
+def test_atomic_write_bytes_and_owner(tmp_path: Path) -> None:
+    """The VNC password file for Xvnc: binary, and owned by the desktop user."""
+    target = tmp_path / "vncauth"
+    atomic_write(target, b"\x00\xffsecret", mode=0o600, owner=(65534, 65534))
+    assert target.read_bytes() == b"\x00\xffsecret"
+    st = target.stat()
+    assert (st.st_uid, st.st_gid) == (65534, 65534)
+    assert _mode(target) == 0o600
 
 
 def test_atomic_write_replaces_existing_file(tmp_path: Path) -> None:

@@ -1,0 +1,223 @@
+"""Child processes: real `sh` and `sleep`, spawned, watched, logged and stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from structlog.testing import capture_logs
+
+from whaletopd import children
+from whaletopd.children import Child, RunAs
+from whaletopd.events import ChildExited, EventQueue
+
+from .helpers import WAIT, wait_for
+
+ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "FOO": "bar"}
+
+
+def _spawn(name: str, script: str, run_as: RunAs, q: EventQueue) -> Child:
+    return children.spawn(name, ["sh", "-c", script], run_as, ENV, q)
+
+
+def _next_exit(q: EventQueue) -> ChildExited:
+    ev = q.get(timeout=WAIT)
+    assert isinstance(ev, ChildExited), ev
+    return ev
+
+
+def _lines(logs: Sequence[Mapping[str, Any]], source: str) -> list[str]:
+    return [entry["event"] for entry in logs if entry.get("source") == source]
+
+
+def _gone(pid: int) -> bool:
+    """Dead, or a zombie waiting for whoever inherited it: either way not running."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.fixture
+def q() -> EventQueue:
+    return EventQueue()
+
+
+def test_exit_is_posted_with_the_returncode(run_as: RunAs, q: EventQueue) -> None:
+    with capture_logs() as logs:
+        child = _spawn("hello", "echo hello; exit 7", run_as, q)
+        ev = _next_exit(q)
+        assert ev == ChildExited(name="hello", pid=child.pid, returncode=7)
+        wait_for(lambda: "hello" in _lines(logs, "hello"), "the output line to be logged")
+    assert child.returncode == 7
+    line = next(e for e in logs if e.get("source") == "hello")
+    assert line["pid"] == child.pid
+    assert line["log_level"] == "info"
+    started = [e for e in logs if e["event"] == "child_started"]
+    assert started == [{"event": "child_started", "child": "hello", "pid": child.pid,
+                        "argv": ["sh", "-c", "echo hello; exit 7"],
+                        "component": "whaletopd.children", "log_level": "info"}]
+
+
+def test_stderr_is_logged_too_and_blank_lines_dropped(run_as: RunAs, q: EventQueue) -> None:
+    with capture_logs() as logs:
+        _spawn("err", "echo one; echo; echo two >&2; printf 'three  \\n'", run_as, q)
+        _next_exit(q)
+        wait_for(lambda: len(_lines(logs, "err")) >= 3, "three output lines")
+    assert _lines(logs, "err") == ["one", "two", "three"]
+
+
+def test_long_lines_are_cut(run_as: RunAs, q: EventQueue) -> None:
+    with capture_logs() as logs:
+        _spawn("long", "head -c 10000 /dev/zero | tr '\\0' x; echo", run_as, q)
+        _next_exit(q)
+        wait_for(lambda: _lines(logs, "long"), "the long line")
+    assert _lines(logs, "long")[0] == "x" * children.MAX_LINE
+
+
+def test_undecodable_output_is_still_logged(run_as: RunAs, q: EventQueue) -> None:
+    with capture_logs() as logs:
+        _spawn("bin", "printf 'caf\\351\\n'", run_as, q)
+        _next_exit(q)
+        wait_for(lambda: _lines(logs, "bin"), "the line")
+    assert _lines(logs, "bin") == ["caf\ufffd"]
+
+
+def test_child_runs_in_home_with_only_the_given_environment(
+        run_as: RunAs, q: EventQueue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's own environment (VNC_PASSWORD!) must not leak to the desktop user."""
+    monkeypatch.setenv("VNC_PASSWORD", "leaked!")
+    with capture_logs() as logs:
+        _spawn("env", 'pwd; echo "FOO=$FOO"; echo "PW=${VNC_PASSWORD:-unset}"; id -u',
+               run_as, q)
+        _next_exit(q)
+        wait_for(lambda: len(_lines(logs, "env")) >= 4, "four lines")
+    assert _lines(logs, "env") == [run_as.home, "FOO=bar", "PW=unset", str(run_as.uid)]
+
+
+def test_child_gets_no_stdin(run_as: RunAs, q: EventQueue) -> None:
+    """A child reading stdin must see EOF, not hang on the daemon's terminal."""
+    _spawn("cat", "cat; exit 3", run_as, q)
+    assert _next_exit(q).returncode == 3
+
+
+def test_child_leads_its_own_process_group(run_as: RunAs, q: EventQueue) -> None:
+    child = _spawn("group", "sleep 60", run_as, q)
+    try:
+        assert os.getpgid(child.pid) == child.pid
+        assert os.getsid(child.pid) == child.pid
+    finally:
+        children.stop([child])
+
+
+def test_killed_child_reports_the_signal(run_as: RunAs, q: EventQueue) -> None:
+    child = _spawn("victim", "sleep 60", run_as, q)
+    os.kill(child.pid, signal.SIGKILL)
+    ev = _next_exit(q)
+    assert ev.returncode == -signal.SIGKILL
+    assert "killed by signal 9" in ev.why
+
+
+def test_spawn_of_a_missing_program_raises_oserror(run_as: RunAs, q: EventQueue) -> None:
+    with pytest.raises(FileNotFoundError, match="/nonexistent/Xvnc"):
+        children.spawn("ghost", ["/nonexistent/Xvnc"], run_as, ENV, q)
+    assert q.get(timeout=0.05) is None
+
+
+def test_passed_fd_reaches_the_child(run_as: RunAs, q: EventQueue) -> None:
+    """Xvnc reports readiness on -displayfd: the fd must survive into the child."""
+    read_fd, write_fd = os.pipe()
+    with os.fdopen(read_fd, "rb") as pipe:
+        try:
+            children.spawn("fd", ["sh", "-c", f"echo 1 > /proc/self/fd/{write_fd}"], run_as,
+                           ENV, q, pass_fds=(write_fd,))
+        finally:
+            os.close(write_fd)
+        assert pipe.readline() == b"1\n"
+    assert _next_exit(q).returncode == 0
+
+
+# -- stopping ---------------------------------------------------------------------------
+
+def test_stop_terminates_with_sigterm(run_as: RunAs, q: EventQueue) -> None:
+    child = _spawn("polite", "exec sleep 60", run_as, q)
+    with capture_logs() as logs:
+        children.stop([child], deadline=WAIT)
+    assert child.returncode == -signal.SIGTERM
+    assert not [e for e in logs if e["event"] == "child_kill"]
+    stopped = [e for e in logs if e["event"] == "child_stopped"]
+    assert [(e["child"], e["returncode"]) for e in stopped] == [("polite", -signal.SIGTERM)]
+    assert _next_exit(q).returncode == -signal.SIGTERM
+
+
+def test_stop_kills_a_child_that_ignores_sigterm(run_as: RunAs, q: EventQueue) -> None:
+    with capture_logs() as logs:
+        child = _spawn("stubborn", 'trap "" TERM; echo ready; while :; do sleep 0.01; done',
+                       run_as, q)
+        wait_for(lambda: "ready" in _lines(logs, "stubborn"), "the TERM trap to be set")
+        children.stop([child], deadline=0.3)
+    assert child.returncode == -signal.SIGKILL
+    kills = [e for e in logs if e["event"] == "child_kill"]
+    assert len(kills) == 1
+    assert kills[0]["child"] == "stubborn"
+    assert kills[0]["log_level"] == "warning"
+    assert "0.3s after SIGTERM" in kills[0]["reason"]
+    assert _next_exit(q).returncode == -signal.SIGKILL
+
+
+def test_stop_reaches_grandchildren_in_the_group(run_as: RunAs, q: EventQueue,
+                                                 tmp_path: Path) -> None:
+    """The session's panel and window manager must not outlive it, even one that
+    ignores SIGTERM after its parent is gone."""
+    pidfile = tmp_path / "grandchild.pid"
+    child = _spawn("session", f'(trap "" TERM; exec sleep 60) & echo $! > {pidfile}; wait',
+                   run_as, q)
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), "the grandchild's pid")
+    grandchild = int(pidfile.read_text())
+    assert not _gone(grandchild)
+    assert os.getpgid(grandchild) == child.pid
+    children.stop([child], deadline=WAIT)
+    wait_for(lambda: _gone(grandchild), "the grandchild to be gone")
+
+
+def test_stop_after_the_leader_exited_still_ends_the_group(run_as: RunAs, q: EventQueue,
+                                                          tmp_path: Path) -> None:
+    pidfile = tmp_path / "orphan.pid"
+    child = _spawn("launcher", f"sleep 60 & echo $! > {pidfile}; exit 0", run_as, q)
+    assert _next_exit(q).returncode == 0
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), "the orphan's pid")
+    orphan = int(pidfile.read_text())
+    assert not _gone(orphan)
+    children.stop([child])
+    wait_for(lambda: _gone(orphan), "the orphan to be gone")
+
+
+def test_stop_goes_in_reverse_start_order(run_as: RunAs, q: EventQueue) -> None:
+    """The session goes before Xvnc, so it does not see its display vanish first."""
+    started = [_spawn(name, "exec sleep 60", run_as, q) for name in ("xvnc", "ws", "session")]
+    with capture_logs() as logs:
+        children.stop(started)
+    order = [e["child"] for e in logs if e["event"] == "child_stopped"]
+    assert order == ["session", "ws", "xvnc"]
+    assert all(c.returncode is not None for c in started)
+
+
+def test_stop_of_exited_children_is_harmless(run_as: RunAs, q: EventQueue) -> None:
+    child = _spawn("done", "exit 4", run_as, q)
+    _next_exit(q)
+    with capture_logs() as logs:
+        children.stop([child])
+        children.stop([child])
+    assert child.returncode == 4
+    assert [e["returncode"] for e in logs if e["event"] == "child_stopped"] == [4, 4]
+    assert not [e for e in logs if e["event"] == "child_kill"]
+
+
+def test_stop_of_nothing() -> None:
+    children.stop([])
+

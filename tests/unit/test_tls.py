@@ -1,0 +1,658 @@
+"""TLS files: a user's certificate checked with one clear line per problem, the self-signed
+certificate kept and renewed, the websockify copy, and the expiry warning schedule.
+
+Every certificate is made here with cryptography, at a fixed `now`; nothing depends on the
+clock or on how long anything takes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import stat
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from whaletopd import tls
+from whaletopd.tls import TLSError
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+DAY = timedelta(days=1)
+PASSWORD = b"correct horse"
+Key = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+PKCS8 = serialization.PrivateFormat.PKCS8
+TRADITIONAL = serialization.PrivateFormat.TraditionalOpenSSL
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _cert(key: Key, cn: str = "desk.example", *, not_before: datetime = NOW - DAY,
+          not_after: datetime = NOW + 90 * DAY, issuer: tuple[str, Key] | None = None,
+          ca: bool = False) -> x509.Certificate:
+    issuer_cn, signer = issuer if issuer is not None else (cn, key)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(_name(issuer_cn))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(cn)]), critical=False)
+    algorithm = None if isinstance(signer, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    return builder.sign(signer, algorithm)
+
+
+def _cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _key_pem(key: Key, fmt: serialization.PrivateFormat = PKCS8,
+             password: bytes | None = None) -> bytes:
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.NoEncryption() if password is None
+        else serialization.BestAvailableEncryption(password))
+    return key.private_bytes(serialization.Encoding.PEM, fmt, encryption)
+
+
+def _write(tmp_path: Path, *parts: bytes, name: str = "cert.pem") -> Path:
+    path = tmp_path / name
+    path.write_bytes(b"".join(parts))
+    return path
+
+
+def _spki(key: Key) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.DER,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _fails(path: Path, fragment: str, password: bytes | None = None) -> str:
+    """load() fails with one line that starts with the path and names the problem."""
+    with pytest.raises(TLSError) as info:
+        tls.load(path, password, now=NOW)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ")
+    assert "\n" not in message
+    assert fragment in message
+    assert info.value.path == path
+    return info.value.problem
+
+
+@pytest.fixture(scope="module")
+def ec_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+@pytest.fixture(scope="module")
+def other_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="module")
+def good(ec_key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    return _cert(ec_key)
+
+
+# -- loading a good file ------------------------------------------------------------------
+
+def test_load_reads_certificate_and_key(tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey,
+                                        good: x509.Certificate) -> None:
+    path = _write(tmp_path, _cert_pem(good), _key_pem(ec_key))
+    bundle = tls.load(path, now=NOW)
+    assert bundle.cert == good
+    assert bundle.source == path
+    assert bundle.chain == ()
+    assert _spki(bundle.key) == _spki(ec_key)
+    assert bundle.fingerprint == good.fingerprint(hashes.SHA256()).hex()
+    assert len(bundle.fingerprint) == 64
+    assert bundle.fingerprint == bundle.fingerprint.lower()
+    assert ":" not in bundle.fingerprint
+    assert bundle.not_before == NOW - DAY
+    assert bundle.not_after == NOW + 90 * DAY
+    assert bundle.not_after.tzinfo is not None
+    assert bundle.subject_names() == ["desk.example"]
+
+
+def test_load_accepts_the_key_before_the_certificate(
+        tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey, good: x509.Certificate) -> None:
+    path = _write(tmp_path, _key_pem(ec_key), b"\n", _cert_pem(good))
+    assert tls.load(path, now=NOW).cert == good
+
+
+def test_bundle_pems(tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey,
+                     good: x509.Certificate) -> None:
+    bundle = tls.load(_write(tmp_path, _cert_pem(good), _key_pem(ec_key)), now=NOW)
+    assert bundle.cert_pem() == _cert_pem(good)
+    assert b"PRIVATE KEY" not in bundle.cert_pem()
+    assert bundle.key_pem().startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert bundle.combined_pem() == bundle.cert_pem() + bundle.key_pem()
+    again = tls.load(_write(tmp_path, bundle.combined_pem(), name="again.pem"), now=NOW)
+    assert again.fingerprint == bundle.fingerprint
+
+
+@pytest.mark.parametrize(("kind", "fmt", "label"), [
+    ("rsa", PKCS8, b"-----BEGIN PRIVATE KEY-----"),
+    ("rsa", TRADITIONAL, b"-----BEGIN RSA PRIVATE KEY-----"),
+    ("ec", PKCS8, b"-----BEGIN PRIVATE KEY-----"),
+    ("ec", TRADITIONAL, b"-----BEGIN EC PRIVATE KEY-----"),
+    ("ed25519", PKCS8, b"-----BEGIN PRIVATE KEY-----"),
+])
+def test_load_supports_key_types_and_formats(
+        tmp_path: Path, rsa_key: rsa.RSAPrivateKey, ec_key: ec.EllipticCurvePrivateKey,
+        kind: str, fmt: serialization.PrivateFormat, label: bytes) -> None:
+    keys: dict[str, Key] = {"rsa": rsa_key, "ec": ec_key,
+                            "ed25519": ed25519.Ed25519PrivateKey.generate()}
+    key = keys[kind]
+    key_pem = _key_pem(key, fmt)
+    assert key_pem.startswith(label)
+    bundle = tls.load(_write(tmp_path, _cert_pem(_cert(key)), key_pem), now=NOW)
+    assert _spki(bundle.key) == _spki(key)
+    assert bundle.key_pem().startswith(b"-----BEGIN PRIVATE KEY-----")
+
+
+@pytest.mark.parametrize(("fmt", "marker"), [
+    (PKCS8, b"-----BEGIN ENCRYPTED PRIVATE KEY-----"),
+    (TRADITIONAL, b"Proc-Type: 4,ENCRYPTED"),
+])
+def test_load_decrypts_an_encrypted_key(tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey,
+                                        good: x509.Certificate,
+                                        fmt: serialization.PrivateFormat, marker: bytes) -> None:
+    key_pem = _key_pem(ec_key, fmt, PASSWORD)
+    assert marker in key_pem
+    bundle = tls.load(_write(tmp_path, _cert_pem(good), key_pem), PASSWORD, now=NOW)
+    assert _spki(bundle.key) == _spki(ec_key)
+    assert b"ENCRYPTED" not in bundle.combined_pem()
+    # What websockify gets loads without any password.
+    plain = tls.load(_write(tmp_path, bundle.combined_pem(), name="plain.pem"), now=NOW)
+    assert plain.fingerprint == bundle.fingerprint
+
+
+def test_a_password_for_an_unencrypted_key_is_ignored(
+        tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey, good: x509.Certificate) -> None:
+    path = _write(tmp_path, _cert_pem(good), _key_pem(ec_key))
+    assert tls.load(path, PASSWORD, now=NOW).cert == good
+
+
+def test_load_puts_the_leaf_first_and_keeps_the_chain(
+        tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey,
+        other_key: ec.EllipticCurvePrivateKey) -> None:
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    root = _cert(root_key, "Test Root", ca=True)
+    intermediate = _cert(other_key, "Test Intermediate", ca=True,
+                         issuer=("Test Root", root_key))
+    leaf = _cert(ec_key, issuer=("Test Intermediate", other_key))
+    # Shuffled: root, key, leaf, intermediate.
+    path = _write(tmp_path, _cert_pem(root), _key_pem(ec_key), _cert_pem(leaf),
+                  _cert_pem(intermediate))
+    bundle = tls.load(path, now=NOW)
+    assert bundle.cert == leaf
+    assert bundle.chain == (intermediate, root)
+    assert bundle.cert_pem() == _cert_pem(leaf) + _cert_pem(intermediate) + _cert_pem(root)
+    assert x509.load_pem_x509_certificates(bundle.combined_pem()) == [leaf, intermediate, root]
+    again = tls.load(_write(tmp_path, bundle.combined_pem(), name="again.pem"), now=NOW)
+    assert (again.cert, again.chain) == (leaf, (intermediate, root))
+
+
+def test_load_keeps_the_file_order_of_an_unrelated_extra_certificate(
+        tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey, other_key: ec.EllipticCurvePrivateKey,
+        good: x509.Certificate) -> None:
+    stray = _cert(other_key, "stray.example")
+    bundle = tls.load(_write(tmp_path, _cert_pem(stray), _cert_pem(good), _key_pem(ec_key)),
+                      now=NOW)
+    assert (bundle.cert, bundle.chain) == (good, (stray,))
+
+
+def test_a_short_lived_certificate_loads_and_is_due_every_warning(
+        tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey) -> None:
+    short = _cert(ec_key, not_before=NOW - timedelta(minutes=30),
+                  not_after=NOW + timedelta(hours=1))
+    bundle = tls.load(_write(tmp_path, _cert_pem(short), _key_pem(ec_key)), now=NOW)
+    assert tls.due_warnings(bundle.not_after, NOW) == list(tls.expiry_thresholds)
+    assert tls.next_check(bundle.not_after, NOW) == NOW + timedelta(hours=1)
+
+
+def test_validity_bounds_are_inclusive(tmp_path: Path,
+                                       ec_key: ec.EllipticCurvePrivateKey) -> None:
+    cert = _cert(ec_key, not_before=NOW - DAY, not_after=NOW + DAY)
+    path = _write(tmp_path, _cert_pem(cert), _key_pem(ec_key))
+    assert tls.load(path, now=NOW - DAY).cert == cert
+    assert tls.load(path, now=NOW + DAY).cert == cert
+
+
+# -- every problem has its own message ----------------------------------------------------
+
+def test_missing_file(tmp_path: Path) -> None:
+    _fails(tmp_path / "nope.pem", "file not found")
+
+
+def test_directory(tmp_path: Path) -> None:
+    _fails(tmp_path, "is a directory")
+
+
+def test_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                         ec_key: ec.EllipticCurvePrivateKey, good: x509.Certificate) -> None:
+    path = _write(tmp_path, _cert_pem(good), _key_pem(ec_key))
+    path.chmod(0)
+    if os.geteuid() == 0:  # root reads anything: make open() fail as it would for a user
+
+        def refuse(self: Path, *args: object, **kwargs: object) -> None:
+            raise PermissionError(13, "Permission denied", str(self))
+
+        monkeypatch.setattr(Path, "open", refuse)
+    _fails(path, "cannot read the file (permission denied)")
+
+
+@pytest.mark.parametrize("content", [b"", b"\n  \n"])
+def test_empty_file(tmp_path: Path, content: bytes) -> None:
+    _fails(_write(tmp_path, content), "file is empty")
+
+
+def test_huge_file(tmp_path: Path) -> None:
+    _fails(_write(tmp_path, b"x" * (tls.MAX_FILE_SIZE + 1)), "larger than 1024 KiB")
+
+
+def test_garbage(tmp_path: Path) -> None:
+    problem = _fails(_write(tmp_path, b"this is not a certificate\n"), "not PEM")
+    assert "DER" not in problem
+
+
+def test_der_certificate(tmp_path: Path, good: x509.Certificate) -> None:
+    path = _write(tmp_path, good.public_bytes(serialization.Encoding.DER), name="cert.der")
+    problem = _fails(path, "not PEM (looks like DER; convert with")
+    assert f"-in {path}" in problem
+
+
+def test_der_private_key(tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey) -> None:
+    der = ec_key.private_bytes(serialization.Encoding.DER, PKCS8, serialization.NoEncryption())
+    _fails(_write(tmp_path, der), "not PEM (looks like a DER private key")
+
+
+def test_truncated_pem(tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey,
+                       good: x509.Certificate) -> None:
+    key_pem = _key_pem(ec_key)
+    path = _write(tmp_path, _cert_pem(good), key_pem[: len(key_pem) // 2])
+    _fails(path, "incomplete or malformed PEM block: -----BEGIN PRIVATE KEY-----")
+
+
+def test_damaged_certificate(tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey) -> None:
+    damaged = b"-----BEGIN CERTIFICATE-----\nTm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"
+    _fails(_write(tmp_path, damaged, _key_pem(ec_key)), "certificate 1 of 1 is damaged")
+
+
+def test_damaged_key(tmp_path: Path, good: x509.Certificate) -> None:
+    damaged = b"-----BEGIN PRIVATE KEY-----\nTm90IGEga2V5\n-----END PRIVATE KEY-----\n"
+    _fails(_write(tmp_path, _cert_pem(good), damaged), "private key cannot be read")
+
+
+def test_key_only(tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey) -> None:
+    _fails(_write(tmp_path, _key_pem(ec_key)), "no certificate in the file (found: PRIVATE KEY)")
+
+
+def test_certificate_only(tmp_path: Path, good: x509.Certificate) -> None:
+    _fails(_write(tmp_path, _cert_pem(good)), "no private key in the file (found: CERTIFICATE)")
+
+
+def test_two_keys(tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey,
+                  other_key: ec.EllipticCurvePrivateKey, good: x509.Certificate) -> None:
+    path = _write(tmp_path, _cert_pem(good), _key_pem(ec_key), _key_pem(other_key, TRADITIONAL))
+    _fails(path, "more than one private key in the file (2)")
+
+
+def test_key_does_not_match(tmp_path: Path, other_key: ec.EllipticCurvePrivateKey,
+                            good: x509.Certificate) -> None:
+    path = _write(tmp_path, _cert_pem(good), _key_pem(other_key))
+    _fails(path, "the private key does not match the certificate (CN=desk.example)")
+
+
+def test_expired(tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey) -> None:
+    expired = _cert(ec_key, not_before=datetime(2025, 1, 1, tzinfo=UTC),
+                    not_after=datetime(2026, 1, 1, tzinfo=UTC))
+    path = _write(tmp_path, _cert_pem(expired), _key_pem(ec_key))
+    with pytest.raises(TLSError) as info:
+        tls.load(path, now=NOW)
+    assert str(info.value) == f"{path}: certificate expired on 2026-01-01T00:00:00Z"
+
+
+def test_not_yet_valid(tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey) -> None:
+    future = _cert(ec_key, not_before=NOW + DAY, not_after=NOW + 400 * DAY)
+    path = _write(tmp_path, _cert_pem(future), _key_pem(ec_key))
+    _fails(path, "certificate is not yet valid: valid from 2026-06-02T12:00:00Z")
+
+
+@pytest.mark.parametrize("fmt", [PKCS8, TRADITIONAL])
+def test_encrypted_key_without_password(tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey,
+                                        good: x509.Certificate,
+                                        fmt: serialization.PrivateFormat) -> None:
+    path = _write(tmp_path, _cert_pem(good), _key_pem(ec_key, fmt, PASSWORD))
+    _fails(path, "private key is encrypted and no password was given (set TLS_KEY_PASSWORD)")
+
+
+@pytest.mark.parametrize("fmt", [PKCS8, TRADITIONAL])
+def test_wrong_password(tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey,
+                        good: x509.Certificate, fmt: serialization.PrivateFormat) -> None:
+    path = _write(tmp_path, _cert_pem(good), _key_pem(ec_key, fmt, PASSWORD))
+    _fails(path, "wrong password for the encrypted private key", password=b"battery staple")
+
+
+def test_small_rsa_key(tmp_path: Path) -> None:
+    small = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    path = _write(tmp_path, _cert_pem(_cert(small)), _key_pem(small))
+    _fails(path, "RSA key has 1024 bits")
+
+
+def test_unsupported_key_type(tmp_path: Path, good: x509.Certificate) -> None:
+    dsa_key = dsa.generate_private_key(key_size=1024)
+    dsa_pem = dsa_key.private_bytes(serialization.Encoding.PEM, PKCS8,
+                                    serialization.NoEncryption())
+    _fails(_write(tmp_path, _cert_pem(good), dsa_pem), "unsupported private key type")
+
+
+def test_every_problem_reads_differently(tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey,
+                                         other_key: ec.EllipticCurvePrivateKey,
+                                         good: x509.Certificate) -> None:
+    cert, key = _cert_pem(good), _key_pem(ec_key)
+    encrypted = _key_pem(ec_key, PKCS8, PASSWORD)
+    cases: list[tuple[tuple[bytes, ...] | None, bytes | None]] = [
+        (None, None),  # missing
+        ((b"",), None),
+        ((b"garbage\n",), None),
+        ((good.public_bytes(serialization.Encoding.DER),), None),
+        ((key,), None),
+        ((cert,), None),
+        ((cert, key, _key_pem(other_key)), None),
+        ((cert, _key_pem(other_key)), None),
+        ((_cert_pem(_cert(ec_key, not_after=NOW - DAY, not_before=NOW - 9 * DAY)), key), None),
+        ((_cert_pem(_cert(ec_key, not_before=NOW + DAY)), key), None),
+        ((cert, encrypted), None),
+        ((cert, encrypted), b"wrong"),
+    ]
+    openings = set()  # told apart at a glance: by the first words
+    for number, (parts, password) in enumerate(cases):
+        path = tmp_path / f"{number}.pem"
+        if parts is not None:
+            path.write_bytes(b"".join(parts))
+        with pytest.raises(TLSError) as info:
+            tls.load(path, password, now=NOW)
+        openings.add(info.value.problem[:24])
+    assert len(openings) == len(cases)
+
+
+def test_tls_error_is_a_value_error() -> None:
+    error = TLSError(Path("/data/cert.pem"), "certificate expired\non 2026-01-01T00:00:00Z")
+    assert isinstance(error, ValueError)
+    assert str(error) == "/data/cert.pem: certificate expired on 2026-01-01T00:00:00Z"
+
+
+# -- the self-signed certificate ----------------------------------------------------------
+
+def test_generate_self_signed(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    bundle = tls.generate_self_signed("Desk.Example", now=NOW)
+    cert = bundle.cert
+    assert bundle.source is None
+    assert isinstance(bundle.key, ec.EllipticCurvePrivateKey)
+    assert isinstance(bundle.key.curve, ec.SECP256R1)
+    assert cert.subject == cert.issuer == _name("desk.example")
+    assert bundle.subject_names() == ["localhost", "127.0.0.1", "::1", "desk.example"]
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1"),
+                                                       ipaddress.ip_address("::1")]
+    assert bundle.not_before == NOW - timedelta(minutes=5)
+    assert bundle.not_after == NOW + timedelta(days=365)
+    basic = cert.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert basic.critical
+    assert basic.value.ca is False
+    usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert usage.digital_signature
+    assert not usage.key_cert_sign
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    assert isinstance(cert.signature_hash_algorithm, hashes.SHA256)
+    cert.verify_directly_issued_by(cert)
+    assert _spki(bundle.key) == cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def test_generate_self_signed_uses_a_random_serial_and_key() -> None:
+    first = tls.generate_self_signed("desk.example", now=NOW)
+    second = tls.generate_self_signed("desk.example", now=NOW)
+    assert first.cert.serial_number != second.cert.serial_number
+    assert _spki(first.key) != _spki(second.key)
+
+
+@pytest.mark.parametrize(("hostname", "names"), [
+    ("localhost", ["localhost", "127.0.0.1", "::1"]),
+    ("127.0.0.1", ["localhost", "127.0.0.1", "::1"]),
+    ("[::1]", ["localhost", "127.0.0.1", "::1"]),
+    ("192.168.1.20", ["localhost", "127.0.0.1", "::1", "192.168.1.20"]),
+    ("desk.example.", ["localhost", "127.0.0.1", "::1", "desk.example"]),
+    ("bücher.example", ["localhost", "127.0.0.1", "::1", "xn--bcher-kva.example"]),
+])
+def test_generate_self_signed_dedupes_names(hostname: str, names: list[str]) -> None:
+    assert tls.generate_self_signed(hostname, now=NOW).subject_names() == names
+
+
+def test_generate_self_signed_with_a_long_hostname() -> None:
+    hostname = ".".join(["a" * 40] * 3)
+    bundle = tls.generate_self_signed(hostname, now=NOW)
+    assert hostname in bundle.subject_names()
+    assert bundle.cert.subject == _name("whaletop")
+
+
+@pytest.mark.parametrize("hostname", ["", "  ", "two words", "a..b", "a/b", "x" * 64])
+def test_generate_self_signed_refuses_a_bad_hostname(hostname: str) -> None:
+    with pytest.raises(ValueError, match="not a valid DNS name"):
+        tls.generate_self_signed(hostname, now=NOW)
+
+
+def test_generate_self_signed_refuses_no_days() -> None:
+    with pytest.raises(ValueError, match="days must be at least 1"):
+        tls.generate_self_signed("desk.example", days=0, now=NOW)
+
+
+def test_generate_self_signed_days() -> None:
+    assert tls.generate_self_signed("d", days=2, now=NOW).not_after == NOW + 2 * DAY
+
+
+def test_load_or_create_makes_then_reuses(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    bundle, created = tls.load_or_create_self_signed(state, "desk.example", now=NOW)
+    assert created
+    kept, pub = state / "self_signed.pem", state / "pub_ssl.pem"
+    assert sorted(os.listdir(state)) == ["pub_ssl.pem", "self_signed.pem"]
+    assert _mode(kept) == 0o600
+    assert _mode(pub) == 0o644
+    assert b"PRIVATE KEY" not in pub.read_bytes()
+    assert x509.load_pem_x509_certificates(pub.read_bytes()) == [bundle.cert]
+    assert tls.load(kept, now=NOW).fingerprint == bundle.fingerprint
+    assert "desk.example" in bundle.subject_names()
+
+    again, created = tls.load_or_create_self_signed(state, "desk.example",
+                                                    now=NOW + 100 * DAY)
+    assert not created
+    assert again.fingerprint == bundle.fingerprint
+    assert again.source == kept
+    assert sorted(os.listdir(state)) == ["pub_ssl.pem", "self_signed.pem"]
+
+
+def test_load_or_create_renews_within_renew_before(tmp_path: Path) -> None:
+    first, _ = tls.load_or_create_self_signed(tmp_path, "desk.example", now=NOW)
+    # 31 days left: kept.  29 days left: renewed.
+    kept, created = tls.load_or_create_self_signed(tmp_path, "desk.example",
+                                                   now=first.not_after - 31 * DAY)
+    assert (kept.fingerprint, created) == (first.fingerprint, False)
+    later = first.not_after - 29 * DAY
+    renewed, created = tls.load_or_create_self_signed(tmp_path, "desk.example", now=later)
+    assert created
+    assert renewed.fingerprint != first.fingerprint
+    assert renewed.not_after == later + 365 * DAY
+    assert tls.load(tmp_path / "self_signed.pem", now=later).fingerprint == renewed.fingerprint
+    assert (tmp_path / "pub_ssl.pem").read_bytes() == renewed.cert_pem()
+
+
+def test_load_or_create_honours_a_custom_renew_before(tmp_path: Path) -> None:
+    tls.load_or_create_self_signed(tmp_path, "desk.example", now=NOW)
+    _, created = tls.load_or_create_self_signed(tmp_path, "desk.example", now=NOW + DAY,
+                                                renew_before=timedelta(days=400))
+    assert created
+
+
+def test_load_or_create_renews_an_expired_certificate(tmp_path: Path) -> None:
+    tls.load_or_create_self_signed(tmp_path, "desk.example", now=NOW)
+    renewed, created = tls.load_or_create_self_signed(tmp_path, "desk.example",
+                                                      now=NOW + 400 * DAY)
+    assert created
+    assert renewed.not_after == NOW + 765 * DAY
+
+
+def test_load_or_create_renews_when_the_hostname_changes(tmp_path: Path) -> None:
+    first, _ = tls.load_or_create_self_signed(tmp_path, "desk.example", now=NOW)
+    same, created = tls.load_or_create_self_signed(tmp_path, "DESK.example.", now=NOW)
+    assert (same.fingerprint, created) == (first.fingerprint, False)
+    other, created = tls.load_or_create_self_signed(tmp_path, "other.example", now=NOW)
+    assert created
+    assert "other.example" in other.subject_names()
+    assert "desk.example" not in other.subject_names()
+
+
+def test_load_or_create_replaces_a_damaged_file(tmp_path: Path) -> None:
+    (tmp_path / "self_signed.pem").write_bytes(b"garbage")
+    bundle, created = tls.load_or_create_self_signed(tmp_path, "desk.example", now=NOW)
+    assert created
+    assert tls.load(tmp_path / "self_signed.pem", now=NOW).fingerprint == bundle.fingerprint
+
+
+def test_load_or_create_restores_modes_and_the_public_copy(tmp_path: Path) -> None:
+    first, _ = tls.load_or_create_self_signed(tmp_path, "desk.example", now=NOW)
+    (tmp_path / "self_signed.pem").chmod(0o644)
+    (tmp_path / "pub_ssl.pem").write_bytes(b"stale")
+    (tmp_path / "pub_ssl.pem").chmod(0o600)
+    again, created = tls.load_or_create_self_signed(tmp_path, "desk.example", now=NOW)
+    assert (again.fingerprint, created) == (first.fingerprint, False)
+    assert _mode(tmp_path / "self_signed.pem") == 0o600
+    assert _mode(tmp_path / "pub_ssl.pem") == 0o644
+    assert (tmp_path / "pub_ssl.pem").read_bytes() == first.cert_pem()
+
+
+# -- the copy websockify reads ------------------------------------------------------------
+
+def test_install_writes_a_private_combined_file(tmp_path: Path) -> None:
+    bundle = tls.generate_self_signed("desk.example", now=NOW)
+    dest = tmp_path / "websockify.pem"
+    dest.write_bytes(b"old")
+    dest.chmod(0o644)
+    tls.install(bundle, dest, os.getuid(), os.getgid())
+    assert _mode(dest) == 0o600
+    assert (dest.stat().st_uid, dest.stat().st_gid) == (os.getuid(), os.getgid())
+    assert dest.read_bytes() == bundle.combined_pem()
+    loaded = tls.load(dest, now=NOW)
+    assert loaded.fingerprint == bundle.fingerprint
+    assert _spki(loaded.key) == _spki(bundle.key)
+    assert os.listdir(tmp_path) == ["websockify.pem"]
+
+
+def test_install_decrypts_an_encrypted_key(tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey,
+                                           good: x509.Certificate) -> None:
+    source = _write(tmp_path, _cert_pem(good), _key_pem(ec_key, TRADITIONAL, PASSWORD))
+    dest = tmp_path / "websockify.pem"
+    tls.install(tls.load(source, PASSWORD, now=NOW), dest, os.getuid(), os.getgid())
+    assert b"ENCRYPTED" not in dest.read_bytes()
+    assert tls.load(dest, now=NOW).cert == good
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file away")
+def test_install_gives_the_file_to_its_owner(tmp_path: Path) -> None:
+    dest = tmp_path / "websockify.pem"
+    tls.install(tls.generate_self_signed("d", now=NOW), dest, 4321, 8765)
+    assert (dest.stat().st_uid, dest.stat().st_gid) == (4321, 8765)
+    assert _mode(dest) == 0o600
+
+
+def test_install_into_a_missing_directory_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        tls.install(tls.generate_self_signed("d", now=NOW), tmp_path / "no" / "x.pem",
+                    os.getuid(), os.getgid())
+    assert os.listdir(tmp_path) == []
+
+
+# -- expiry warnings ----------------------------------------------------------------------
+
+END = datetime(2027, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("now", "due"), [
+    (END - 60 * DAY, []),
+    (END - 30 * DAY - timedelta(seconds=1), []),
+    (END - 30 * DAY, [30]),
+    (END - 8 * DAY, [30]),
+    (END - 7 * DAY, [30, 7]),
+    (END - 2 * DAY, [30, 7]),
+    (END - DAY, [30, 7, 1]),
+    (END - timedelta(minutes=1), [30, 7, 1]),
+    (END, [30, 7, 1]),
+    (END + 5 * DAY, [30, 7, 1]),
+])
+def test_due_warnings(now: datetime, due: list[int]) -> None:
+    assert tls.due_warnings(END, now) == [timedelta(days=d) for d in due]
+
+
+@pytest.mark.parametrize(("now", "when"), [
+    (END - 365 * DAY, END - 30 * DAY),
+    (END - 30 * DAY - timedelta(seconds=1), END - 30 * DAY),
+    (END - 30 * DAY, END - 7 * DAY),
+    (END - 10 * DAY, END - 7 * DAY),
+    (END - 7 * DAY, END - DAY),
+    (END - 3 * DAY, END - DAY),
+    (END - DAY, END),
+    (END - timedelta(seconds=1), END),
+    (END, None),
+    (END + DAY, None),
+])
+def test_next_check(now: datetime, when: datetime | None) -> None:
+    assert tls.next_check(END, now) == when
+
+
+def test_warnings_take_any_time_zone_and_naive_as_utc() -> None:
+    # 00:30 on 1 January in UTC+1 is 23:30 on 31 December UTC: within the last day.
+    local = datetime(2027, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=1)))
+    assert tls.due_warnings(END, local) == [timedelta(days=d) for d in (30, 7, 1)]
+    assert tls.next_check(END, local) == END
+    assert tls.next_check(END, datetime(2026, 12, 1, 23, 59)) == END - 30 * DAY
+
+
+# -- file digests -------------------------------------------------------------------------
+
+def test_file_digest(tmp_path: Path) -> None:
+    path = _write(tmp_path, b"content")
+    digest = tls.file_digest(path)
+    assert digest == hashlib.sha256(b"content").hexdigest()
+    path.write_bytes(b"content")
+    assert tls.file_digest(path) == digest
+    path.write_bytes(b"changed")
+    assert tls.file_digest(path) != digest
+
+
+def test_file_digest_of_nothing(tmp_path: Path) -> None:
+    assert tls.file_digest(tmp_path / "missing") is None
+    assert tls.file_digest(tmp_path) is None

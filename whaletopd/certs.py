@@ -1,0 +1,121 @@
+"""The certificate in service: where it comes from, where websockify reads it, when it
+expires, and a watcher that turns a changed file into an event.
+
+The user's file is watched through its directory, not the file itself: certificates are
+replaced by rename, and Kubernetes swaps a `..data` symlink; a watch on the old file
+would go silent.  Watcher events are debounced and carry no judgement: the machine
+compares the content's digest and validates before anything changes.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from whaletopd import tls
+
+WEBSOCKIFY_PEM = "websockify.pem"
+
+
+@dataclass
+class Certificate:
+    """The bundle in service and what whaletopd knows about it."""
+
+    bundle: tls.Bundle
+    source: Path | None  # None: self-signed, kept in the state directory
+    digest: str | None
+    warned: set[timedelta] = field(default_factory=set)
+
+    @property
+    def self_signed(self) -> bool:
+        return self.source is None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "fingerprint_sha256": self.bundle.fingerprint,
+            "not_after": self.bundle.not_after.isoformat().replace("+00:00", "Z"),
+            "source": str(self.source) if self.source else "self-signed",
+            "names": self.bundle.subject_names(),
+        }
+
+    def due_warnings(self, now: datetime | None = None) -> list[timedelta]:
+        """Thresholds crossed and not yet warned about (each is logged once)."""
+        at = now or datetime.now(UTC)
+        new = [t for t in tls.due_warnings(self.bundle.not_after, at) if t not in self.warned]
+        self.warned.update(new)
+        return new
+
+    def expired(self, now: datetime | None = None) -> bool:
+        return (now or datetime.now(UTC)) >= self.bundle.not_after
+
+    def seconds_to_next_check(self, now: datetime | None = None) -> float | None:
+        at = now or datetime.now(UTC)
+        when = tls.next_check(self.bundle.not_after, at)
+        return None if when is None else max(0.0, (when - at).total_seconds())
+
+
+def obtain(source: str, state_dir: Path, password: bytes | None) -> Certificate:
+    """The user's certificate, validated, or the kept/new self-signed one.  Raises TLSError."""
+    if source:
+        path = Path(source)
+        bundle = tls.load(path, password)
+        return Certificate(bundle=bundle, source=path, digest=tls.file_digest(path))
+    bundle, _created = tls.load_or_create_self_signed(state_dir, socket.gethostname())
+    return Certificate(bundle=bundle, source=None, digest=None)
+
+
+def publish(cert: Certificate, state_dir: Path, run_dir: Path, uid: int, gid: int) -> Path:
+    """pub_ssl.pem (certificate only, for users to trust) and websockify's combined file
+    (the only place a decrypted key is written, mode 0600, the desktop user's)."""
+    from whaletopd.files import atomic_write
+
+    atomic_write(state_dir / tls.PUBLIC_CERT_NAME, cert.bundle.cert_pem(), 0o644)
+    dest = run_dir / WEBSOCKIFY_PEM
+    tls.install(cert.bundle, dest, uid, gid)
+    return dest
+
+
+class DirectoryWatcher:
+    """Calls `on_change` (debounced) when anything in `directory` changes."""
+
+    def __init__(self, directory: Path, on_change: Callable[[], None],
+                 debounce: float = 0.1) -> None:
+        from watchdog.events import FileSystemEvent, FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        self._on_change = on_change
+        self._debounce = debounce
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+        watcher = self
+
+        class _Handler(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                if event.event_type not in ("opened", "closed_no_write"):
+                    watcher._poke()
+
+        self._observer = Observer()
+        self._observer.daemon = True
+        self._observer.schedule(_Handler(), str(directory), recursive=False)
+
+    def _poke(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = threading.Timer(self._debounce, self._on_change)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def start(self) -> None:
+        self._observer.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+        self._observer.stop()
