@@ -14,7 +14,8 @@ RUN apt-get update \
         dbus dbus-x11 lxde-core lxterminal lxde-icon-theme gnome-themes-extra \
         x11-utils x11-xserver-utils xdotool xclip fonts-dejavu-core \
         chromium \
- && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
+ && apt-get clean \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /usr/share/doc/* /usr/share/man/*
 
 ENV LANG=C.UTF-8 \
     APPIMAGE_EXTRACT_AND_RUN=1 \

@@ -14,15 +14,19 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transitions import EventData
+
+if TYPE_CHECKING:
+    from whaletopd.apps import AppMapper, AppsWatcher
 
 from whaletopd import certs, children, logs, probes
 from whaletopd.backoff import RestartBudget
 from whaletopd.children import Child, RunAs
 from whaletopd.config import Config
 from whaletopd.events import (
+    AppsChanged,
     CertificateChanged,
     CertificateCheckDue,
     CertificateExpired,
@@ -82,6 +86,8 @@ class Desktop:
         self._cert_timer: threading.Timer | None = None
         self._cert_watcher: certs.DirectoryWatcher | None = None
         self._websockify_pem: Path | None = None
+        self._apps: AppMapper | None = None
+        self._apps_watcher: AppsWatcher | None = None
 
     # -- bookkeeping shared by every transition ---------------------------------------
 
@@ -106,6 +112,8 @@ class Desktop:
             "children": {c.name: {"pid": c.pid, "running": c.returncode is None,
                                   "returncode": c.returncode} for c in self.children},
             "tls": self._certificate.describe() if self._certificate else None,
+            "apps": self._apps.mapped() if self._apps else {},
+            "apps_skipped": self._apps.skipped() if self._apps else {},
             "restarts": {"websockify": self._restarts.used(),
                          "allowed": self._restarts.attempts,
                          "window_s": self._restarts.window},
@@ -149,6 +157,8 @@ class Desktop:
             password = cfg.vnc_password or p.generate_password()
             p.write_password(password, self.paths, self.run_as)
         self._password = password
+        with self._step("map_apps") as out:
+            out.update(self._start_apps())
         if cfg.tls:
             with self._step("tls") as out:
                 self._certificate = certs.obtain(cfg.tls_certificate, self.paths.state_dir,
@@ -326,6 +336,41 @@ class Desktop:
         if self._prober is not None:
             self._prober.reset()
 
+    # -- /Apps: applications in the menu, live ---------------------------------------------
+
+    def _start_apps(self) -> dict[str, Any]:
+        from whaletopd import apps
+
+        self._apps = apps.AppMapper(self.paths.apps_root, self.paths.applications_dir,
+                                    self.paths.apps_manifest)
+        # Watch first: a file written during the first sync still causes a second one.
+        self._apps_watcher = apps.AppsWatcher(self.paths.apps_root,
+                                              lambda: self.events.post(AppsChanged()))
+        self._apps_watcher.start()
+        changes = self._sync_apps()
+        return {"mapped": len(self._apps.mapped()), "changes": changes}
+
+    def map_apps(self, event: EventData) -> None:
+        with self._step("map_apps") as out:
+            out["changes"] = self._sync_apps()
+
+    def _sync_apps(self) -> int:
+        if self._apps is None:
+            return 0
+        try:
+            changes = self._apps.sync()
+        except OSError as exc:  # the manifest cannot be written: never fatal
+            log.error("apps_sync_failed", reason=str(exc))
+            return 0
+        for change in changes:
+            fields = {"name": change.name, "source": change.source}
+            if change.kind == "skipped":
+                log.warning("app_skipped", reason=change.reason, **fields)
+            else:
+                log.info(f"app_{change.kind}", **fields,
+                         **({"reason": change.reason} if change.reason else {}))
+        return len(changes)
+
     # -- TLS: rotation and expiry -----------------------------------------------------------
 
     def _watch_certificate(self) -> None:
@@ -437,8 +482,9 @@ class Desktop:
             timer.cancel()
         if self._prober is not None:
             self._prober.stop()
-        if self._cert_watcher is not None:
-            self._cert_watcher.stop()
+        for watcher in (self._cert_watcher, self._apps_watcher):
+            if watcher is not None:
+                watcher.stop()
         for child in self.children:
             child.retired = True
         with self._step("stop_children", children=[c.name for c in reversed(self.children)]):

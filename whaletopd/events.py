@@ -86,6 +86,13 @@ class RecoveryTimedOut(Event):
 
 
 @dataclass(frozen=True)
+class AppsChanged(Event):
+    """Something changed under /Apps (debounced): map .desktop files again."""
+
+    trigger: ClassVar[str] = "apps_changed"
+
+
+@dataclass(frozen=True)
 class CertificateChanged(Event):
     """Something changed in the directory of --tls-certificate (debounced)."""
 

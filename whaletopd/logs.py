@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from typing import Any, TextIO
 
 import structlog
@@ -41,6 +42,10 @@ def configure(fmt: str = "json", stream: TextIO | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
+    # Python warnings too become JSON lines, not bare text on stderr.
+    logging.captureWarnings(True)
+    # watchdog 7 warns when a folder is created together with its parent; harmless.
+    warnings.filterwarnings("ignore", "Callback with id", RuntimeWarning)
 
 
 def get(name: str) -> Any:

@@ -69,6 +69,9 @@ TRANSITIONS: list[dict[str, Any]] = [
      "after": "reload_certificate"},
     {"trigger": "certificate_changed", "source": [STARTING, STARTED, RECOVERING, RELOADING_TLS],
      "dest": None, "after": "defer_certificate"},
+    # /Apps: .desktop files created, changed or removed while the desktop runs.
+    {"trigger": "apps_changed", "source": [*LIVE, UNHEALTHY], "dest": None,
+     "after": "map_apps"},
     # Expiry: warnings 30, 7 and 1 day(s) ahead; at notAfter, UNHEALTHY (unless a renewed
     # file was swapped in first).
     {"trigger": "certificate_check_due", "source": [*UP, UNHEALTHY], "dest": None,

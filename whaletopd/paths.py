@@ -16,6 +16,8 @@ class Paths:
     home_root: Path = Path("/home")
     sudoers_file: Path = Path("/etc/sudoers.d/whaletop")
     novnc_dir: Path = Path("/usr/share/novnc")
+    apps_root: Path = Path("/Apps")
+    applications_dir: Path = Path("/usr/share/applications")
 
     @property
     def status(self) -> Path:
@@ -28,6 +30,10 @@ class Paths:
     @property
     def vnc_passwd(self) -> Path:
         return self.state_dir / "vnc_passwd"
+
+    @property
+    def apps_manifest(self) -> Path:
+        return self.state_dir / "apps.json"
 
     @property
     def vnc_auth(self) -> Path:

@@ -106,7 +106,8 @@ def desktop(image: str, tmp_path: Path) -> Iterator[Any]:
     made: list[Container] = []
 
     def start(*args: str, env: dict[str, str] | None = None,
-              volumes: tuple[str, ...] = (), extra: tuple[str, ...] = ()) -> Container:
+              volumes: tuple[str, ...] = (), extra: tuple[str, ...] = (),
+              image: str = image) -> Container:
         state = tmp_path / f"state{len(made)}"
         state.mkdir()
         name = f"whaletop-test-{uuid.uuid4().hex[:8]}"

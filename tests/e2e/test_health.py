@@ -99,12 +99,11 @@ def test_hung_websockify_is_detected_by_its_probe_and_replaced(desktop):
 
 
 def test_websockify_that_keeps_failing_ends_unhealthy(desktop):
-    c = desktop(*FAST)
+    c = desktop("--enable-tls", *FAST)
     _healthy_with_work(c)
-    # Something else takes the web port: every restart of websockify fails at once.
-    ws = c.status_json()["children"]["websockify"]["pid"]
-    c.exec("sh", "-c", f"kill -9 {ws}; exec python3 -m http.server 8080 >/dev/null 2>&1 &",
-           user="user")
+    # Its certificate file gone, every restart of websockify fails at once.
+    c.exec("rm", "/run/whaletop/websockify.pem")
+    _kill_child(c, "websockify")
     assert c.wait_exit() == 3
     assert c.status() == "UNHEALTHY\n"
     assert "websockify" in c.status_json()["reason"]

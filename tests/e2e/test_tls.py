@@ -166,7 +166,7 @@ def _bad_files(certdir: Path) -> dict[str, tuple[str, str, dict[str, str]]]:
         "no key": ("/certs/nokey.pem", "private key", {}),
         "wrong key": ("/certs/wrongkey.pem", "match", {}),
         "expired": ("/certs/expired.pem", "expired", {}),
-        "not yet valid": ("/certs/future.pem", "not valid before", {}),
+        "not yet valid": ("/certs/future.pem", "not yet valid", {}),
         "encrypted, no password": ("/certs/encrypted.pem", "TLS_KEY_PASSWORD", {}),
         "encrypted, wrong password": ("/certs/encrypted.pem", "password",
                                       {"TLS_KEY_PASSWORD": "wrong"}),

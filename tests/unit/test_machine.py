@@ -31,6 +31,7 @@ from whaletopd.children import Child, RunAs
 from whaletopd.config import Config
 from whaletopd.desktop import Desktop
 from whaletopd.events import (
+    AppsChanged,
     CertificateChanged,
     CertificateCheckDue,
     CertificateExpired,
@@ -92,6 +93,7 @@ EVENTS: dict[str, EventFactory] = {
     "probe_failed": lambda d: ProbeFailed(reason="VNC port 5901: timed out", part="xvnc"),
     "restart_due": lambda d: RestartDue(name="websockify"),
     "certificate_changed": lambda d: CertificateChanged(),
+    "apps_changed": lambda d: AppsChanged(),
     "certificate_check_due": lambda d: CertificateCheckDue(),
     "certificate_expired": lambda d: CertificateExpired(),
     "recovery_timed_out": lambda d: RecoveryTimedOut(seconds=60.0),
@@ -203,6 +205,11 @@ CASES = [
          internal=True, config=NO_EXIT),
     *[Case("certificate_expired", state, UNHEALTHY, posts_shut_down=True)
       for state in (STARTED, HEALTHY, RECOVERING, RELOADING_TLS)],
+    # /Apps: mapped again in every state where the desktop lives.
+    *[Case("apps_changed", state, state, calls=("map_apps",), internal=True)
+      for state in (STARTING, STARTED, HEALTHY, RECOVERING, RELOADING_TLS)],
+    Case("apps_changed", UNHEALTHY, UNHEALTHY, calls=("map_apps",), internal=True,
+         config=NO_EXIT),
     Case("shut_down", STOPPING, STOPPED, calls=("stop_children", "exit"), exit_code=0),
     Case("shut_down", FAILED, FAILED, calls=("stop_children", "exit"), exit_code=2,
          internal=True),
@@ -273,6 +280,9 @@ class RecordingDesktop(Desktop):
 
     def check_certificate(self, event: EventData) -> None:
         self.calls.append("check_certificate")
+
+    def map_apps(self, event: EventData) -> None:
+        self.calls.append("map_apps")
         super().check_certificate(event)  # without a certificate: nothing to check
 
     # The certificate files themselves are tls.py's and certs.py's business: here the
