@@ -31,6 +31,13 @@ def _wait(predicate, what: str, timeout: float = 20) -> None:
     raise AssertionError(f"never: {what}")
 
 
+def _write(path: Path, text: str) -> None:
+    """As package managers and editors do: a temporary name, then a rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def _mapped(c: Container, filename: str) -> bool:
     return c.exec("test", "-f", f"/usr/share/applications/{filename}", check=False).returncode == 0
 
@@ -67,11 +74,11 @@ def test_live_mount_add_change_remove_read_only(desktop, tmp_path: Path):
     assert not _mapped(c, "notes.desktop")
 
     entry = live / "deep" / "er" / "notes.desktop"
-    entry.write_text(ENTRY.format(name="Live Notes", exec="/usr/bin/lxterminal"))
+    _write(entry, ENTRY.format(name="Live Notes", exec="/usr/bin/lxterminal"))
     _wait(lambda: _mapped(c, "notes.desktop"), "notes.desktop mapped")
     _wait(lambda: _in_menu_cache(c, "Live Notes"), "Live Notes in LXDE's menu")
 
-    entry.write_text(ENTRY.format(name="Live Notes Renamed", exec="/usr/bin/lxterminal"))
+    _write(entry, ENTRY.format(name="Live Notes Renamed", exec="/usr/bin/lxterminal"))
     _wait(lambda: _in_menu_cache(c, "Live Notes Renamed"), "the changed name in the menu")
 
     entry.unlink()
