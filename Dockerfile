@@ -28,6 +28,7 @@ ENV LANG=C.UTF-8 \
 RUN sed -i 's|^wallpaper=.*|wallpaper=/usr/share/lxde/wallpapers/lxde_blue.jpg|' \
         /etc/xdg/pcmanfm/LXDE/pcmanfm.conf \
  && rm -f /etc/xdg/autostart/lxpolkit.desktop /etc/xdg/autostart/light-locker.desktop \
+ && sed -i 's|^\[Session\]$|[Session]\npolkit/command=/bin/true|' /etc/xdg/lxsession/LXDE/desktop.conf \
  && sed -i '/xscreensaver/d' /etc/xdg/lxsession/LXDE/autostart
 
 COPY docker/index.html /usr/share/novnc/index.html

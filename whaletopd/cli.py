@@ -9,6 +9,10 @@ from collections.abc import Sequence
 
 from whaletopd import paths as paths_mod
 
+# States a desktop does not leave by itself: the daemon is exiting or has given up.  For
+# `status --alive` (a liveness probe), everything else, starting included, is alive.
+TERMINAL = frozenset({"UNHEALTHY", "STOPPED", "FAILED"})
+
 
 def main(argv: Sequence[str]) -> int:
     args = list(argv)
@@ -53,8 +57,13 @@ def _run(args: list[str]) -> int:
 def _status(args: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="whaletopd status",
-        description="Print the desktop's state; exit 0 only when HEALTHY.")
+        description="Print the desktop's state; exit 0 only when HEALTHY "
+                    "(with --alive: unless the desktop is finished).")
     parser.add_argument("--json", action="store_true", help="print status.json")
+    parser.add_argument(
+        "--alive", action="store_true",
+        help="exit 0 unless the state is terminal (" + ", ".join(sorted(TERMINAL))
+        + ") or the daemon is gone; starting counts as alive (for liveness probes)")
     opts = parser.parse_args(args)
     import psutil
 
@@ -74,7 +83,11 @@ def _status(args: list[str]) -> int:
         if "stale" in detail:
             line += f" ({detail['stale']})"
         print(line)
-    return 0 if word == "HEALTHY" and "stale" not in detail else 1
+    if "stale" in detail:
+        return 1
+    if opts.alive:
+        return 1 if word in TERMINAL else 0
+    return 0 if word == "HEALTHY" else 1
 
 
 def entry() -> None:

@@ -49,6 +49,10 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("--username", "WHALETOP_USERNAME", str, "user",
            "name of the desktop user (created on first start)"),
+    Option("--uid", "WHALETOP_UID", int, None,
+           "uid of the desktop user (default: the mounted home's owner, else 1000)"),
+    Option("--gid", "WHALETOP_GID", int, None,
+           "gid of the desktop user's group (default: the mounted home's group, else the uid)"),
     Option("--no-sudo", "WHALETOP_NO_SUDO", bool, False,
            "do not give the desktop user password-less sudo"),
     Option("--vnc-password-from-env", "WHALETOP_VNC_PASSWORD_FROM_ENV", bool, False,
@@ -80,6 +84,8 @@ OPTIONS: tuple[Option, ...] = (
 @dataclass(frozen=True)
 class Config:
     username: str = "user"
+    uid: int | None = None
+    gid: int | None = None
     no_sudo: bool = False
     vnc_password_from_env: bool = False
     no_exit_on_failure: bool = False
@@ -199,6 +205,9 @@ def validate_username(name: str) -> None:
 
 def validate(config: Config) -> None:
     validate_username(config.username)
+    for flag, ident in (("--uid", config.uid), ("--gid", config.gid)):
+        if ident is not None and not 1 <= ident <= 65533:
+            raise ConfigError(f"{flag}: {ident} is not between 1 and 65533 (0 is root's)")
     if not GEOMETRY_RE.match(config.geometry):
         raise ConfigError(f"--geometry: {config.geometry!r} is not WIDTHxHEIGHT, e.g. 1280x800")
     if config.depth not in (16, 24, 32):

@@ -151,6 +151,8 @@ class Desktop:
             out["removed"] = p.clear_stale_x_lock(self.paths, DISPLAY)
         with self._step("ensure_user", username=cfg.username) as out:
             self.run_as, out["done"] = p.ensure_user(cfg, self.paths)
+        with self._step("clear_session_leftovers") as out:
+            out["removed"] = p.clear_session_leftovers(Path(self.run_as.home))
         with self._step("configure_sudo") as out:
             out["result"] = p.configure_sudo(cfg, self.paths)
         with self._step("vnc_password"):

@@ -126,26 +126,22 @@ def ensure_user(config: Config, paths: Paths) -> tuple[RunAs, list[str]]:
         entry = None
     created = entry is None
     if entry is None:
-        owner = _home_owner(home)
-        if owner is not None and owner[0] != 0:
-            uid, gid = owner  # a mounted home keeps its owner: the user takes its uid/gid
-            try:
-                holder = pwd.getpwuid(uid).pw_name
-                raise ProvisionError(f"{home} belongs to existing account {holder!r} "
-                                     f"(uid {uid}); choose another --username")
-            except KeyError:
-                pass
-        else:
-            uid = gid = DEFAULT_UID
-            while _uid_taken(uid):
-                uid += 1
-            gid = uid
+        uid, gid = _choose_ids(config, home)
+        holder = _account_of(uid)
+        if holder is not None:
+            raise ProvisionError(f"uid {uid} already belongs to account {holder!r}; "
+                                 "choose another --uid")
         _ensure_group(name, gid)
         _run(["useradd", "--no-create-home", "--home-dir", str(home), "--shell", "/bin/bash",
               "--uid", str(uid), "--gid", str(gid), name])
         done.append(f"created user {name} (uid {uid}, gid {gid})")
         entry = pwd.getpwnam(name)
     uid, gid = entry.pw_uid, entry.pw_gid
+    for flag, wanted, actual in (("--uid", config.uid, uid), ("--gid", config.gid, gid)):
+        if wanted is not None and wanted != actual:
+            # Changing it would mean re-owning the whole home: never done behind a user's back.
+            raise ProvisionError(f"{flag} {wanted}: user {name} already exists here with "
+                                 f"{flag[2:]} {actual}; remove the container to change it")
     if _home_owner(home) is None:
         home.mkdir(mode=0o755, parents=True)
         os.chown(home, uid, gid)
@@ -161,12 +157,42 @@ def ensure_user(config: Config, paths: Paths) -> tuple[RunAs, list[str]]:
     return RunAs(uid=uid, gid=gid, groups=groups, home=str(home)), done
 
 
-def _uid_taken(uid: int) -> bool:
+def _account_of(uid: int) -> str | None:
     try:
-        pwd.getpwuid(uid)
+        return pwd.getpwuid(uid).pw_name
     except KeyError:
-        return False
-    return True
+        return None
+
+
+def _choose_ids(config: Config, home: Path) -> tuple[int, int]:
+    """--uid/--gid if given; else a mounted home's owner (so nothing in it is re-owned);
+    else the first free uid from 1000, with a group of the same number."""
+    owner = _home_owner(home)
+    if owner is not None and owner[0] == 0:
+        owner = None  # a root-owned mount point docker created: nobody's yet
+    uid = config.uid if config.uid is not None else owner[0] if owner else None
+    if uid is None:
+        uid = DEFAULT_UID
+        while _account_of(uid) is not None:
+            uid += 1
+    gid = config.gid if config.gid is not None else owner[1] if owner else uid
+    return uid, gid
+
+
+# What a session leaves behind in a persisted home when its container was killed: lock
+# files that make the next Chromium refuse to start ("profile in use") and old logs.
+LEFTOVER_PATTERNS = (".vnc/*.pid", ".vnc/*.log", ".config/chromium/Singleton*",
+                     ".config/google-chrome/Singleton*")
+
+
+def clear_session_leftovers(home: Path) -> list[str]:
+    removed = []
+    for pattern in LEFTOVER_PATTERNS:
+        for path in home.glob(pattern):
+            if path.is_symlink() or path.is_file() or path.is_socket():
+                path.unlink()
+                removed.append(str(path))
+    return removed
 
 
 def configure_sudo(config: Config, paths: Paths) -> str:

@@ -18,6 +18,8 @@ VALUE_OPTIONS = [opt for opt in OPTIONS if opt.kind is not bool]
 # and the value Config should hold.
 NON_DEFAULT = {
     "username": ("alice", "alice"),
+    "uid": ("1234", 1234),
+    "gid": ("2345", 2345),
     "geometry": ("1920x1080", "1920x1080"),
     "depth": ("16", 16),
     "web_port": ("9090", 9090),
@@ -51,6 +53,13 @@ def test_option_table_matches_config_defaults() -> None:
         assert fields[opt.dest] == opt.default, opt.flag
     assert all(opt.env.startswith("WHALETOP_") for opt in OPTIONS)
     assert len({opt.env for opt in OPTIONS}) == len(OPTIONS)
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--uid", "0"), ("--gid", "0"), ("--uid", "70000"),
+                                             ("--uid", "abc")])
+def test_uid_and_gid_must_be_ordinary_ids(flag: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=flag):
+        parse([f"{flag}={value}"], {})
 
 
 def test_every_value_option_has_a_test_value() -> None:

@@ -154,3 +154,20 @@ def test_prepare_dirs_is_idempotent(paths: Paths) -> None:
     (paths.state_dir / "status").write_text("STOPPED\n")
     provision.prepare_dirs(paths)
     assert (paths.state_dir / "status").read_text() == "STOPPED\n"
+
+
+def test_session_leftovers_are_removed_and_nothing_else(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / ".vnc").mkdir(parents=True)
+    (home / ".config" / "chromium").mkdir(parents=True)
+    (home / ".vnc" / "host:1.pid").write_text("42\n")
+    (home / ".vnc" / "host:1.log").write_text("old\n")
+    (home / ".vnc" / "passwd").write_bytes(b"keep")
+    os.symlink("host-1234", home / ".config" / "chromium" / "SingletonLock")
+    (home / ".config" / "chromium" / "Preferences").write_text("{}")
+    (home / "notes.log").write_text("the user's own log\n")
+    removed = provision.clear_session_leftovers(home)
+    assert sorted(Path(p).name for p in removed) == ["SingletonLock", "host:1.log", "host:1.pid"]
+    assert (home / ".vnc" / "passwd").read_bytes() == b"keep"
+    assert (home / ".config" / "chromium" / "Preferences").exists()
+    assert (home / "notes.log").exists()

@@ -24,7 +24,8 @@ def test_every_option_is_documented_with_its_env_twin_and_default() -> None:
         assert flag, flag_cell
         documented[flag.group(1)] = (env_cell.strip("`"), default_cell.strip("`"))
     expected = {
-        opt.flag: (opt.env, "off" if opt.kind is bool else str(opt.default) or "none")
+        opt.flag: (opt.env, "off" if opt.kind is bool
+                   else "auto" if opt.default is None else str(opt.default) or "none")
         for opt in config.OPTIONS
     }
     assert documented == expected
