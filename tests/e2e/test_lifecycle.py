@@ -155,6 +155,22 @@ def test_mounted_home_keeps_owner_and_files(desktop, tmp_path):
         1234, before.st_mtime_ns, "chapter 1\n")
     assert (home / ".bashrc").exists(), "an empty-ish home gets the default files"
     assert (home / ".bashrc").stat().st_uid == 1234
+    # Work done in the desktop survives the container: a new one finds it, same owner.
+    c.exec("sh", "-c", "echo draft 2 > /home/user/thesis-v2.txt", user="user")
+    docker("rm", "-f", c.name)
+    c2 = desktop(volumes=(f"{home}:/home/user",))
+    c2.wait_status("HEALTHY")
+    assert c2.exec("cat", "/home/user/thesis-v2.txt", user="user").stdout == "draft 2\n"
+    assert (home / "thesis-v2.txt").stat().st_uid == 1234
+    assert (home / "thesis.txt").stat().st_mtime_ns == before.st_mtime_ns
+
+
+def test_uid_and_gid_flags_choose_the_ids(desktop, tmp_path):
+    c = desktop("--uid=2001", "--gid=2002")
+    c.wait_status("HEALTHY")
+    assert c.exec("id", "-u", "user").stdout.strip() == "2001"
+    assert c.exec("id", "-g", "user").stdout.strip() == "2002"
+    assert c.exec("stat", "-c", "%u:%g", "/home/user").stdout.strip() == "2001:2002"
 
 
 def test_docker_healthcheck_reports_healthy(desktop):
