@@ -86,7 +86,9 @@ def _status(args: list[str]) -> int:
     if "stale" in detail:
         return 1
     if opts.alive:
-        return 1 if word in TERMINAL else 0
+        # With --no-exit-on-failure UNHEALTHY waits to be repaired, files kept: alive.
+        waiting = word == "UNHEALTHY" and detail.get("exit_on_failure") is False
+        return 1 if word in TERMINAL and not waiting else 0
     return 0 if word == "HEALTHY" else 1
 
 

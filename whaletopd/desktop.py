@@ -107,6 +107,7 @@ class Desktop:
     def write_status(self) -> None:
         self.status.write(self.state, self.reason, since=self._since, detail={
             "username": self.config.username,
+            "exit_on_failure": self.exit_on_failure,
             "web_port": self.config.web_port,
             "vnc_port": self.config.vnc_port,
             "children": {c.name: {"pid": c.pid, "running": c.returncode is None,

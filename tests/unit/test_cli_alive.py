@@ -23,8 +23,10 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def _write(state_dir: Path, word: str, reason: str = "") -> None:
-    StatusFile(state_dir / "status", state_dir / "status.json").write(word, reason, {})
+def _write(state_dir: Path, word: str, reason: str = "",
+           exit_on_failure: bool = True) -> None:
+    StatusFile(state_dir / "status", state_dir / "status.json").write(
+        word, reason, {"exit_on_failure": exit_on_failure})
 
 
 def _write_stale(state_dir: Path, word: str) -> int:
@@ -63,6 +65,13 @@ def test_alive_passes_while_starting_recovering_or_healthy(
 def test_alive_fails_on_terminal_states(state_dir: Path, word: str) -> None:
     _write(state_dir, word, "Xvnc exited")
     assert cli.main(["status", "--alive"]) == 1
+
+
+def test_unhealthy_waiting_for_repair_is_alive(state_dir: Path) -> None:
+    """--no-exit-on-failure: UNHEALTHY keeps the desktop for recovery; don't kill it."""
+    _write(state_dir, "UNHEALTHY", "xvnc exited", exit_on_failure=False)
+    assert cli.main(["status", "--alive"]) == 0
+    assert cli.main(["status"]) == 1
 
 
 @pytest.mark.parametrize("word", ["STARTING", "HEALTHY"])

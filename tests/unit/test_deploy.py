@@ -1,0 +1,637 @@
+"""deploy/: the Kubernetes manifests and the Compose file, checked without a cluster.
+
+Every manifest is validated offline against the Kubernetes schemas (kubernetes-validate
+ships them), the kustomization and the README's per-user overlay are rendered with
+`kubectl kustomize` when kubectl is there, and every flag, environment variable and port
+is checked against whaletopd's own options.  The kubelet's secret update (a new
+`..<timestamp>` folder, then a `..data` symlink swap) is replayed against whaletopd's
+certificate watcher.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import inspect
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.e2e import certgen
+from whaletopd import certs, children, cli, config, tls
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+KUBE = DEPLOY / "kubernetes"
+COMPOSE = DEPLOY / "compose.yaml"
+ENV_EXAMPLE = DEPLOY / "desktops.env.example"
+# The oldest release with persistentVolumeClaimRetentionPolicy on by default, and newer.
+MIN_KUBERNETES = (1, 27)
+# Read by whaletopd besides its WHALETOP_* twins.
+EXTRA_ENV = {config.VNC_PASSWORD_ENV, config.TLS_KEY_PASSWORD_ENV}
+FLAGS = {opt.flag for opt in config.OPTIONS}
+ENVS = {opt.env for opt in config.OPTIONS}
+
+
+# -- loading -------------------------------------------------------------------------------
+
+def manifest_files() -> list[Path]:
+    return sorted(p for p in KUBE.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def load_docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def manifests() -> list[dict[str, Any]]:
+    return [doc for path in manifest_files() for doc in load_docs(path)]
+
+
+def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind
+             and (name is None or d["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def statefulset() -> dict[str, Any]:
+    return find(manifests(), "StatefulSet")
+
+
+def pod_spec(sts: dict[str, Any] | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = (sts or statefulset())["spec"]["template"]["spec"]
+    return spec
+
+
+def desktop_container(sts: dict[str, Any] | None = None) -> dict[str, Any]:
+    containers = pod_spec(sts)["containers"]
+    assert len(containers) == 1
+    container: dict[str, Any] = containers[0]
+    return container
+
+
+def literal_env(container: Mapping[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def parse_container_config(container: Mapping[str, Any], password: str = "test-pw1",
+                           **override: str) -> config.Config:
+    """whaletopd's own parser on the container's arguments and environment."""
+    args = list(container["args"])
+    assert args[0] == "/start.py", "the image's entry point, which runs `whaletopd run`"
+    env = {**literal_env(container), **override}
+    for entry in container.get("env", []):
+        if "valueFrom" in entry:
+            env[entry["name"]] = password
+    return config.parse(args[1:], env)
+
+
+def versions() -> list[str]:
+    from kubernetes_validate import utils
+
+    found = {utils.major_minor(v) for v in utils.all_versions()}
+    chosen = sorted((v for v in found if tuple(map(int, v.split("."))) >= MIN_KUBERNETES),
+                    key=lambda v: tuple(map(int, v.split("."))))
+    assert chosen, f"kubernetes-validate has no schemas from {MIN_KUBERNETES}"
+    return chosen
+
+
+def validate(doc: dict[str, Any], version: str) -> None:
+    kubernetes_validate.validate(doc, version, strict=True)
+
+
+@pytest.fixture(autouse=True)
+def _no_host_users(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The user name is judged as in the image, not against this machine's accounts."""
+    def missing(name: str) -> Any:
+        raise KeyError(name)
+
+    monkeypatch.setattr(config.pwd, "getpwnam", missing)
+
+
+# -- schemas ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("version", versions())
+@pytest.mark.parametrize("path", manifest_files(), ids=lambda p: p.name)
+def test_manifest_is_valid_for_kubernetes(path: Path, version: str) -> None:
+    docs = load_docs(path)
+    assert docs, f"{path.name} holds no resource"
+    for doc in docs:
+        validate(doc, version)
+
+
+def test_the_validator_is_strict_and_offline() -> None:
+    """A misspelt field must fail: proves the bundled schemas are used, strictly."""
+    sts = copy.deepcopy(statefulset())
+    desktop_container(sts)["livenesProbe"] = desktop_container(sts).pop("livenessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError, match="livenesProbe"):
+        validate(sts, versions()[-1])
+
+
+def test_every_manifest_is_in_the_kustomization_except_the_secret_example() -> None:
+    kustomization = yaml.safe_load((KUBE / "kustomization.yaml").read_text())
+    listed = set(kustomization["resources"])
+    assert all((KUBE / name).is_file() for name in listed)
+    assert listed | {"secret.yaml"} == {p.name for p in manifest_files()}
+    # Applied as is, the example secrets would overwrite real ones with empty values.
+    assert "secret.yaml" not in listed
+
+
+# -- flags, variables, ports -----------------------------------------------------------------
+
+def test_every_flag_and_variable_in_the_statefulset_exists() -> None:
+    container = desktop_container()
+    flags = [a.split("=", 1)[0] for a in container["args"][1:]]
+    assert set(flags) <= FLAGS, set(flags) - FLAGS
+    names = {e["name"] for e in container["env"]}
+    assert names <= ENVS | EXTRA_ENV, names - ENVS - EXTRA_ENV
+    parse_container_config(container)  # and whaletopd accepts them together
+
+
+def test_statefulset_feeds_the_password_from_a_secret() -> None:
+    container = desktop_container()
+    cfg = parse_container_config(container, password="from-secret")
+    assert cfg.vnc_password_from_env
+    assert cfg.vnc_password == "from-secret"
+    entry = next(e for e in container["env"] if e["name"] == config.VNC_PASSWORD_ENV)
+    ref = entry["valueFrom"]["secretKeyRef"]
+    secret = find(manifests(), "Secret", ref["name"])
+    assert ref["key"] in secret["stringData"]
+
+
+def test_ports_are_the_daemons() -> None:
+    docs = manifests()
+    container = desktop_container()
+    cfg = parse_container_config(container)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"web": cfg.web_port}, "only the web port leaves the pod"
+    assert not cfg.expose_vnc
+    service = find(docs, "Service")
+    (port,) = service["spec"]["ports"]
+    assert port["targetPort"] == "web"
+    assert port["port"] == cfg.web_port
+    ingress = find(docs, "Ingress")
+    (path,) = ingress["spec"]["rules"][0]["http"]["paths"]
+    backend = path["backend"]["service"]
+    assert backend == {"name": service["metadata"]["name"], "port": {"name": "web"}}
+    assert statefulset()["spec"]["serviceName"] == service["metadata"]["name"]
+
+
+def test_service_selects_exactly_the_desktop_pod() -> None:
+    sts = statefulset()
+    pod_labels = sts["spec"]["template"]["metadata"]["labels"]
+    selector = find(manifests(), "Service")["spec"]["selector"]
+    assert selector == sts["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod_labels.items()
+
+
+def test_home_volume_holds_the_users_home() -> None:
+    sts = statefulset()
+    cfg = parse_container_config(desktop_container(sts))
+    mounts = {m["name"]: m for m in desktop_container(sts)["volumeMounts"]}
+    assert mounts["home"]["mountPath"] == f"/home/{cfg.username}"
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "home"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert sts["spec"]["replicas"] == 1
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Retain"
+
+
+def test_tls_secret_is_mounted_as_a_folder_where_tls_certificate_reads() -> None:
+    container = desktop_container()
+    cfg = parse_container_config(container)
+    cert = Path(cfg.tls_certificate)
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "tls")
+    assert mount["mountPath"] == str(cert.parent)
+    assert mount["readOnly"] is True
+    assert "subPath" not in mount, "a subPath mount never sees the kubelet's updates"
+    volume = next(v for v in pod_spec()["volumes"] if v["name"] == "tls")
+    secret = find(manifests(), "Secret", volume["secret"]["secretName"])
+    assert secret["type"] == "Opaque"
+    assert list(secret["stringData"]) == [cert.name], "one combined PEM, as whaletopd reads"
+
+
+def test_no_service_links_can_shadow_whaletops_variables() -> None:
+    """Kubernetes injects <SERVICE>_PORT=tcp://... variables: a Service named
+    whaletop-web would set WHALETOP_WEB_PORT to a URL and the desktop would fail."""
+    spec = pod_spec()
+    assert spec["enableServiceLinks"] is False
+    with pytest.raises(config.ConfigError, match="WHALETOP_WEB_PORT"):
+        config.parse([], {"WHALETOP_WEB_PORT": "tcp://10.0.0.1:8080"})
+    assert spec["automountServiceAccountToken"] is False
+
+
+# -- probes, stop, resources -----------------------------------------------------------------
+
+@pytest.fixture
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("WHALETOP_STATE_DIR", str(tmp_path))
+    return tmp_path
+
+
+def _probe(container: Mapping[str, Any], kind: str) -> list[str]:
+    command: list[str] = container[kind]["exec"]["command"]
+    assert command[:2] == ["whaletopd", "status"], "whaletopd's own word"
+    return command
+
+
+def _run_probe(command: list[str], state_dir: Path, word: str) -> int:
+    from whaletopd.status import StatusFile
+
+    StatusFile(state_dir / "status", state_dir / "status.json").write(word, "", {})
+    return cli.main(command[1:])
+
+
+@pytest.mark.parametrize(("word", "startup", "ready", "alive"), [
+    ("STARTING", 1, 1, 0),
+    ("STARTED", 1, 1, 0),
+    ("HEALTHY", 0, 0, 0),
+    ("RECOVERING", 1, 1, 0),
+    ("RELOADING_TLS", 1, 1, 0),
+    ("STOPPING", 1, 1, 0),
+    ("UNHEALTHY", 1, 1, 1),
+    ("STOPPED", 1, 1, 1),
+    ("FAILED", 1, 1, 1),
+])
+def test_probes_answer_from_the_daemons_state(state_dir: Path, word: str, startup: int,
+                                              ready: int, alive: int,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    container = desktop_container()
+    assert _run_probe(_probe(container, "startupProbe"), state_dir, word) == startup
+    assert _run_probe(_probe(container, "readinessProbe"), state_dir, word) == ready
+    assert _run_probe(_probe(container, "livenessProbe"), state_dir, word) == alive
+    capsys.readouterr()
+
+
+def test_startup_probe_outwaits_the_daemons_startup_timeout() -> None:
+    """The daemon decides a start took too long (UNHEALTHY, with a reason), not the
+    kubelet, and liveness never runs before the first HEALTHY."""
+    container = desktop_container()
+    cfg = parse_container_config(container)
+    probe = container["startupProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] > cfg.startup_timeout
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[kind]["timeoutSeconds"] >= 2, "a python start inside a busy pod"
+
+
+def _worst_stop_seconds() -> float:
+    """whaletopd stops its three children (Xvnc, websockify, session) one after the other,
+    each SIGTERM then SIGKILL after `deadline`."""
+    deadline = inspect.signature(children.stop).parameters["deadline"].default
+    return 3 * float(deadline)
+
+
+def test_termination_grace_fits_the_stop_time() -> None:
+    grace = pod_spec()["terminationGracePeriodSeconds"]
+    assert _worst_stop_seconds() < grace <= 30, "never cut a clean stop; don't linger"
+
+
+def _quantity(value: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    match = re.fullmatch(r"(\d+)(Ki|Mi|Gi)?", value)
+    assert match, value
+    return int(match[1]) * units.get(match[2] or "", 1)
+
+
+def test_resources_leave_room_for_chromium_and_dev_shm() -> None:
+    container = desktop_container()
+    requests, limits = container["resources"]["requests"], container["resources"]["limits"]
+    shm = next(v for v in pod_spec()["volumes"] if v["name"] == "dshm")["emptyDir"]
+    assert shm["medium"] == "Memory"
+    assert "/dev/shm" in {m["mountPath"] for m in container["volumeMounts"]}
+    idle_measured = 250 * 2**20  # the top of docker stats on an idle HEALTHY desktop
+    assert _quantity(requests["memory"]) >= idle_measured
+    # /dev/shm's pages are charged to the container: the limit holds both.
+    assert _quantity(limits["memory"]) >= _quantity(requests["memory"]) + _quantity(
+        shm["sizeLimit"])
+    assert _quantity(shm["sizeLimit"]) >= 512 * 2**20
+
+
+def test_seccomp_profile_is_the_repositorys_chrome_json_as_localhost() -> None:
+    profile = pod_spec()["securityContext"]["seccompProfile"]
+    assert profile["type"] == "Localhost"
+    assert Path(profile["localhostProfile"]).name == "chrome.json"
+    assert "defaultAction" in json.loads((ROOT / "chrome.json").read_text())
+    readme = (KUBE / "README.md").read_text()
+    assert f"/var/lib/kubelet/seccomp/{profile['localhostProfile']}" in readme
+
+
+def test_ingress_is_websocket_friendly_on_a_sub_path() -> None:
+    ingress = find(manifests(), "Ingress")
+    notes = ingress["metadata"]["annotations"]
+    prefix = "nginx.ingress.kubernetes.io/"
+    assert int(notes[prefix + "proxy-read-timeout"]) >= 3600
+    assert int(notes[prefix + "proxy-send-timeout"]) >= 3600
+    cfg = parse_container_config(desktop_container())
+    assert (notes[prefix + "backend-protocol"] == "HTTPS") == cfg.tls
+    (path,) = ingress["spec"]["rules"][0]["http"]["paths"]
+    pattern = re.compile(path["path"])
+    match = pattern.fullmatch("/desktop/websockify")
+    assert match, "the WebSocket, relative to the page, is under the sub-path"
+    rewritten = notes[prefix + "rewrite-target"].replace("$2", match[2])
+    assert rewritten == "/websockify"
+    assert pattern.fullmatch("/desktop/")[2] == ""  # type: ignore[index]
+
+
+# -- rendering -------------------------------------------------------------------------------
+
+KUBECTL = shutil.which("kubectl")
+needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl (kustomize) not installed")
+
+
+def kustomize(folder: Path) -> list[dict[str, Any]]:
+    assert KUBECTL
+    out = subprocess.run([KUBECTL, "kustomize", str(folder)], capture_output=True, text=True,
+                         check=False, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+@needs_kubectl
+def test_kustomization_renders_and_validates() -> None:
+    docs = kustomize(KUBE)
+    assert sorted(d["kind"] for d in docs) == ["Ingress", "Service", "StatefulSet"]
+    for doc in docs:
+        validate(doc, versions()[-1])
+    assert desktop_container(find(docs, "StatefulSet"))["image"] == "whaletop:latest"
+
+
+def readme_overlay() -> str:
+    """The per-user overlay as deploy/kubernetes/README.md shows it."""
+    text = (KUBE / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
+    (overlay,) = [b for b in blocks if "kind: Kustomization" in b]
+    return overlay
+
+
+def write_overlay(folder: Path, user: str, password: str) -> Path:
+    overlay = folder / "desktops" / user
+    overlay.mkdir(parents=True)
+    text = readme_overlay().replace("alice", user)
+    base = os.path.relpath(KUBE, overlay)
+    assert "  - ../../deploy/kubernetes\n" in text
+    text = text.replace("  - ../../deploy/kubernetes\n", f"  - {base}\n")
+    (overlay / "kustomization.yaml").write_text(text)
+    (overlay / "vnc.env").write_text(f"VNC_PASSWORD={password}\n")
+    cert, key = certgen.make(cn=f"{user}.test")
+    (overlay / "tls.pem").write_bytes(certgen.pem(cert, key))
+    return overlay
+
+
+@needs_kubectl
+def test_readme_overlays_give_each_user_a_desktop_of_their_own(tmp_path: Path) -> None:
+    rendered = {user: kustomize(write_overlay(tmp_path, user, f"{user}-pw1"))
+                for user in ("alice", "bob")}
+    names: set[tuple[str, str]] = set()
+    for user, docs in rendered.items():
+        for doc in docs:
+            validate(doc, versions()[-1])
+            key = (doc["kind"], doc["metadata"]["name"])
+            assert key not in names, f"{key} is made twice"
+            names.add(key)
+            assert doc["metadata"]["namespace"] == "desktops"
+        sts = find(docs, "StatefulSet")
+        assert sts["metadata"]["name"] == f"whaletop-{user}"
+        selector = sts["spec"]["selector"]["matchLabels"]
+        assert selector["app.kubernetes.io/instance"] == user
+        service = find(docs, "Service")
+        assert service["spec"]["selector"] == selector
+        assert sts["spec"]["serviceName"] == service["metadata"]["name"]
+        ingress = find(docs, "Ingress")
+        (path,) = ingress["spec"]["rules"][0]["http"]["paths"]
+        assert path["path"].startswith(f"/{user}(")
+        assert path["backend"]["service"]["name"] == service["metadata"]["name"]
+        # Secrets: generated per user, and referenced by their generated names.
+        container = desktop_container(sts)
+        ref = next(e for e in container["env"] if "valueFrom" in e)["valueFrom"]
+        vnc = find(docs, "Secret", ref["secretKeyRef"]["name"])
+        assert vnc["metadata"]["name"].startswith(f"whaletop-vnc-{user}-")  # hashed
+        password = base64.b64decode(vnc["data"]["VNC_PASSWORD"]).decode()
+        assert parse_container_config(container, password=password).vnc_password == password
+        tls_volume = next(v for v in pod_spec(sts)["volumes"] if v["name"] == "tls")
+        # Not hashed: a renewal updates this secret in place, and is reloaded live.
+        assert tls_volume["secret"]["secretName"] == f"whaletop-tls-{user}"
+        find(docs, "Secret", f"whaletop-tls-{user}")
+
+
+# -- Compose ---------------------------------------------------------------------------------
+
+INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?([-?])([^}]*))?\}")
+
+
+def env_example() -> dict[str, str]:
+    out = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, value = line.partition("=")
+            out[name.strip()] = value.strip()
+    return out
+
+
+def interpolate(value: Any, env: Mapping[str, str]) -> Any:
+    """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error}, for the values used here."""
+    if not isinstance(value, str):
+        return value
+
+    def one(match: re.Match[str]) -> str:
+        name, op, arg = match[1], match[2], match[3]
+        if env.get(name):
+            return env[name]
+        if op == "-":
+            return str(arg)
+        raise AssertionError(f"${{{name}}} is required: {arg}")
+
+    return INTERPOLATION.sub(one, value)
+
+
+def compose_services(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    doc = yaml.safe_load(COMPOSE.read_text())  # resolves the x-desktop anchor
+    services: dict[str, dict[str, Any]] = doc["services"]
+    return {name: {key: ({k: interpolate(v, env) for k, v in val.items()}
+                         if isinstance(val, dict) else val)
+                   for key, val in svc.items()} for name, svc in services.items()}
+
+
+def test_compose_variables_are_all_in_the_env_example() -> None:
+    used = {m[1] for m in INTERPOLATION.finditer(COMPOSE.read_text())}
+    assert used == set(env_example()), "desktops.env.example names every variable, no more"
+
+
+def test_compose_refuses_to_start_without_passwords() -> None:
+    with pytest.raises(AssertionError, match=r"VNC_PASSWORD\} is required"):
+        compose_services(env_example())  # the example's passwords are empty on purpose
+
+
+@pytest.mark.parametrize("from_example", [True, False], ids=["env-example", "defaults"])
+def test_compose_desktops_are_valid_and_apart(from_example: bool) -> None:
+    """With the example's values and with the compose file's own defaults."""
+    env = {**(env_example() if from_example else {}),
+           "ALICE_VNC_PASSWORD": "alice-pw", "BOB_VNC_PASSWORD": "bob-pw1"}
+    services = compose_services(env)
+    assert len(services) >= 2
+    ports: list[int] = []
+    for name, svc in services.items():
+        environment = {k: str(v) for k, v in svc["environment"].items()}
+        assert set(environment) <= ENVS | EXTRA_ENV, set(environment) - ENVS - EXTRA_ENV
+        cfg = config.parse([], environment)
+        assert cfg.vnc_password == env[f"{name.upper()}_VNC_PASSWORD"]
+        ports += [cfg.web_port, cfg.vnc_port]
+        # host network: the desktops share the host's ports.
+        assert svc["network_mode"] == "host"
+        assert "ports" not in svc
+        volume, target = svc["volumes"][0].split(":")
+        assert target == f"/home/{cfg.username}"
+        assert volume in yaml.safe_load(COMPOSE.read_text())["volumes"]
+        seccomp = next(o for o in svc["security_opt"] if o.startswith("seccomp="))
+        assert (DEPLOY / seccomp.removeprefix("seccomp=")).resolve() == ROOT / "chrome.json"
+        grace = float(svc["stop_grace_period"].removesuffix("s"))
+        assert _worst_stop_seconds() < grace
+    assert len(ports) == len(set(ports)), f"every web and VNC port differs: {ports}"
+
+
+# -- the kubelet's secret update -------------------------------------------------------------
+
+class KubeletSecretVolume:
+    """A secret volume as the kubelet's AtomicWriter lays it out and updates it:
+
+        ..2026_11_26_10_00_00.123456789/tls.pem   the payload, one folder per version
+        ..data -> ..2026_11_26_10_00_00.123456789
+        tls.pem -> ..data/tls.pem                 what the container opens
+
+    An update writes a new timestamped folder, points `..data_tmp` at it, renames that
+    over `..data` (the atomic step), adds user-visible links for new keys and removes
+    the old folder."""
+
+    def __init__(self, folder: Path, mode: int = 0o400) -> None:
+        self.folder = folder
+        self.mode = mode
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def _timestamped(self) -> Path:
+        stamp = datetime.now(UTC).strftime("..%Y_%m_%d_%H_%M_%S.")
+        for n in range(1000):
+            path = self.folder / f"{stamp}{time.time_ns() % 10**9 + n:09d}"
+            if not path.exists():
+                path.mkdir(mode=0o755)
+                return path
+        raise AssertionError("no free timestamped folder")
+
+    def write(self, payload: Mapping[str, bytes]) -> None:
+        data = self.folder / "..data"
+        old = self.folder / os.readlink(data) if data.is_symlink() else None
+        new = self._timestamped()
+        for key, content in payload.items():
+            (new / key).write_bytes(content)
+            (new / key).chmod(self.mode)
+        tmp = self.folder / "..data_tmp"
+        os.symlink(new.name, tmp)
+        os.rename(tmp, data)
+        for key in payload:
+            link = self.folder / key
+            if not link.is_symlink():
+                os.symlink(f"..data/{key}", link)
+        for link in self.folder.iterdir():
+            if not link.name.startswith("..") and link.name not in payload:
+                link.unlink()
+        if old is not None:
+            shutil.rmtree(old)
+
+
+def test_kubelet_layout_is_what_the_kubelet_makes(tmp_path: Path) -> None:
+    volume = KubeletSecretVolume(tmp_path / "tls")
+    volume.write({"tls.pem": b"one"})
+    volume.write({"tls.pem": b"two"})
+    entries = sorted(p.name for p in volume.folder.iterdir())
+    assert entries[-2:] == ["..data", "tls.pem"]
+    (stamped,) = entries[:-2]
+    assert re.fullmatch(r"\.\.\d{4}(_\d\d){5}\.\d{9}", stamped)
+    assert os.readlink(volume.folder / "..data") == stamped
+    assert os.readlink(volume.folder / "tls.pem") == "..data/tls.pem"
+    assert (volume.folder / "tls.pem").read_bytes() == b"two"
+
+
+def _wait(event: threading.Event, timeout: float = 10) -> bool:
+    return event.wait(timeout)
+
+
+def _armed(folder: Path, changed: threading.Event) -> None:
+    """Returns once the watcher's inotify watch is in place (it is added in the
+    observer's thread), with no change pending."""
+    probe = folder / "..armed"
+    deadline = time.monotonic() + 10
+    while not changed.is_set():
+        assert time.monotonic() < deadline, "the watcher never started"
+        probe.write_bytes(b"")
+        probe.unlink()
+        changed.wait(0.2)
+    time.sleep(0.5)  # past the watcher's debounce
+    changed.clear()
+
+
+@pytest.fixture
+def kubelet_tls(tmp_path: Path) -> tuple[KubeletSecretVolume, Path]:
+    cfg = parse_container_config(desktop_container())
+    cert_path = Path(cfg.tls_certificate)
+    # The manifest's layout, re-rooted in a temporary folder.
+    volume = KubeletSecretVolume(tmp_path / cert_path.parent.relative_to("/"))
+    return volume, volume.folder / cert_path.name
+
+
+def test_kubelet_secret_swap_is_seen_and_the_new_certificate_loads(
+        kubelet_tls: tuple[KubeletSecretVolume, Path], tmp_path: Path) -> None:
+    """What whaletopd does with a secret update, without Docker: its folder watcher fires
+    on the `..data` swap, the digest changes, and the new bundle validates.  The same,
+    through a real container and websockify, is in tests/e2e/test_compose.py (and with a
+    simpler swap, tests/e2e/test_tls.py::test_kubernetes_style_symlink_swap_is_seen)."""
+    volume, path = kubelet_tls
+    first, key = certgen.make(cn="first.test")
+    volume.write({path.name: certgen.pem(first, key)})
+    in_service = certs.obtain(str(path), tmp_path, None)
+    assert in_service.bundle.fingerprint == certgen.fingerprint(first)
+
+    changed = threading.Event()
+    watcher = certs.DirectoryWatcher(path.parent, changed.set)
+    watcher.start()
+    try:
+        _armed(path.parent, changed)
+        second, key2 = certgen.make(cn="renewed.test")
+        volume.write({path.name: certgen.pem(second, key2)})
+        assert _wait(changed), "the ..data swap was not seen"
+    finally:
+        watcher.stop()
+    assert tls.file_digest(path) != in_service.digest
+    renewed = certs.obtain(str(path), tmp_path, None)
+    assert renewed.bundle.fingerprint == certgen.fingerprint(second)
+    assert renewed.source == path
+
+
+def test_a_key_added_to_the_secret_is_seen_too(
+        kubelet_tls: tuple[KubeletSecretVolume, Path]) -> None:
+    """Whatever the update, the watched folder is the mount point: every swap is seen."""
+    volume, path = kubelet_tls
+    cert, key = certgen.make()
+    volume.write({path.name: certgen.pem(cert, key)})
+    digest = tls.file_digest(path)
+    changed = threading.Event()
+    watcher = certs.DirectoryWatcher(path.parent, changed.set)
+    watcher.start()
+    try:
+        _armed(path.parent, changed)
+        volume.write({path.name: certgen.pem(cert, key), "ca.crt": b"x"})
+        assert _wait(changed)
+    finally:
+        watcher.stop()
+    # Same certificate: whaletopd compares digests and reloads nothing.
+    assert tls.file_digest(path) == digest
