@@ -33,6 +33,15 @@ RUN sed -i 's|^wallpaper=.*|wallpaper=/usr/share/lxde/wallpapers/lxde_blue.jpg|'
 
 COPY docker/index.html /usr/share/novnc/index.html
 COPY chrome.json /opt/whaletop/chrome.json
+# Chromium through whaletop's launcher: sandboxed when the container allows it
+# (--security-opt seccomp=chrome.json), else --no-sandbox with a visible warning.
+COPY docker/chromium-launcher /usr/local/bin/chromium
+RUN sed -i 's|^Exec=/usr/bin/chromium|Exec=/usr/local/bin/chromium|' \
+        /usr/share/applications/chromium.desktop \
+ && update-alternatives --quiet --install /usr/bin/x-www-browser x-www-browser \
+        /usr/local/bin/chromium 250 \
+ && update-alternatives --quiet --install /usr/bin/gnome-www-browser gnome-www-browser \
+        /usr/local/bin/chromium 250
 COPY docker/start.py /start.py
 COPY docker/whaletopd /usr/local/bin/whaletopd
 COPY whaletopd /usr/lib/python3/dist-packages/whaletopd
