@@ -46,6 +46,7 @@ ROOT = HERE.parent
 HOST = "127.0.0.1"  # the only address the runner ever talks to
 POLL = 0.002  # seconds between two looks at a status file or a port
 NAME_PREFIX = "whaletop-bench-"
+QUIET_BUSY = 0.15  # a host busier than this (fraction of all cores) is not quiet
 USER_HOME = "/home/user"
 
 # -- the figures ---------------------------------------------------------------------------
@@ -79,6 +80,8 @@ FIGURES: list[Figure] = [
     Figure("daemon_rss", "whaletopd RSS (idle)", "MiB", 25.0, 1, original="25.3 MB"),
     Figure("container_mem", "container memory when idle (cgroup, as docker stats)", "MiB",
            None, 1),
+    Figure("container_cpu", "container CPU while idle (cgroup; HEALTHCHECK included)",
+           "CPU-s/min", None, 3),
     Figure("image_size", "image size (with Chromium)", "MB", 1000.0, 0, original="1882 MB"),
     Figure("apps_copied", ".desktop written under /Apps → in /usr/share/applications", "s",
            None, 3),
@@ -102,7 +105,7 @@ GROUPS: dict[str, list[str]] = {
     "apps": ["apps_copied", "apps_menu"],
     "cert": ["cert_served", "cert_healthy"],
     "home": ["home_empty", "home_big", "home_ratio"],
-    "idle": ["idle_cpu", "daemon_rss", "container_mem"],
+    "idle": ["idle_cpu", "daemon_rss", "container_mem", "container_cpu"],
 }
 
 # -- pure parts: statistics, timestamps, logs, timeline, rendering ---------------------------
@@ -278,8 +281,8 @@ def build_timeline(events: Sequence[dict[str, Any]], t_run: float,
     if started is not None and end is not None:
         tl.spans.append(Span("health probes until all pass", ms(started), ms(end), "probe"))
     if end is not None and t_seen is not None:
-        tl.spans.append(Span(f"runner reads {until} in the status file", ms(end), ms(t_seen),
-                             "host"))
+        tl.spans.append(Span(f"status files written (fsync), {until} read by the runner",
+                             ms(end), ms(t_seen), "host"))
     for ev in transitions:
         ts = _ts(ev)
         if ts is not None and ts <= limit and ev.get("source") != ev.get("dest"):
@@ -298,6 +301,35 @@ def step_durations(events: Sequence[dict[str, Any]]) -> dict[str, float]:
         if ev.get("event") == "step" and "duration_ms" in ev:
             out.setdefault(str(ev.get("step")), float(ev["duration_ms"]))
     return out
+
+
+def idle_figures(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """whaletopd's CPU between two in-container snapshots (see SNAPSHOT), per minute:
+    utime+stime from /proc/PID/stat (clock ticks, what `ps` and `top` use) and the sum of
+    its threads' schedstat run times (nanoseconds; threads that ended in between are lost)."""
+    seconds = after["t"] - before["t"]
+    if seconds <= 0:
+        raise ValueError("the second snapshot is not later than the first")
+    sched_ns = sum(ns - before["threads_ns"].get(tid, 0)
+                   for tid, ns in after["threads_ns"].items())
+    busiest = sorted(((ns - before["threads_ns"].get(tid, 0)) / 1e6, tid)
+                     for tid, ns in after["threads_ns"].items())[::-1][:4]
+    return {"window_s": round(seconds, 2),
+            "cpu_s_per_min": (after["cpu_s"] - before["cpu_s"]) / seconds * 60,
+            "schedstat_cpu_s_per_min": sched_ns / 1e9 / seconds * 60,
+            "clock_ticks_per_s": after["tck"],
+            "busiest_threads_ms": {tid: round(ms, 2) for ms, tid in busiest}}
+
+
+def idle_note(idle: Sequence[dict[str, Any]]) -> str:
+    """The precise companion of the clock-tick figure, for the idle CPU row's note."""
+    values = [float(run["schedstat_cpu_s_per_min"]) for run in idle]
+    if not values:
+        return ""
+    s = summarize(values)
+    return (f"sum of the daemon's threads' schedstat run time (ns): median {s['median']:.4f} "
+            f"({s['min']:.4f}-{s['max']:.4f}) CPU-s/min; utime+stime counts 10 ms clock "
+            "ticks, so it moves in steps of 0.01 CPU-s per window")
 
 
 def format_value(value: float | None, digits: int) -> str:
@@ -395,7 +427,7 @@ COLOURS = {"docker": (120, 130, 140), "python": (142, 92, 190), "provision": (52
            "host": (30, 160, 170)}
 KIND_NAMES = {"docker": "Docker", "python": "interpreter", "provision": "provisioning step",
               "launch": "launch step", "child": "child start-up", "probe": "health probes",
-              "host": "runner's poll"}
+              "host": "status write + runner's poll"}
 
 
 def draw_timeline(panels: Sequence[tuple[str, Timeline]], subtitle: str, path: Path) -> None:
@@ -410,7 +442,7 @@ def draw_timeline(panels: Sequence[tuple[str, Timeline]], subtitle: str, path: P
 
     f_title, f_text, f_small = font(22), font(15), font(13)
     width, label_w, right, row_h = 1500, 390, 110, 26
-    heights = [60 + row_h * len(tl.spans) + 40 for _, tl in panels]
+    heights = [70 + row_h * len(tl.spans) + 50 for _, tl in panels]
     height = 70 + sum(heights) + 50
     img = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(img)
@@ -424,17 +456,21 @@ def draw_timeline(panels: Sequence[tuple[str, Timeline]], subtitle: str, path: P
         def xpos(t: float, x0: int = x0, x1: int = x1, top: float = scale_max) -> float:
             return x0 + (x1 - x0) * max(0.0, t) / top
         d.text((20, y + 4), title, fill="black", font=f_text)
-        top, bottom = y + 34, y + 34 + row_h * len(tl.spans)
+        top, bottom = y + 52, y + 52 + row_h * len(tl.spans)
         step = 50 if scale_max <= 600 else 100
         for t in range(0, int(scale_max) + 1, step):
             x = xpos(t)
             d.line([(x, top - 4), (x, bottom)], fill=(225, 225, 225))
             d.text((x - 12, bottom + 4), f"{t}", fill=(90, 90, 90), font=f_small)
-        d.text((x1 + 8, bottom + 4), "ms", fill=(90, 90, 90), font=f_small)
+        d.text((x0, bottom + 22), "ms since `docker run` was invoked", fill=(90, 90, 90),
+               font=f_small)
+        last_x, lift = -1000.0, 0
         for word, at in tl.markers:
             x = xpos(at)
-            d.line([(x, top - 6), (x, bottom)], fill=(160, 160, 160), width=1)
-            d.text((x + 3, top - 18), word, fill=(90, 90, 90), font=f_small)
+            lift = 14 if x - last_x < 110 and lift == 0 else 0  # neighbours: stagger
+            last_x = x
+            d.line([(x, top - 6 - lift), (x, bottom)], fill=(160, 160, 160), width=1)
+            d.text((x + 3, top - 20 - lift), word, fill=(90, 90, 90), font=f_small)
         for i, s in enumerate(tl.spans):
             ry = top + i * row_h
             if i % 2:
@@ -476,39 +512,27 @@ print(json.dumps({'t_kill': t_kill, 't_left': t_left, 'word': word, 'xvnc_pid': 
       flush=True)
 """
 
-IDLE = r"""
-import glob, json, os, sys, time
-window = float(sys.argv[1])
-def status():
-    return json.load(open('/opt/whaletop/status.json'))
-doc = status()
+SNAPSHOT = r"""
+import glob, json, os, time
+doc = json.load(open('/opt/whaletop/status.json'))
 pid = doc['pid']
 tck = os.sysconf('SC_CLK_TCK')
-def cpu():
-    stat = open(f'/proc/{pid}/stat').read()
-    fields = stat[stat.rindex(')') + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / tck
-def sched():
-    total = 0
-    for f in glob.glob(f'/proc/{pid}/task/*/schedstat'):
-        try:
-            total += int(open(f).read().split()[0])
-        except (OSError, ValueError):
-            pass
-    return total / 1e9
-def rss():
-    for line in open(f'/proc/{pid}/status'):
-        if line.startswith(('VmRSS:', 'RssAnon:', 'RssFile:')):
-            yield line.split(':')[0], int(line.split()[1])
-t0, c0, s0 = time.monotonic(), cpu(), sched()
-time.sleep(window)
-t1, c1, s1 = time.monotonic(), cpu(), sched()
-after = status()
-print(json.dumps({'pid': pid, 'seconds': t1 - t0, 'cpu_s': c1 - c0, 'sched_s': s1 - s0,
-                  'tck': tck, 'rss_kib': dict(rss()),
-                  'threads': len(os.listdir(f'/proc/{pid}/task')),
-                  'state_before': doc['state'], 'since_before': doc['since'],
-                  'state_after': after['state'], 'since_after': after['since']}), flush=True)
+stat = open(f'/proc/{pid}/stat').read()
+fields = stat[stat.rindex(')') + 2:].split()
+threads = {}
+for d in glob.glob(f'/proc/{pid}/task/*'):
+    try:
+        threads[os.path.basename(d)] = int(open(d + '/schedstat').read().split()[0])
+    except (OSError, ValueError):
+        pass
+mem = {}
+for line in open(f'/proc/{pid}/status'):
+    if line.startswith(('VmRSS:', 'RssAnon:', 'RssFile:', 'Threads:')):
+        mem[line.split(':')[0]] = int(line.split()[1])
+print(json.dumps({'t': time.time(), 'pid': pid, 'tck': tck,
+                  'cpu_s': (int(fields[11]) + int(fields[12])) / tck,
+                  'threads_ns': threads, 'mem': mem,
+                  'state': doc['state'], 'since': doc['since']}), flush=True)
 """
 
 WATCH_APP = r"""
@@ -615,7 +639,9 @@ def page_served(port: int, tls: bool = False) -> bool:
     return status == 200 and b"noVNC" in body
 
 
-def served_fingerprint(port: int, timeout: float = 2.0) -> str | None:
+def served_fingerprint(port: int, timeout: float = 2.0) -> tuple[str | None, float]:
+    """SHA-256 of the certificate 127.0.0.1:port presents, and when the handshake ended.
+    Then it asks for the page, as a browser would, so the server sees a complete request."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
@@ -623,9 +649,28 @@ def served_fingerprint(port: int, timeout: float = 2.0) -> str | None:
         with socket.create_connection((HOST, port), timeout=timeout) as raw, \
                 ctx.wrap_socket(raw) as tls_sock:
             der = tls_sock.getpeercert(binary_form=True) or b""
+            at = time.time()
+            tls_sock.sendall(f"GET /vnc.html HTTP/1.0\r\nHost: {HOST}:{port}\r\n\r\n".encode())
+            while tls_sock.recv(65536):
+                pass
     except OSError:
-        return None
-    return hashlib.sha256(der).hexdigest()
+        return None, time.time()
+    return hashlib.sha256(der).hexdigest(), at
+
+
+def host_cpu_times(text: str | None = None) -> tuple[int, int]:
+    """(idle, total) jiffies of all CPUs from /proc/stat's first line.  Time waiting for
+    I/O does not count as idle: the daemon fsyncs its status files, so a disk busy with
+    someone else's writes slows it down as surely as a busy CPU."""
+    line = (text if text is not None else Path("/proc/stat").read_text()).split("\n", 1)[0]
+    values = [int(v) for v in line.split()[1:9]]  # user nice system idle iowait irq softirq steal
+    return values[3], sum(values)
+
+
+def cpu_busy(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Fraction of all cores busy between two host_cpu_times() readings."""
+    total = after[1] - before[1]
+    return 0.0 if total <= 0 else 1.0 - (after[0] - before[0]) / total
 
 
 def port_listening(port: int) -> bool:
@@ -715,7 +760,11 @@ class Running:
 
 class Bench:
     def __init__(self, image: str, web_port: int, vnc_port: int, workdir: Path,
-                 runs: int, quick: bool) -> None:
+                 runs: int, quick: bool, quiet_wait: float = 0.0) -> None:
+        self.quiet_wait = quiet_wait
+        self.host: list[dict[str, Any]] = []  # how busy the host was before each container
+        self.busy_runs: dict[str, int] = {}
+        self._quiet = True
         self.image = image
         self.web_port = web_port
         self.vnc_port = vnc_port
@@ -746,12 +795,35 @@ class Bench:
         raise BenchError(f"127.0.0.1 port(s) {busy} are in use: another desktop runs there; "
                          "choose others with --web-port/--vnc-port")
 
+    def wait_quiet(self, tag: str) -> None:
+        """Other people's builds and desktops share these cores: wait (at most quiet_wait
+        seconds) until the host has been nearly idle for two seconds, and note whether it was."""
+        t0 = time.monotonic()
+        calm, busy = 0, 0.0
+        while self.quiet_wait > 0:
+            before = host_cpu_times()
+            time.sleep(1.0)
+            busy = cpu_busy(before, host_cpu_times())
+            calm = calm + 1 if busy < QUIET_BUSY else 0
+            if calm >= 2 or time.monotonic() - t0 > self.quiet_wait:
+                break
+        others = [n for n in docker("ps", "--format", "{{.Names}}", check=False).stdout.split()
+                  if not n.startswith(NAME_PREFIX)]
+        self._quiet = calm >= 2 or self.quiet_wait <= 0
+        self.host.append({"container": tag, "host_cpu_busy": round(busy, 3),
+                          "quiet": self._quiet, "waited_s": round(time.monotonic() - t0, 1),
+                          "other_containers": len(others)})
+        if not self._quiet:
+            log(f"host still busy ({busy:.0%} of all cores) after {self.quiet_wait:.0f} s: "
+                "measuring anyway")
+
     @contextlib.contextmanager
     def container(self, tag: str, flags: Sequence[str] = (),
                   volumes: Sequence[str] = ()) -> Iterator[Running]:
         if self.live:
             raise BenchError(f"a bench container still runs: {sorted(self.live)}")
         self._ports_free()
+        self.wait_quiet(tag)
         state = Path(tempfile.mkdtemp(prefix=f"state-{tag}-", dir=self.workdir))
         name = f"{NAME_PREFIX}{tag}-{uuid.uuid4().hex[:6]}"
         argv = ["docker", "run", "-d", "--name", name, "--network", "host",
@@ -782,6 +854,8 @@ class Bench:
 
     def record(self, key: str, value: float, note: str = "") -> None:
         self.values[key].append(value)
+        if not self._quiet:
+            self.busy_runs[key] = self.busy_runs.get(key, 0) + 1
         if note:
             self.notes[key].append(note)
 
@@ -806,7 +880,9 @@ class Bench:
             self.certs = json.loads(c.exec_python(CERTGEN, "/bench-certs",
                                                   str(2 * self.runs)))
             self.detail["chromium"] = docker(
-                "exec", c.name, "sh", "-c", "command -v chromium || true").stdout.strip()
+                "exec", c.name, "sh", "-c",
+                "command -v /usr/lib/chromium/chromium || command -v chromium || true",
+            ).stdout.strip()
         log(f"warm-up done; {len(self.certs)} certificates made")
 
     def fig_start(self, i: int) -> None:
@@ -933,24 +1009,44 @@ class Bench:
         with self.container(f"idle{i}") as c:
             c.wait_healthy()
             time.sleep(3 if self.quick else 15)  # the session finishes starting
-            res = json.loads(c.exec_python(IDLE, str(window), timeout=window + 60))
+            before = json.loads(c.exec_python(SNAPSHOT))
+            cpu0, h0 = self.cgroup_cpu(c), time.monotonic()
+            time.sleep(window)
+            cpu1, h1 = self.cgroup_cpu(c), time.monotonic()
+            after = json.loads(c.exec_python(SNAPSHOT))
             mem = self.cgroup_memory(c)
-            if res["state_after"] != "HEALTHY" or res["since_before"] != res["since_after"]:
-                raise BenchError(f"not HEALTHY throughout the idle window: {res}")
-            per_min = res["cpu_s"] / res["seconds"] * 60
-            sched_min = res["sched_s"] / res["seconds"] * 60
-            self.record("idle_cpu", per_min)
-            self.record("daemon_rss", res["rss_kib"]["VmRSS"] / 1024)
+            if after["state"] != "HEALTHY" or before["since"] != after["since"]:
+                raise BenchError(f"not HEALTHY throughout the idle window: {before} {after}")
+            fig = idle_figures(before, after)
+            container_cpu = (cpu1 - cpu0) / (h1 - h0) * 60
+            self.record("idle_cpu", fig["cpu_s_per_min"])
+            self.record("daemon_rss", after["mem"]["VmRSS"] / 1024)
             self.record("container_mem", mem["usage_minus_inactive_file"] / 2**20)
+            self.record("container_cpu", container_cpu)
             self.detail.setdefault("idle", []).append({
-                "window_s": round(res["seconds"], 2), "utime+stime_s": res["cpu_s"],
-                "clock_ticks_per_s": res["tck"],
-                "schedstat_cpu_s_per_min": round(sched_min, 5), "threads": res["threads"],
-                "rss_kib": res["rss_kib"],
+                **fig, "container_cpu_s_per_min": round(container_cpu, 4),
+                "rss_kib": after["mem"],
                 "cgroup_mib": {k: round(v / 2**20, 1) for k, v in mem.items()}})
-            log(f"idle {i + 1}/{self.runs}: {per_min:.4f} CPU-s/min (schedstat "
-                f"{sched_min:.4f}), RSS {res['rss_kib']['VmRSS'] / 1024:.1f} MiB, container "
-                f"{mem['usage_minus_inactive_file'] / 2**20:.1f} MiB")
+            log(f"idle {i + 1}/{self.runs}: {fig['cpu_s_per_min']:.4f} CPU-s/min (schedstat "
+                f"{fig['schedstat_cpu_s_per_min']:.4f}), RSS "
+                f"{after['mem']['VmRSS'] / 1024:.1f} MiB, container "
+                f"{mem['usage_minus_inactive_file'] / 2**20:.1f} MiB, "
+                f"{container_cpu:.3f} CPU-s/min")
+
+    def cgroup_cpu(self, c: Running) -> float:
+        """CPU seconds the whole container used so far (cgroup v1 cpuacct or v2 cpu.stat)."""
+        cid = c.inspect("{{.Id}}")
+        for base in (Path("/sys/fs/cgroup/cpuacct/docker"),
+                     Path("/sys/fs/cgroup/cpu,cpuacct/docker")):
+            usage = base / cid / "cpuacct.usage"
+            if usage.exists():
+                return int(usage.read_text()) / 1e9
+        for base in (Path(f"/sys/fs/cgroup/system.slice/docker-{cid}.scope"),
+                     Path("/sys/fs/cgroup/docker") / cid):
+            if (base / "cpu.stat").exists():
+                stat = dict(line.split() for line in (base / "cpu.stat").read_text().splitlines())
+                return int(stat["usage_usec"]) / 1e6
+        raise BenchError(f"no cpu cgroup found for container {cid[:12]}")
 
     def cgroup_memory(self, c: Running) -> dict[str, int]:
         """cgroup v1 (memory.usage_in_bytes, memory.stat) or v2 (memory.current)."""
@@ -1013,7 +1109,7 @@ class Bench:
             with self.container(f"cert{i}", flags=["--tls-certificate=/certs/tls.pem"],
                                 volumes=[f"{certs}:/certs:ro"]) as c:
                 c.wait_healthy()
-                if served_fingerprint(self.web_port) != self.certs[first]:
+                if served_fingerprint(self.web_port)[0] != self.certs[first]:
                     raise BenchError("HEALTHY but not serving the mounted certificate")
                 self.settle(1)
                 old_since = c.detail()["since"]
@@ -1025,8 +1121,9 @@ class Bench:
                 deadline = time.monotonic() + 30
                 t_served = None
                 while time.monotonic() < deadline:
-                    if served_fingerprint(self.web_port, timeout=1.0) == want:
-                        t_served = time.time()
+                    served, at = served_fingerprint(self.web_port, timeout=1.0)
+                    if served == want:
+                        t_served = at
                         break
                     time.sleep(0.005)
                 if t_served is None:
@@ -1058,6 +1155,7 @@ class Bench:
             os.close(fd)
         os.chown(home / "files", 1000, 1000)
         os.chown(home, 1000, 1000)
+        os.sync()  # no write-back of 100,000 new inodes during the measured starts
         log(f"made a home with {files} files in {time.monotonic() - t0:.1f} s")
         return home
 
@@ -1080,12 +1178,14 @@ class Bench:
         try:
             for i in range(self.runs):
                 pair = {}
-                for kind, home in (("empty", empty), ("big", big)):
+                order = (("empty", empty), ("big", big))
+                for kind, home in order if i % 2 == 0 else order[::-1]:  # no drift bias
                     with self.container(f"home-{kind}{i}",
                                         volumes=[f"{home}:{USER_HOME}"]) as c:
                         pair[kind] = c.wait_healthy() - c.t_run
                         self.record(f"home_{kind}", pair[kind])
                     self.reset_home(home)
+                    os.sync()
                 self.record("home_ratio", pair["big"] / pair["empty"])
                 log(f"home {i + 1}/{self.runs}: empty {pair['empty']:.3f} s, {files} files "
                     f"{pair['big']:.3f} s, ratio {pair['big'] / pair['empty']:.3f}")
@@ -1134,6 +1234,11 @@ class Bench:
             if fig.key == "kill_exited" and "kill" in self.detail:
                 notes.append(f"exit codes {[k['exit_code'] for k in self.detail['kill']]}; "
                              "from the in-container kill to State.FinishedAt")
+            if self.busy_runs.get(fig.key):
+                notes.append(f"{self.busy_runs[fig.key]} of {len(vals)} run(s) started while "
+                             f"the host was busy with other work (> {QUIET_BUSY:.0%} CPU)")
+            if fig.key == "idle_cpu" and self.detail.get("idle"):
+                notes.append(idle_note(self.detail["idle"]))
             if fig.key == "home_big" and home_files != 100_000:
                 notes.append(f"{home_files} files, not 100,000")
             figures.append({
@@ -1157,6 +1262,7 @@ class Bench:
                                    for k, v in summarize(vals).items()}
                             for name, vals in self.phases.items()}
         doc["detail"] = self.detail
+        doc["host_before_each_container"] = self.host
         return doc
 
 
@@ -1191,8 +1297,10 @@ def git_commit() -> str:
     return (out or "?") + ("+dirty" if dirty else "")
 
 
-def write_outputs(doc: dict[str, Any], out: Path) -> None:
+def write_outputs(doc: dict[str, Any], out: Path) -> list[str]:
+    """results.json, results.md and (with Pillow and a timeline) timeline.png; their names."""
     out.mkdir(parents=True, exist_ok=True)
+    written = ["results.json", "results.md"]
     (out / "results.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
     (out / "results.md").write_text(render_markdown(doc))
     panels = []
@@ -1206,8 +1314,10 @@ def write_outputs(doc: dict[str, Any], out: Path) -> None:
     if panels:
         try:
             draw_timeline(panels, machine_line(doc.get("machine", {})), out / "timeline.png")
+            written.append("timeline.png")
         except ImportError:
             log("Pillow is not installed: no timeline.png")
+    return written
 
 
 def print_report(doc: dict[str, Any]) -> None:
@@ -1249,6 +1359,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"comma-separated groups (default all): {','.join(GROUPS)}")
     parser.add_argument("--home-files", type=int, default=100_000,
                         help="files in the big mounted home (default 100000)")
+    parser.add_argument("--quiet-wait", type=float,
+                        help="seconds to wait before each container for the host to be idle "
+                             f"(< {QUIET_BUSY:.0%} CPU for 2 s; default 60, quick 10, 0: never)")
     parser.add_argument("--web-port", type=int, default=8280)
     parser.add_argument("--vnc-port", type=int, default=5921)
     parser.add_argument("--render", type=Path, metavar="RESULTS_JSON",
@@ -1257,8 +1370,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.render:
         doc = json.loads(args.render.read_text())
-        write_outputs(doc, args.out or args.render.parent)
+        out = args.out or args.render.parent
+        written = write_outputs(doc, out)
         print_report(doc)
+        log(f"wrote {', '.join(str(out / name) for name in written)}")
         return 0
     groups = [g.strip() for g in args.only.split(",") if g.strip()]
     unknown = [g for g in groups if g not in GROUPS]
@@ -1269,10 +1384,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"building {args.image} with scripts/build")
         subprocess.run(["bash", str(ROOT / "scripts" / "build"), args.image], check=True)
     image_id = docker("image", "inspect", "-f", "{{.Id}}", args.image).stdout.strip()
+    commit = git_commit()  # now: the tree may move on while the benchmark runs
     out = args.out or (Path(tempfile.mkdtemp(prefix="whaletop-bench-out-")) if args.quick
                        else HERE)
     workdir = Path(tempfile.mkdtemp(prefix="whaletop-bench-"))
-    bench = Bench(args.image, args.web_port, args.vnc_port, workdir, runs, args.quick)
+    quiet_wait = args.quiet_wait if args.quiet_wait is not None else (10 if args.quick else 60)
+    bench = Bench(args.image, args.web_port, args.vnc_port, workdir, runs, args.quick,
+                  quiet_wait)
 
     def on_signal(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -1303,13 +1421,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "mode": "quick" if args.quick else "full", "runs": runs,
         "duration_s": round(time.monotonic() - t_begin, 1),
-        "machine": machine_info(), "commit": git_commit(),
+        "machine": machine_info(), "commit": commit,
         "image": {"tag": args.image, "id": image_id},
         **bench.results(keys, args.home_files),
     }
-    write_outputs(doc, out)
+    written = write_outputs(doc, out)
     print_report(doc)
-    log(f"wrote {out}/results.json, results.md, timeline.png")
+    log(f"wrote {', '.join(str(out / name) for name in written)}")
     return 1 if bench.errors else 0
 
 
