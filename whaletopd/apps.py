@@ -28,7 +28,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirModifiedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.api import ObservedWatch
 
@@ -47,6 +59,15 @@ RACY_NS = 2_000_000_000
 # Events that can change what we map.  Opens and read-only closes are left out: the
 # mapper's own reads produce them, and a sync must not trigger the next one.
 WRITE_EVENTS = frozenset({"created", "modified", "moved", "deleted", "closed", "attrib"})
+
+# The same, as inotify masks: events left out are never even delivered.  The folder
+# above /Apps is often "/", where every `ls` and every HEALTHCHECK opens and reads.
+TREE_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileDeletedEvent, FileClosedEvent,
+    DirCreatedEvent, DirModifiedEvent, DirMovedEvent, DirDeletedEvent]
+ANCHOR_EVENTS: list[type[FileSystemEvent]] = [
+    DirCreatedEvent, DirMovedEvent, DirDeletedEvent, FileCreatedEvent, FileMovedEvent,
+    FileDeletedEvent]
 
 Kind = Literal["added", "updated", "removed", "skipped"]
 
@@ -607,7 +628,8 @@ class AppsWatcher:
         if self._anchor is None or self._anchor[0] != anchor:
             self._unschedule(self._anchor[1] if self._anchor else None)
             self._anchor = None
-            self._anchor = (anchor, self._observer.schedule(self._handler, anchor))
+            self._anchor = (anchor, self._observer.schedule(
+                self._handler, anchor, event_filter=ANCHOR_EVENTS))
         try:
             st = os.stat(self.root)
             ident = (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
@@ -620,7 +642,8 @@ class AppsWatcher:
         if ident is not None:
             # inotify does not follow a symlinked root: watch where it points.
             real = os.path.realpath(self.root)
-            watch = self._observer.schedule(self._handler, real, recursive=True)
+            watch = self._observer.schedule(self._handler, real, recursive=True,
+                                            event_filter=TREE_EVENTS)
             self._root_watch = (ident, real, watch)
         return True
 

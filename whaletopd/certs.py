@@ -85,7 +85,16 @@ class DirectoryWatcher:
 
     def __init__(self, directory: Path, on_change: Callable[[], None],
                  debounce: float = 0.1) -> None:
-        from watchdog.events import FileSystemEvent, FileSystemEventHandler
+        from watchdog.events import (
+            DirMovedEvent,
+            FileClosedEvent,
+            FileCreatedEvent,
+            FileDeletedEvent,
+            FileModifiedEvent,
+            FileMovedEvent,
+            FileSystemEvent,
+            FileSystemEventHandler,
+        )
         from watchdog.observers import Observer
 
         self._on_change = on_change
@@ -101,7 +110,10 @@ class DirectoryWatcher:
 
         self._observer = Observer()
         self._observer.daemon = True
-        self._observer.schedule(_Handler(), str(directory), recursive=False)
+        # Writes, renames (also the kubelet's `..data` swap) and deletions; not our reads.
+        self._observer.schedule(_Handler(), str(directory), recursive=False, event_filter=[
+            FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent,
+            FileDeletedEvent, DirMovedEvent])
 
     def _poke(self) -> None:
         with self._lock:

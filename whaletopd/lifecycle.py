@@ -28,7 +28,8 @@ from whaletopd.tls_rotation import CertificateMixin
 # each: keep only errors (level 0) of those modules.  websockify logs browser connections.
 XVNC_LOG = ",".join(["*:stderr:30"] + [
     f"{module}:stderr:0"
-    for module in ("Connections", "VNCSConnST", "EncodeManager", "ComparingUpdateTracker")])
+    for module in ("Connections", "SConnection", "VNCSConnST", "EncodeManager",
+                   "ComparingUpdateTracker")])
 
 
 class LifecycleMixin(AppsMixin, CertificateMixin):
@@ -81,7 +82,8 @@ class LifecycleMixin(AppsMixin, CertificateMixin):
         assert self.run_as is not None
         cfg = self.config
         env = self._env()
-        self._post_later(cfg.startup_timeout, StartupTimedOut(seconds=cfg.startup_timeout))
+        self._startup_timer = self._post_later(cfg.startup_timeout,
+                                               StartupTimedOut(seconds=cfg.startup_timeout))
         read_fd, write_fd = os.pipe()
         with self._step("launch_xvnc"):
             self.children.append(children.spawn("xvnc", [
@@ -127,6 +129,9 @@ class LifecycleMixin(AppsMixin, CertificateMixin):
         self.events.post(ShutDown())
 
     def on_enter_HEALTHY(self, event: EventData) -> None:
+        if self._startup_timer is not None:
+            self._startup_timer.cancel()
+            self._startup_timer = None
         if self._recovery_deadline is not None:
             self._recovery_deadline.cancel()
             self._recovery_deadline = None

@@ -64,6 +64,7 @@ class DesktopBase:
         self._since = ""
         self._restarts = RestartBudget()
         self._recovery_deadline: threading.Timer | None = None
+        self._startup_timer: threading.Timer | None = None
         self._certificate: certs.Certificate | None = None
         self._candidate: certs.Certificate | None = None
         self._certificate_pending = False

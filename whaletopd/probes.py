@@ -17,7 +17,6 @@ import base64
 import hashlib
 import os
 import socket
-import ssl
 import struct
 import threading
 from collections.abc import Callable, Sequence
@@ -32,7 +31,9 @@ WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 class ProbeError(Exception):
-    pass
+    def __init__(self, message: str, part: str | None = None) -> None:
+        super().__init__(message)
+        self.part = part  # the child to blame, when the check found out itself
 
 
 class _Stream(Protocol):
@@ -133,6 +134,8 @@ def _connect(host: str, port: int, timeout: float, pin: str | None = None) -> so
     sock = socket.create_connection((host, port), timeout=timeout)
     if pin is None:
         return sock
+    import ssl  # only with TLS: it costs the daemon megabytes of memory
+
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
@@ -219,13 +222,24 @@ def desktop_probes(vnc_port: int, web_port: int, x_socket: str, password: str,
                    timeout: float, pin: str | None = None) -> list[Probe]:
     """In dependency order: a failure is blamed on the first part that fails."""
     host = "127.0.0.1"
+
+    def login_through_websockify() -> None:
+        # The user's path proves Xvnc and websockify at once; only when it fails does a
+        # direct VNC login tell which of the two is at fault.
+        try:
+            websocket_login(host, web_port, password, timeout, pin)
+        except ProbeError:
+            try:
+                rfb_login(host, vnc_port, password, timeout)
+            except ProbeError as direct:
+                raise ProbeError(str(direct), part="xvnc") from None
+            raise
+
     return [
         Probe("x_display", "xvnc", lambda: x_display(x_socket, timeout)),
-        Probe("rfb_login", "xvnc", lambda: rfb_login(host, vnc_port, password, timeout)),
+        Probe("websocket_login", "websockify", login_through_websockify),
         Probe("novnc_page", "websockify",
               lambda: novnc_page(host, web_port, timeout, pin=pin)),
-        Probe("websocket_login", "websockify",
-              lambda: websocket_login(host, web_port, password, timeout, pin)),
     ]
 
 
@@ -235,7 +249,7 @@ def run_all(probes: Sequence[Probe]) -> tuple[str, str] | None:
         try:
             probe.check()
         except ProbeError as exc:
-            return str(exc), probe.part
+            return str(exc), exc.part or probe.part
         except Exception as exc:  # a bug in a check must not end the prober silently
             return f"{probe.name}: {type(exc).__name__}: {exc}", probe.part
     return None
