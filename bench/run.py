@@ -965,7 +965,9 @@ class Bench:
             self.record("start_https", seen["page"] - c.t_run)
             self.record("start_healthy_tls", seen["healthy"] - c.t_run)
             events = parse_log(c.logs())
-            tls_ms = step_durations(events).get("tls")
+            durations = step_durations(events)
+            tls_steps = [ms for name, ms in durations.items() if name.startswith("tls")]
+            tls_ms = sum(tls_steps) if tls_steps else None
             if tls_ms is not None:
                 self.steps.setdefault("tls (with --enable-tls)", []).append(tls_ms)
             created = parse_time(c.inspect("{{.Created}}"))

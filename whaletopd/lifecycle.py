@@ -42,6 +42,12 @@ class LifecycleMixin(AppsMixin, CertificateMixin):
         from whaletopd import provision as p
 
         cfg = self.config
+        if cfg.tls:
+            # First: a bad certificate ends in FAILED before anything else is touched.
+            with self._step("tls_validate") as out:
+                self._certificate = certs.obtain(cfg.tls_certificate, self.paths.state_dir,
+                                                 cfg.tls_key_password)
+                out.update(self._certificate.describe())
         with self._step("prepare_dirs"):
             p.prepare_dirs(self.paths)
         with self._step("clear_stale_x_lock") as out:
@@ -58,14 +64,11 @@ class LifecycleMixin(AppsMixin, CertificateMixin):
         self._password = password
         with self._step("map_apps") as out:
             out.update(self._start_apps())
-        if cfg.tls:
-            with self._step("tls") as out:
-                self._certificate = certs.obtain(cfg.tls_certificate, self.paths.state_dir,
-                                                 cfg.tls_key_password)
+        if self._certificate is not None:
+            with self._step("tls_install"):
                 self._websockify_pem = certs.publish(
                     self._certificate, self.paths.state_dir, self.paths.run_dir,
                     self.run_as.uid, self.run_as.gid)
-                out.update(self._certificate.describe())
             self._watch_certificate()
             self._check_certificate()
         if cfg.vnc_password is None:

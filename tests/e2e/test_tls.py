@@ -184,6 +184,7 @@ def test_each_bad_certificate_fails_with_its_message(desktop, certdir):
         assert path in errors[0]["reason"], (case, errors[0])
         assert message.lower() in errors[0]["reason"].lower(), (case, errors[0])
         assert not any(e.get("source") == "websockify" for e in c.log_lines()), case
+        assert not (c.state_dir / "vnc_passwd").exists(), (case, "nothing else was touched")
         docker("rm", "-f", c.name)
 
 
