@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +44,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import ObservedWatch
 
 from whaletopd import logs
+from whaletopd.files import atomic_write
 
 log = logs.get("whaletopd.apps")
 
@@ -275,7 +275,7 @@ class AppMapper:
         doc = {name: {"source": src, "sha256": sha} for name, (src, sha) in manifest.items()}
         data = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
         self.manifest_path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.manifest_path, data, fsync=True)
+        atomic_write(self.manifest_path, data, MODE)
         self._manifest = dict(manifest)
 
     # -- scanning ----------------------------------------------------------------------
@@ -409,7 +409,7 @@ class AppMapper:
 
     def _write(self, name: str, data: bytes) -> None:
         path = self.target / name
-        _atomic_write(path, data, fsync=False)
+        atomic_write(path, data, MODE, durable=False)
         st = os.lstat(path)
         self._targets[name] = ((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns),
                                _sha(data))
@@ -541,23 +541,6 @@ class AppMapper:
         self._targets.pop(name, None)
         final.pop(name)
         changes.append(Change("removed", name, src, why))
-
-
-def _atomic_write(path: Path, data: bytes, *, fsync: bool) -> None:
-    """Readers (the menu, dpkg) see the old file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".whaletopd-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            os.fchmod(f.fileno(), MODE)  # whatever the umask: the menu runs as the user
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 class _Handler(FileSystemEventHandler):

@@ -9,9 +9,10 @@ from pathlib import Path
 
 
 def atomic_write(path: Path, data: bytes | str, mode: int = 0o644,
-                 owner: tuple[int, int] | None = None) -> None:
+                 owner: tuple[int, int] | None = None, durable: bool = True) -> None:
     """Write via a temporary file in the same directory (mode and owner set before the
-    content goes in) and rename it over `path`."""
+    content goes in) and rename it over `path`.  `durable=False` skips the fsyncs, for
+    files that are cheap to write again (thousands of menu entries at start)."""
     raw = data.encode("utf-8") if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -20,13 +21,16 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644,
                 os.fchown(f.fileno(), *owner)
             os.fchmod(f.fileno(), mode)
             f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    if not durable:
+        return
     with contextlib.suppress(OSError):
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,16 @@ def docker(*args: str, check: bool = True,
            timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["docker", *args], capture_output=True, text=True, check=check,
                           timeout=timeout)
+
+
+def wait_until(predicate: Callable[[], object], what: str, timeout: float = 20) -> None:
+    """Poll what a user would look at until it holds; fail with `what` otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"never: {what}")
 
 
 @pytest.fixture(scope="session")

@@ -4,12 +4,11 @@ the desktop runs, appearing in and leaving LXDE's menu; broken files never fatal
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Container, docker
+from tests.e2e.conftest import Container, docker, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -20,15 +19,6 @@ def _in_menu_cache(c: Container, name: str) -> bool:
     """LXDE's menu (lxpanel, via menu-cached) reads ~/.cache/menus/: is the entry there?"""
     out = c.exec("sh", "-c", "cat /home/user/.cache/menus/* 2>/dev/null", check=False).stdout
     return name in out
-
-
-def _wait(predicate, what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"never: {what}")
 
 
 def _write(path: Path, text: str) -> None:
@@ -60,7 +50,7 @@ def test_app_from_an_extending_image_is_in_the_first_menu(desktop, extended_imag
     c = desktop(image=extended_image)
     c.wait_status("HEALTHY")
     assert _mapped(c, "example.desktop")  # mapped before the session started
-    _wait(lambda: _in_menu_cache(c, "Example App"), "Example App in LXDE's menu")
+    wait_until(lambda: _in_menu_cache(c, "Example App"), "Example App in LXDE's menu")
     assert c.status_json()["apps"] == {"example.desktop": "/Apps/Example/example.desktop"}
     added = [e for e in c.log_lines() if e.get("event") == "app_added"]
     assert [e["name"] for e in added] == ["example.desktop"]
@@ -75,15 +65,15 @@ def test_live_mount_add_change_remove_read_only(desktop, tmp_path: Path):
 
     entry = live / "deep" / "er" / "notes.desktop"
     _write(entry, ENTRY.format(name="Live Notes", exec="/usr/bin/lxterminal"))
-    _wait(lambda: _mapped(c, "notes.desktop"), "notes.desktop mapped")
-    _wait(lambda: _in_menu_cache(c, "Live Notes"), "Live Notes in LXDE's menu")
+    wait_until(lambda: _mapped(c, "notes.desktop"), "notes.desktop mapped")
+    wait_until(lambda: _in_menu_cache(c, "Live Notes"), "Live Notes in LXDE's menu")
 
     _write(entry, ENTRY.format(name="Live Notes Renamed", exec="/usr/bin/lxterminal"))
-    _wait(lambda: _in_menu_cache(c, "Live Notes Renamed"), "the changed name in the menu")
+    wait_until(lambda: _in_menu_cache(c, "Live Notes Renamed"), "the changed name in the menu")
 
     entry.unlink()
-    _wait(lambda: not _mapped(c, "notes.desktop"), "notes.desktop removed")
-    _wait(lambda: not _in_menu_cache(c, "Live Notes"), "Live Notes gone from the menu")
+    wait_until(lambda: not _mapped(c, "notes.desktop"), "notes.desktop removed")
+    wait_until(lambda: not _in_menu_cache(c, "Live Notes"), "Live Notes gone from the menu")
     events = [e["event"] for e in c.log_lines() if e.get("event", "").startswith("app_")]
     assert events == ["app_added", "app_updated", "app_removed"]
     # Debian's own entries were never touched.
@@ -102,13 +92,13 @@ def test_folder_mounted_later_and_broken_files_are_skipped_not_fatal(desktop, tm
     (later / "noexec.desktop").write_text("[Desktop Entry]\nType=Application\nName=X\n")
     (later / "latin1.desktop").write_bytes(b"[Desktop Entry]\nName=Caf\xe9\nExec=/bin/true\n")
     (later / "nothing.desktop").write_text("just text\n")
-    _wait(lambda: _mapped(c, "ok.desktop"), "ok.desktop mapped from a folder made later")
+    wait_until(lambda: _mapped(c, "ok.desktop"), "ok.desktop mapped from a folder made later")
 
     def skipped() -> dict[str, str]:
         return {e["source"].rsplit("/", 1)[-1]: e["reason"] for e in c.log_lines()
                 if e.get("event") == "app_skipped"}
 
-    _wait(lambda: len(skipped()) == 3, "three broken files skipped")
+    wait_until(lambda: len(skipped()) == 3, "three broken files skipped")
     assert skipped() == {"noexec.desktop": "no Exec=", "latin1.desktop": "not UTF-8",
                          "nothing.desktop": "no [Desktop Entry] group"}
     assert all(e["level"] == "warning" for e in c.log_lines()

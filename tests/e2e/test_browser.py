@@ -4,12 +4,11 @@ works, resizes the window, copies and pastes; over HTTPS and behind a reverse pr
 from __future__ import annotations
 
 import shutil
-import time
 
 import pytest
 
 from tests.e2e import browser, vnc
-from tests.e2e.conftest import Container
+from tests.e2e.conftest import Container, wait_until
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium")]
@@ -18,15 +17,6 @@ pytestmark = [pytest.mark.e2e,
 def _screen_size(c: Container) -> str:
     out = c.exec("xdpyinfo", "-display", ":1", user="user").stdout
     return next(line.split()[1] for line in out.splitlines() if "dimensions:" in line)
-
-
-def _wait(predicate, what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"never: {what}")
 
 
 def _connected(page) -> bool:
@@ -48,16 +38,16 @@ def test_open_log_in_see_the_desktop_and_resize(desktop, tmp_path):
     c.wait_status("HEALTHY")
     with browser.browser(tmp_path) as page:
         browser.log_in(page, "http://127.0.0.1:8080/", c.password())
-        _wait(lambda: _connected(page), "noVNC connected")
+        wait_until(lambda: _connected(page), "noVNC connected")
         # remote resize: the desktop takes the browser's size, no scaling
-        _wait(lambda: _screen_size(c) == "1200x760", "desktop resized to the window")
+        wait_until(lambda: _screen_size(c) == "1200x760", "desktop resized to the window")
         shot = browser.artifact("desktop-in-browser.png")
-        _wait(lambda: page.screenshot(path=str(shot)) is not None and vnc.looks_drawn(shot),
+        wait_until(lambda: page.screenshot(path=str(shot)) is not None and vnc.looks_drawn(shot),
               "the LXDE panel and wallpaper drawn in the browser")
         assert "Error" not in _windows(c), "no error dialog on first paint"
         assert not [w for w in _windows(c) if "VNC" in w], "no stray VNC config window"
         page.set_viewport_size({"width": 1024, "height": 640})
-        _wait(lambda: _screen_size(c) == "1024x640", "the desktop followed the window")
+        wait_until(lambda: _screen_size(c) == "1024x640", "the desktop followed the window")
         page.screenshot(path=str(browser.artifact("desktop-resized.png")))
 
 
@@ -66,7 +56,7 @@ def test_wrong_password_shows_the_failure(desktop, tmp_path):
     c.wait_status("HEALTHY")
     with browser.browser(tmp_path) as page:
         browser.log_in(page, "http://127.0.0.1:8080/", "not-" + c.password())
-        _wait(lambda: "Authentication failed" in page.inner_text("#noVNC_status"),
+        wait_until(lambda: "Authentication failed" in page.inner_text("#noVNC_status"),
               "noVNC says the authentication failed")
         page.screenshot(path=str(browser.artifact("wrong-password.png")))
         assert not _connected(page)
@@ -77,11 +67,11 @@ def test_clipboard_both_ways(desktop, tmp_path):
     c.wait_status("HEALTHY")
     with browser.browser(tmp_path) as page:
         browser.log_in(page, "http://127.0.0.1:8080/", c.password())
-        _wait(lambda: _connected(page), "noVNC connected")
+        wait_until(lambda: _connected(page), "noVNC connected")
         # Copied in the desktop -> noVNC's clipboard panel.
         c.exec("sh", "-c", "printf 'from the desktop' | DISPLAY=:1 xclip -selection clipboard "
                "-loops 1 >/dev/null 2>&1 &", user="user")
-        _wait(lambda: page.input_value("#noVNC_clipboard_text") == "from the desktop",
+        wait_until(lambda: page.input_value("#noVNC_clipboard_text") == "from the desktop",
               "the desktop's clipboard in noVNC's panel")
         # Typed into noVNC's clipboard panel -> the desktop's clipboard.
         page.click("#noVNC_clipboard_button")
@@ -92,7 +82,7 @@ def test_clipboard_both_ways(desktop, tmp_path):
             return c.exec("sh", "-c", "DISPLAY=:1 timeout 2 xclip -o -selection clipboard",
                           user="user", check=False).stdout
 
-        _wait(lambda: desktop_clipboard() == "from the browser", "noVNC's text in the desktop")
+        wait_until(lambda: desktop_clipboard() == "from the browser", "noVNC's text in the desktop")
 
 
 def test_https_and_reverse_proxy_sub_path(desktop, tmp_path):
@@ -100,14 +90,14 @@ def test_https_and_reverse_proxy_sub_path(desktop, tmp_path):
     c.wait_status("HEALTHY")
     with browser.browser(tmp_path) as page:
         browser.log_in(page, "https://127.0.0.1:8080/", c.password())
-        _wait(lambda: _connected(page), "noVNC connected over HTTPS")
+        wait_until(lambda: _connected(page), "noVNC connected over HTTPS")
     c2 = desktop("--web-port=8081", "--vnc-port=5902")
     c2.wait_status("HEALTHY")
     proxy = browser.SubPathProxy(upstream_port=8081)
     try:
         with browser.browser(tmp_path / "p") as page:
             browser.log_in(page, f"http://127.0.0.1:{proxy.port}/desk/", c2.password())
-            _wait(lambda: _connected(page), "noVNC connected through /desk/")
+            wait_until(lambda: _connected(page), "noVNC connected through /desk/")
         assert "/websockify" in proxy.rewritten, "the WebSocket went through the sub-path"
     finally:
         proxy.close()
