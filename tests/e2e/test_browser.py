@@ -25,6 +25,15 @@ def _connected(page) -> bool:
         " document.documentElement.classList.contains('noVNC_connected')"))
 
 
+def _settled(page) -> bool:
+    """What a user sees once logged in: no dialog, no status message over the desktop."""
+    return bool(page.evaluate(
+        "() => !document.querySelector('#noVNC_credentials_dlg')"
+        ".classList.contains('noVNC_open') &&"
+        " !document.querySelector('#noVNC_status').classList.contains('noVNC_open') &&"
+        " document.querySelector('#noVNC_status').getBoundingClientRect().bottom <= 0"))
+
+
 def _windows(c: Container) -> list[str]:
     ids = c.exec("xdotool", "search", "--onlyvisible", "--name", ".", user="user",
                  check=False).stdout.split()
@@ -41,6 +50,7 @@ def test_open_log_in_see_the_desktop_and_resize(desktop, tmp_path):
         wait_until(lambda: _connected(page), "noVNC connected")
         # remote resize: the desktop takes the browser's size, no scaling
         wait_until(lambda: _screen_size(c) == "1200x760", "desktop resized to the window")
+        wait_until(lambda: _settled(page), "the password dialog and the status bar gone")
         shot = browser.artifact("desktop-in-browser.png")
         wait_until(lambda: page.screenshot(path=str(shot)) is not None and vnc.looks_drawn(shot),
               "the LXDE panel and wallpaper drawn in the browser")
