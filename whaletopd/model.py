@@ -128,6 +128,8 @@ class DesktopBase:
         timer = threading.Timer(seconds, self.events.post, args=(event,))
         timer.daemon = True
         timer.start()
+        # Kept to be cancelled at shutdown; the ones that already fired are let go.
+        self._timers = [t for t in self._timers if t.is_alive()]
         self._timers.append(timer)
         return timer
 
