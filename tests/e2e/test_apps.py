@@ -62,6 +62,8 @@ def test_live_mount_add_change_remove_read_only(desktop, tmp_path: Path):
     c = desktop(volumes=(f"{live}:/Apps/Live:ro",))
     c.wait_status("HEALTHY")
     assert not _mapped(c, "notes.desktop")
+    # A user adds apps to a desktop in use: once its menu exists (menu-cached started).
+    wait_until(lambda: _in_menu_cache(c, "LXTerminal"), "LXDE's menu is up")
 
     entry = live / "deep" / "er" / "notes.desktop"
     _write(entry, ENTRY.format(name="Live Notes", exec="/usr/bin/lxterminal"))

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import Container, docker
+from tests.e2e.conftest import Container, docker, wait_until
 
 pytestmark = pytest.mark.e2e
 FAST = ("--probe-interval=0.5", "--probe-timeout=1")
@@ -69,6 +69,9 @@ def test_no_exit_on_failure_keeps_everything_for_recovery(desktop, name):
     assert sorted(survivors) == sorted({"xvnc", "session", "websockify"} - {name})
     assert _home_intact(c)
     assert c.exec("whaletopd", "status", check=False).returncode == 1
+    # ... and Docker says so too (HEALTHCHECK every 5 s runs `whaletopd status`).
+    wait_until(lambda: docker("inspect", "-f", "{{.State.Health.Status}}", c.name)
+               .stdout.strip() == "unhealthy", "docker inspect: unhealthy", timeout=30)
 
 
 @pytest.mark.parametrize("flags", [(), ("--no-exit-on-failure",)])
