@@ -106,10 +106,15 @@ def machine_kwargs() -> dict[str, Any]:
 
 def build(model: Any) -> Machine:
     """The runtime machine.  queued=True: a trigger fired inside a callback runs after it."""
-    return Machine(
+    machine = Machine(
         model=model,
         queued=True,
         before_state_change="note_reason",
-        after_state_change="on_state_change",
+        after_state_change="on_transition_done",
         **machine_kwargs(),
     )
+    # Every state's first on_enter: the new word is in the status file before the
+    # transition's work (restarting websockify, stopping children) begins.
+    for state in machine.states.values():
+        state.on_enter.insert(0, "on_state_change")
+    return machine

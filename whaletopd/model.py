@@ -80,12 +80,24 @@ class DesktopBase:
         self.reason = (ev.why if ev is not None else "") or self.reason
 
     def on_state_change(self, event: EventData) -> None:
+        """On entering any state (also re-entering it), before the transition's work."""
         src = event.transition.source if event.transition else None
         if src != self.state or not self._since:
             self._since = now_iso()
+        self._log_transition(event)
+        self.write_status()
+
+    def on_transition_done(self, event: EventData) -> None:
+        """After every transition's work: children may have changed (pids, exit codes).
+        Internal transitions (no state entered) are logged here."""
+        if event.transition is not None and event.transition.dest is None:
+            self._log_transition(event)
+        self.write_status()
+
+    def _log_transition(self, event: EventData) -> None:
+        src = event.transition.source if event.transition else None
         log.info("transition", trigger=event.event.name, source=src, dest=self.state,
                  reason=self.reason, elapsed_ms=self._elapsed_ms())
-        self.write_status()
 
     def write_status(self) -> None:
         self.status.write(self.state, self.reason, since=self._since, detail={

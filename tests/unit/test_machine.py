@@ -934,3 +934,41 @@ def test_run_stops_on_sigterm_with_exit_0(auto: type[AutoDesktop], paths: Paths,
     assert set(doc["children"]) == {"xvnc", "websockify", "session"}
     for child in doc["children"].values():
         assert child["returncode"] == -signal.SIGTERM
+
+
+class WordAtWork(RecordingDesktop):
+    """Notes the status word the user reads while a transition's work runs."""
+
+    def __init__(self, config: Config, events: EventQueue, paths: Paths) -> None:
+        super().__init__(config, events, paths)
+        self.words_at_work: dict[str, str] = {}
+
+    def recover(self, event: EventData) -> None:
+        self.words_at_work["recover"] = self.paths.status.read_text()
+        super().recover(event)
+
+    def reload_certificate(self, event: EventData) -> None:
+        self.words_at_work["reload_certificate"] = self.paths.status.read_text()
+        super().reload_certificate(event)
+
+    def stop_children(self, event: EventData) -> None:
+        self.words_at_work["stop_children"] = self.paths.status.read_text()
+        super().stop_children(event)
+
+
+@pytest.mark.parametrize(("event", "work", "word"), [
+    (WS_PROBE_FAILED, "recover", "RECOVERING\n"),
+    (CertificateChanged(), "reload_certificate", "RELOADING_TLS\n"),
+    (ProbeFailed(reason="X display :1: refused", part="xvnc"), None, "UNHEALTHY\n"),
+])
+def test_the_new_word_is_written_before_the_work_starts(
+        event: Event, work: str | None, word: str, paths: Paths) -> None:
+    """A user (or a probe) reading the status while websockify restarts or the children
+    stop sees the state that explains it, not the one before."""
+    desktop = _desktop_in(HEALTHY, paths, cls=WordAtWork)
+    loop.dispatch(desktop, event)
+    if work is not None:
+        assert desktop.words_at_work[work] == word
+    else:
+        loop.dispatch(desktop, ShutDown())
+        assert desktop.words_at_work["stop_children"] == word
