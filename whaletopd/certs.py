@@ -63,8 +63,10 @@ def obtain(source: str, state_dir: Path, password: bytes | None) -> Certificate:
     """The user's certificate, validated, or the kept/new self-signed one.  Raises TLSError."""
     if source:
         path = Path(source)
-        bundle = tls.load(path, password)
-        return Certificate(bundle=bundle, source=path, digest=tls.file_digest(path))
+        # Digest first: if the file changes while it is loaded, the digest differs from
+        # the next one and the watcher's event is acted on, never mistaken for a touch.
+        digest = tls.file_digest(path)
+        return Certificate(bundle=tls.load(path, password), source=path, digest=digest)
     bundle, _created = tls.load_or_create_self_signed(state_dir, socket.gethostname())
     return Certificate(bundle=bundle, source=None, digest=None)
 

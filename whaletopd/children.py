@@ -15,7 +15,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from whaletopd import logs
 from whaletopd.events import ChildExited, EventQueue
@@ -36,7 +36,6 @@ class RunAs:
 class Child:
     name: str
     proc: subprocess.Popen[bytes]
-    started: float = field(default_factory=time.monotonic)
     retired: bool = False  # stopped or replaced on purpose: its exit is expected
 
     @property

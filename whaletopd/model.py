@@ -65,6 +65,7 @@ class DesktopBase:
         self._restarts = RestartBudget()
         self._recovery_deadline: threading.Timer | None = None
         self._startup_timer: threading.Timer | None = None
+        self._child_env: dict[str, str] | None = None
         self._certificate: certs.Certificate | None = None
         self._candidate: certs.Certificate | None = None
         self._certificate_pending = False
@@ -162,18 +163,21 @@ class DesktopBase:
         return getattr(ev, "part", "")
 
     def _env(self) -> dict[str, str]:
-        from whaletopd import provision as p
+        """The children's environment: made once, after provisioning created the user."""
+        if self._child_env is None:
+            from whaletopd import provision as p
 
-        assert self.run_as is not None
-        name = self.config.username
-        return {
-            "HOME": self.run_as.home, "USER": name, "LOGNAME": name, "SHELL": "/bin/bash",
-            "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/games",
-            "LANG": os.environ.get("LANG", "C.UTF-8"),
-            "DISPLAY": f":{DISPLAY}",
-            "XDG_RUNTIME_DIR": p.runtime_dir(self.run_as),
-            "APPIMAGE_EXTRACT_AND_RUN": "1",
-        }
+            assert self.run_as is not None
+            name = self.config.username
+            self._child_env = {
+                "HOME": self.run_as.home, "USER": name, "LOGNAME": name, "SHELL": "/bin/bash",
+                "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/games",
+                "LANG": os.environ.get("LANG", "C.UTF-8"),
+                "DISPLAY": f":{DISPLAY}",
+                "XDG_RUNTIME_DIR": p.runtime_dir(self.run_as),
+                "APPIMAGE_EXTRACT_AND_RUN": "1",
+            }
+        return dict(self._child_env)
 
     def _spawn_websockify(self, env: dict[str, str]) -> Child:
         assert self.run_as is not None
