@@ -30,7 +30,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e import certgen, vnc
+from bench import certgen
+from tests.e2e import vnc
 from tests.e2e.conftest import ROOT, docker
 from tests.unit import test_deploy as deploy
 

@@ -15,7 +15,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.e2e import certgen
+from bench import certgen
 from tests.e2e.conftest import Container, docker
 
 pytestmark = pytest.mark.e2e

@@ -29,7 +29,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.e2e import certgen
+from bench import certgen
 from whaletopd import certs, children, cli, config, tls
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,0 +1,96 @@
+"""What is measured: the figures, their targets, the groups they run in, and the verdict."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Figure:
+    key: str
+    label: str
+    unit: str
+    target: float | None  # every target is an upper bound; None: reported only
+    digits: int
+    condition: str = ""  # an extra requirement shown with the target (exit code)
+    original: str = ""  # the original project's figure, for context
+
+
+FIGURES: list[Figure] = [
+    Figure("start_healthy", "docker run → status HEALTHY", "s", 0.8, 3, original="3.6 s"),
+    Figure("start_http", "docker run → noVNC page served (HTTP 200)", "s", 0.8, 3),
+    Figure("start_https", "docker run → noVNC page served over TLS (self-signed generated)",
+           "s", 0.9, 3, original="5-10 s"),
+    Figure("start_healthy_tls", "docker run → status HEALTHY with TLS", "s", None, 3),
+    Figure("kill_leaves_healthy", "kill -9 Xvnc → status leaves HEALTHY", "s", 0.05, 3),
+    Figure("kill_exited", "kill -9 Xvnc → container exited", "s", 0.5, 3,
+           condition="exit ≠ 0"),
+    Figure("stop", "docker stop of a HEALTHY desktop", "s", 1.0, 3, condition="exit 0",
+           original="10 s, SIGKILL"),
+    Figure("restart_healthy", "docker restart → HEALTHY again", "s", 1.5, 3),
+    Figure("idle_cpu", "whaletopd CPU while idle and HEALTHY", "CPU-s/min", 0.02, 4,
+           original="0.04-0.06"),
+    Figure("daemon_rss", "whaletopd RSS (idle)", "MiB", 25.0, 1, original="25.3 MB"),
+    Figure("container_mem", "container memory when idle (cgroup, as docker stats)", "MiB",
+           None, 1),
+    Figure("container_cpu", "container CPU while idle (cgroup; HEALTHCHECK included)",
+           "CPU-s/min", None, 3),
+    Figure("image_size", "image size (with Chromium)", "MB", 1000.0, 0, original="1882 MB"),
+    Figure("apps_copied", ".desktop written under /Apps → in /usr/share/applications", "s",
+           None, 3),
+    Figure("apps_menu", ".desktop written under /Apps → menu entry (LXDE menu cache)", "s",
+           0.3, 3),
+    Figure("cert_served", "new certificate written → served", "s", 1.0, 3),
+    Figure("cert_healthy", "new certificate written → HEALTHY again", "s", None, 3),
+    Figure("home_empty", "docker run → HEALTHY, empty mounted home", "s", None, 3),
+    Figure("home_big", "docker run → HEALTHY, 100,000-file mounted home", "s", None, 3),
+    Figure("home_ratio", "start with a 100,000-file home ÷ with an empty one", "ratio", 1.1, 3),
+]
+BY_KEY = {f.key: f for f in FIGURES}
+
+# Groups of figures measured together, in the order they run (--only takes these names).
+GROUPS: dict[str, list[str]] = {
+    "image": ["image_size"],
+    "start": ["start_healthy", "restart_healthy", "stop"],
+    "http": ["start_http"],
+    "tls": ["start_https", "start_healthy_tls"],
+    "kill": ["kill_leaves_healthy", "kill_exited"],
+    "apps": ["apps_copied", "apps_menu"],
+    "cert": ["cert_served", "cert_healthy"],
+    "home": ["home_empty", "home_big", "home_ratio"],
+    "idle": ["idle_cpu", "daemon_rss", "container_mem", "container_cpu"],
+}
+
+
+def summarize(values: Sequence[float]) -> dict[str, Any]:
+    """Median, min, max and count of the runs; None for each when there is none."""
+    if not values:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "n": len(values)}
+
+
+def verdict(fig: Figure, median: float | None, conditions_ok: bool = True,
+            error: str | None = None) -> str:
+    """'yes' / 'no' against the target (judged on the median), '—' without one."""
+    if error:
+        return "error"
+    if median is None:
+        return "—" if fig.target is None else "no data"
+    if fig.target is None:
+        return "—"
+    return "yes" if median <= fig.target and conditions_ok else "no"
+
+
+def format_value(value: float | None, digits: int) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def format_target(fig: Figure) -> str:
+    if fig.target is None:
+        return "report"
+    text = f"≤ {fig.target:g}" + ("" if fig.unit == "ratio" else f" {fig.unit}")
+    return text + (f", {fig.condition}" if fig.condition else "")
