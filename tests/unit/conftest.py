@@ -49,3 +49,10 @@ def restore_signals() -> Iterator[None]:
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     for sig, handler in saved.items():
         signal.signal(sig, handler)
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Where `whaletopd status` looks for the status files ($WHALETOP_STATE_DIR)."""
+    monkeypatch.setenv("WHALETOP_STATE_DIR", str(tmp_path))
+    return tmp_path

@@ -3,38 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.unit.helpers import write_stale, write_status
 from whaletopd import cli
-from whaletopd.status import StatusFile
 
-
-@pytest.fixture
-def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("WHALETOP_STATE_DIR", str(tmp_path))
-    return tmp_path
-
-
-def _write(state_dir: Path, word: str, reason: str = "", **detail: object) -> None:
-    StatusFile(state_dir / "status", state_dir / "status.json").write(word, reason, detail)
-
-
-def _dead_pid() -> int:
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
-
-
-def _write_stale(state_dir: Path, word: str) -> int:
-    pid = _dead_pid()
-    _write(state_dir, word, "X display, VNC login and noVNC page answer")
-    doc = json.loads((state_dir / "status.json").read_text())
-    doc["pid"] = pid
-    (state_dir / "status.json").write_text(json.dumps(doc))
-    return pid
+HEALTHY_REASON = "X display, VNC login and noVNC page answer"
 
 
 def test_status_without_files_is_unknown_and_fails(state_dir: Path,
@@ -45,7 +21,7 @@ def test_status_without_files_is_unknown_and_fails(state_dir: Path,
 
 def test_status_healthy_with_running_daemon_passes(state_dir: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    _write(state_dir, "HEALTHY", "all probes answer")
+    write_status(state_dir, "HEALTHY", "all probes answer")
     assert cli.main(["status"]) == 0
     assert capsys.readouterr().out.strip() == "HEALTHY: all probes answer"
 
@@ -54,21 +30,21 @@ def test_status_healthy_with_running_daemon_passes(state_dir: Path,
                                   "STOPPING", "STOPPED", "FAILED"])
 def test_status_other_than_healthy_fails(state_dir: Path, word: str,
                                          capsys: pytest.CaptureFixture[str]) -> None:
-    _write(state_dir, word, "some reason")
+    write_status(state_dir, word, "some reason")
     assert cli.main(["status"]) == 1
     assert capsys.readouterr().out.strip() == f"{word}: some reason"
 
 
 def test_status_without_reason_prints_the_word_alone(state_dir: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    _write(state_dir, "STARTING")
+    write_status(state_dir, "STARTING")
     assert cli.main(["status"]) == 1
     assert capsys.readouterr().out == "STARTING\n"
 
 
 def test_status_healthy_but_daemon_gone_fails(state_dir: Path) -> None:
     """A status file left by a daemon that died (a volume reused) is no health."""
-    _write_stale(state_dir, "HEALTHY")
+    write_stale(state_dir, "HEALTHY", HEALTHY_REASON)
     assert cli.main(["status"]) == 1
 
 
@@ -76,13 +52,13 @@ def test_status_stale_is_said_in_plain_output(state_dir: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     """Printing "HEALTHY: ..." while exiting 1 would send an operator the wrong way:
     the plain output must say that the daemon is not running."""
-    pid = _write_stale(state_dir, "HEALTHY")
+    pid = write_stale(state_dir, "HEALTHY", HEALTHY_REASON)
     cli.main(["status"])
     assert f"whaletopd (pid {pid}) is not running" in capsys.readouterr().out
 
 
 def test_status_json(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _write(state_dir, "HEALTHY", "all probes answer", username="alice", web_port=8080)
+    write_status(state_dir, "HEALTHY", "all probes answer", username="alice", web_port=8080)
     assert cli.main(["status", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["state"] == "HEALTHY"
@@ -92,7 +68,7 @@ def test_status_json(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def test_status_json_marks_stale(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pid = _write_stale(state_dir, "HEALTHY")
+    pid = write_stale(state_dir, "HEALTHY", HEALTHY_REASON)
     assert cli.main(["status", "--json"]) == 1
     doc = json.loads(capsys.readouterr().out)
     assert doc["state"] == "HEALTHY"

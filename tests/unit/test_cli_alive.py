@@ -8,36 +8,12 @@ a liveness probe that fails kills the container, and with it the user's windows.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.unit.helpers import write_stale, write_status
 from whaletopd import cli, machine
-from whaletopd.status import StatusFile
-
-
-@pytest.fixture
-def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("WHALETOP_STATE_DIR", str(tmp_path))
-    return tmp_path
-
-
-def _write(state_dir: Path, word: str, reason: str = "",
-           exit_on_failure: bool = True) -> None:
-    StatusFile(state_dir / "status", state_dir / "status.json").write(
-        word, reason, {"exit_on_failure": exit_on_failure})
-
-
-def _write_stale(state_dir: Path, word: str) -> int:
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    _write(state_dir, word)
-    doc = json.loads((state_dir / "status.json").read_text())
-    doc["pid"] = proc.pid
-    (state_dir / "status.json").write_text(json.dumps(doc))
-    return proc.pid
-
 
 ALIVE = ["STARTING", "STARTED", "HEALTHY", "RECOVERING", "RELOADING_TLS", "STOPPING"]
 
@@ -56,20 +32,20 @@ def test_terminal_states_are_those_the_daemon_exits_from() -> None:
 @pytest.mark.parametrize("word", ALIVE)
 def test_alive_passes_while_starting_recovering_or_healthy(
         state_dir: Path, word: str, capsys: pytest.CaptureFixture[str]) -> None:
-    _write(state_dir, word, "some reason")
+    write_status(state_dir, word, "some reason")
     assert cli.main(["status", "--alive"]) == 0
     assert capsys.readouterr().out.strip() == f"{word}: some reason"
 
 
 @pytest.mark.parametrize("word", sorted(cli.TERMINAL))
 def test_alive_fails_on_terminal_states(state_dir: Path, word: str) -> None:
-    _write(state_dir, word, "Xvnc exited")
+    write_status(state_dir, word, "Xvnc exited", exit_on_failure=True)
     assert cli.main(["status", "--alive"]) == 1
 
 
 def test_unhealthy_waiting_for_repair_is_alive(state_dir: Path) -> None:
     """--no-exit-on-failure: UNHEALTHY keeps the desktop for recovery; don't kill it."""
-    _write(state_dir, "UNHEALTHY", "xvnc exited", exit_on_failure=False)
+    write_status(state_dir, "UNHEALTHY", "xvnc exited", exit_on_failure=False)
     assert cli.main(["status", "--alive"]) == 0
     assert cli.main(["status"]) == 1
 
@@ -77,7 +53,7 @@ def test_unhealthy_waiting_for_repair_is_alive(state_dir: Path) -> None:
 @pytest.mark.parametrize("word", ["STARTING", "HEALTHY"])
 def test_alive_fails_when_the_daemon_is_gone(state_dir: Path, word: str,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    pid = _write_stale(state_dir, word)
+    pid = write_stale(state_dir, word, exit_on_failure=True)
     assert cli.main(["status", "--alive"]) == 1
     assert f"whaletopd (pid {pid}) is not running" in capsys.readouterr().out
 
@@ -91,7 +67,7 @@ def test_alive_passes_before_the_first_status_is_written(
 
 def test_alive_with_json_prints_the_detail(state_dir: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    _write(state_dir, "RECOVERING", "websockify exited")
+    write_status(state_dir, "RECOVERING", "websockify exited")
     assert cli.main(["status", "--alive", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["state"] == "RECOVERING"
 
@@ -99,7 +75,7 @@ def test_alive_with_json_prints_the_detail(state_dir: Path,
 @pytest.mark.parametrize(("word", "code"), [("HEALTHY", 0), ("STARTING", 1), ("FAILED", 1)])
 def test_plain_status_is_unchanged(state_dir: Path, word: str, code: int) -> None:
     """Readiness and the image's HEALTHCHECK still mean HEALTHY, and nothing else."""
-    _write(state_dir, word)
+    write_status(state_dir, word)
     assert cli.main(["status"]) == code
 
 
