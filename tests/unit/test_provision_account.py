@@ -1,0 +1,90 @@
+"""What the children get from provisioning: their whole environment, made once."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from whaletopd import provision
+from whaletopd.children import RunAs
+from whaletopd.config import Config
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="runtime_dir() creates and chowns /run/user/UID: needs root")
+
+
+def _free_uid() -> int:
+    """A uid with no runtime folder yet (so the folder is the test's own to remove),
+    different for test runs that share the machine."""
+    uid = 40000 + os.getpid() % 10000
+    while Path(f"/run/user/{uid}").exists():
+        uid += 1
+    return uid
+
+
+@pytest.fixture
+def run_as(tmp_path: Path) -> Iterator[RunAs]:
+    home = tmp_path / "home" / "alice"
+    home.mkdir(parents=True)
+    uid = _free_uid()
+    yield RunAs(uid=uid, gid=uid + 1, groups=(), home=str(home))
+    shutil.rmtree(f"/run/user/{uid}", ignore_errors=True)
+
+
+@needs_root
+def test_child_env_is_the_whole_environment(run_as: RunAs,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VNC_PASSWORD", "hunter22")
+    monkeypatch.setenv("TLS_KEY_PASSWORD", "s3cret")
+    monkeypatch.setenv("WHALETOP_USERNAME", "alice")
+    monkeypatch.setenv("PATH", "/daemon/only/bin:/usr/bin")
+    monkeypatch.setenv("LANG", "de_DE.UTF-8")
+    env = provision.child_env(Config(username="alice"), run_as, 1)
+    assert env == {
+        "HOME": run_as.home, "USER": "alice", "LOGNAME": "alice", "SHELL": "/bin/bash",
+        "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/games",
+        "LANG": "de_DE.UTF-8",
+        "DISPLAY": ":1",
+        "XDG_RUNTIME_DIR": f"/run/user/{run_as.uid}",
+        "APPIMAGE_EXTRACT_AND_RUN": "1",
+    }
+    leaked = {"hunter22", "s3cret", "/daemon/only/bin:/usr/bin"} & set(env.values())
+    assert not leaked, f"the daemon's environment leaked: {leaked}"
+
+
+@needs_root
+def test_lang_defaults_to_c_utf8(run_as: RunAs, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LANG", raising=False)
+    assert provision.child_env(Config(), run_as, 1)["LANG"] == "C.UTF-8"
+
+
+@needs_root
+def test_display_follows_the_display_number(run_as: RunAs) -> None:
+    assert provision.child_env(Config(), run_as, 7)["DISPLAY"] == ":7"
+
+
+@needs_root
+def test_the_runtime_folder_is_made_private_to_the_user(run_as: RunAs) -> None:
+    path = Path(provision.child_env(Config(), run_as, 1)["XDG_RUNTIME_DIR"])
+    st = path.stat()
+    assert stat.S_ISDIR(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o700
+    assert (st.st_uid, st.st_gid) == (run_as.uid, run_as.gid)
+
+
+@needs_root
+def test_a_runtime_folder_left_open_is_closed_again(run_as: RunAs) -> None:
+    path = Path(f"/run/user/{run_as.uid}")
+    path.mkdir(parents=True)
+    path.chmod(0o777)
+    (path / "kept").write_text("x")  # a restarted container's: kept, not re-created
+    provision.child_env(Config(), run_as, 1)
+    st = path.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o700
+    assert (st.st_uid, st.st_gid) == (run_as.uid, run_as.gid)
+    assert (path / "kept").read_text() == "x"

@@ -1,0 +1,403 @@
+"""The supervisor running a table of real tiny programs (`sh`, `sleep`): start order and
+readiness, stale exits, the restart budget, replacing children, stop order."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+import pytest
+from structlog.testing import capture_logs
+
+from whaletopd import supervisor
+from whaletopd.children import RunAs
+from whaletopd.config import Config
+from whaletopd.events import ChildExited, ChildReady, Event, EventQueue
+from whaletopd.paths import Paths
+from whaletopd.programs import Launch, Program, Restart
+from whaletopd.supervisor import Supervisor
+
+from .helpers import WAIT, wait_for
+
+real_await_ready = supervisor._await_ready
+ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+
+
+def _sleep(launch: Launch) -> list[str]:
+    return ["sleep", "60"]
+
+
+def _says_ready(launch: Launch) -> list[str]:
+    # dash's `>&N` takes one digit only; the pipe's fd is often 10 or more.
+    return ["sh", "-c", f"echo 1 >/dev/fd/{launch.ready_fd}; exec sleep 60"]
+
+
+def _ignores_sigterm(launch: Launch) -> list[str]:
+    # An ignored signal stays ignored across exec: this `sleep` is a hung child.
+    return ["sh", "-c", "trap '' TERM; exec sleep 60"]
+
+
+# Table order x, web, session; stop order web, session, x: neither the table's order nor
+# its reverse, so a supervisor that ignores stop_order is caught.
+WEB_RESTART = Restart(attempts=2, window=60.0, first_delay=0.1, max_delay=0.15)
+TABLE = (
+    Program("x", _says_ready, ready="displayfd", stop_order=3),
+    Program("web", _sleep, restart=WEB_RESTART, stop_order=1),
+    Program("session", _sleep, after="x", stop_order=2),
+)
+
+
+@pytest.fixture
+def q() -> EventQueue:
+    return EventQueue()
+
+
+@pytest.fixture
+def launch(paths: Paths) -> Launch:
+    return Launch(Config(), paths)
+
+
+@contextmanager
+def _supervisor(programs: tuple[Program, ...], q: EventQueue, run_as: RunAs,
+                env: dict[str, str] | None = None) -> Iterator[Supervisor]:
+    sup = Supervisor(programs, q)
+    sup.use(run_as, ENV if env is None else env)
+    try:
+        yield sup
+    finally:
+        sup.stop_all()
+
+
+@pytest.fixture
+def sup(q: EventQueue, run_as: RunAs) -> Iterator[Supervisor]:
+    with _supervisor(TABLE, q, run_as) as s:
+        yield s
+
+
+def _next(q: EventQueue, kind: type[Event], seen: list[Event] | None = None) -> Event:
+    """The next event of `kind` on the queue; the others are kept in `seen`."""
+    while True:
+        event = q.get(timeout=WAIT)
+        if event is None:
+            pytest.fail(f"no {kind.__name__} within {WAIT} s")
+        if isinstance(event, kind):
+            return event
+        if seen is not None:
+            seen.append(event)
+
+
+def _gone(pid: int) -> bool:
+    """Dead, or a zombie nobody waited for yet: either way not running."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _running(sup: Supervisor, name: str) -> int:
+    child = sup.child(name)
+    assert child is not None, f"{name} was not started"
+    assert child.returncode is None, f"{name} exited"
+    assert not _gone(child.pid), f"{name} is not running"
+    return child.pid
+
+
+def _launched(sup: Supervisor, launch: Launch, q: EventQueue) -> None:
+    """Everything started and ready, as the machine would do it."""
+    assert not sup.launch(launch)
+    ready = _next(q, ChildReady)
+    sup.mark_ready(ready.name)  # type: ignore[attr-defined]
+    assert sup.launch(launch)
+
+
+# -- starting ------------------------------------------------------------------------------
+
+def test_launch_starts_in_order_and_waits_for_readiness(sup: Supervisor, launch: Launch,
+                                                        q: EventQueue) -> None:
+    assert sup.launch(launch) is False, "True before x said it is ready"
+    x_pid, web_pid = _running(sup, "x"), _running(sup, "web")
+    assert sup.child("session") is None, "session started before x was ready"
+    assert _next(q, ChildReady) == ChildReady(name="x")
+    # Not marked ready yet: launching again starts nothing and restarts nothing.
+    assert sup.launch(launch) is False
+    assert sup.child("session") is None
+    assert (_running(sup, "x"), _running(sup, "web")) == (x_pid, web_pid)
+    sup.mark_ready("x")
+    assert sup.launch(launch) is True
+    _running(sup, "session")
+    assert [c.name for c in sup.children()] == ["x", "web", "session"]
+    assert (_running(sup, "x"), _running(sup, "web")) == (x_pid, web_pid)
+
+
+def test_launch_is_false_while_a_started_program_is_not_ready(q: EventQueue, run_as: RunAs,
+                                                              launch: Launch) -> None:
+    table = (Program("x", _says_ready, ready="displayfd"), Program("web", _sleep))
+    with _supervisor(table, q, run_as) as sup:
+        assert sup.launch(launch) is False
+        _next(q, ChildReady)
+        assert sup.launch(launch) is False, "True though x was never marked ready"
+        sup.mark_ready("x")
+        assert sup.launch(launch) is True
+
+
+def test_each_step_of_launch_is_logged(sup: Supervisor, launch: Launch,
+                                       q: EventQueue) -> None:
+    with capture_logs() as logs:
+        _launched(sup, launch, q)
+    steps = [e["step"] for e in logs if e["event"] == "step"]
+    assert steps == ["launch_x", "launch_web", "launch_session"]
+
+
+def test_a_displayfd_program_that_never_writes_is_never_ready(
+        q: EventQueue, run_as: RunAs, launch: Launch, monkeypatch: pytest.MonkeyPatch) -> None:
+    finished = threading.Event()
+
+    def await_ready(name: str, read_fd: int, events: EventQueue) -> None:
+        real_await_ready(name, read_fd, events)
+        finished.set()
+
+    monkeypatch.setattr(supervisor, "_await_ready", await_ready)
+    table = (Program("x", lambda launch: ["sh", "-c", "exit 3"], ready="displayfd"),)
+    with _supervisor(table, q, run_as) as sup:
+        assert sup.launch(launch) is False
+        # The reader sees end of file only if the parent closed its copy of the write end.
+        assert finished.wait(WAIT), "the readiness pipe never reached end of file"
+        seen: list[Event] = []
+        _next(q, ChildExited, seen)
+        assert not any(isinstance(e, ChildReady) for e in seen)
+        assert q.get(timeout=0) is None, "ChildReady without a line on the pipe"
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_a_program_that_cannot_start_raises_and_leaks_no_pipe(q: EventQueue, run_as: RunAs,
+                                                              launch: Launch,
+                                                              tmp_path: Path) -> None:
+    table = (Program("x", lambda launch: ["whaletop-no-such-program"], ready="displayfd"),)
+    with _supervisor(table, q, run_as, env={"PATH": str(tmp_path)}) as sup:
+        before = _open_fds()
+        with pytest.raises(OSError, match="whaletop-no-such-program"):
+            sup.launch(launch)
+        assert _open_fds() == before, "the readiness pipe leaked"
+        assert sup.child("x") is None
+
+
+def test_use_comes_before_launch(q: EventQueue, launch: Launch) -> None:
+    with pytest.raises(AssertionError, match="use"):
+        Supervisor(TABLE, q).launch(launch)
+
+
+# -- stale exits ---------------------------------------------------------------------------
+
+def test_stale_for_unknown_replaced_and_retired_children(sup: Supervisor, launch: Launch,
+                                                         q: EventQueue) -> None:
+    _launched(sup, launch, q)
+    web = _running(sup, "web")
+    assert sup.stale("nobody", web)
+    assert not sup.stale("web", web), "the current child's exit is news"
+    assert sup.stale("web", web + 100_000), "another pid is not the current child"
+    assert sup.restart("web", launch)
+    assert sup.stale("web", web), "the replaced child's exit is news"
+    assert not sup.stale("web", _running(sup, "web"))
+    session = _running(sup, "session")
+    sup.stop_all()
+    assert sup.stale("session", session), "a child stopped on purpose is news"
+
+
+def test_a_child_that_dies_by_itself_is_not_stale(sup: Supervisor, launch: Launch,
+                                                  q: EventQueue) -> None:
+    _launched(sup, launch, q)
+    web = _running(sup, "web")
+    os.kill(web, 9)
+    exited = _next(q, ChildExited)
+    assert exited == ChildExited(name="web", pid=web, returncode=-9)
+    assert not sup.stale("web", web)
+
+
+def test_a_not_yet_started_program_s_exit_is_stale(sup: Supervisor, launch: Launch) -> None:
+    sup.launch(launch)
+    assert sup.stale("session", 12345)
+
+
+# -- restarting ----------------------------------------------------------------------------
+
+def test_only_programs_with_a_restart_policy_are_restartable(sup: Supervisor) -> None:
+    assert sup.restartable("web")
+    assert sup.has_restart_policy("web")
+    for name in ("x", "session", "nobody"):
+        assert not sup.restartable(name)
+        assert not sup.has_restart_policy(name)
+
+
+def test_schedule_restart_uses_the_budget_and_returns_the_backoff(sup: Supervisor,
+                                                                  launch: Launch,
+                                                                  q: EventQueue) -> None:
+    _launched(sup, launch, q)
+    with capture_logs() as logs:
+        first = sup.schedule_restart("web", "health check failed")
+        assert sup.restartable("web")
+        second = sup.schedule_restart("web", "web exited")
+    assert (first, second) == (pytest.approx(0.1), pytest.approx(0.15))  # doubled, capped
+    assert not sup.restartable("web"), "restartable with the budget used up"
+    assert sup.has_restart_policy("web")
+    scheduled = [e for e in logs if e["event"] == "restart_scheduled"]
+    assert [(e["attempt"], e["of"], e["reason"]) for e in scheduled] == [
+        (1, 2, "health check failed"), (2, 2, "web exited")]
+    assert sup.describe()["restarts"] == {"web": {"used": 2, "allowed": 2, "window_s": 60.0}}
+
+
+def test_retry_delay_waits_until_the_budget_refills(sup: Supervisor, launch: Launch,
+                                                    q: EventQueue) -> None:
+    _launched(sup, launch, q)
+    assert sup.retry_delay("web") == 1.0, "at least a second, even with budget left"
+    sup.schedule_restart("web", "one")
+    sup.schedule_restart("web", "two")
+    with capture_logs() as logs:
+        delay = sup.retry_delay("web")
+    assert 50.0 < delay <= 60.0, "not when the first restart leaves the 60 s window"
+    assert [e["delay_s"] for e in logs if e["event"] == "restart_scheduled"] == [
+        pytest.approx(delay, abs=0.001)]
+
+
+def test_schedule_restart_stops_a_hung_child(q: EventQueue, run_as: RunAs,
+                                             launch: Launch) -> None:
+    table = (Program("web", _ignores_sigterm, restart=Restart()),)
+    with _supervisor(table, q, run_as) as sup:
+        assert sup.launch(launch)
+        hung = sup.child("web")
+        assert hung is not None
+        process = psutil.Process(hung.pid)
+        # `sh` has exec'ed `sleep` once its name says so: from then on SIGTERM is ignored.
+        wait_for(lambda: process.name() == "sleep", "sh to exec sleep")
+        sup.schedule_restart("web", "probe failed")
+        assert hung.returncode == -9, "the hung child was not killed"
+        assert _gone(hung.pid)
+        assert sup.stale("web", hung.pid)
+
+
+def test_schedule_restart_of_a_dead_child_kills_nothing(sup: Supervisor, launch: Launch,
+                                                        q: EventQueue) -> None:
+    _launched(sup, launch, q)
+    web = sup.child("web")
+    assert web is not None
+    os.kill(web.pid, 15)
+    _next(q, ChildExited)
+    wait_for(lambda: web.returncode is not None, "the exit status to be collected")
+    with capture_logs() as logs:
+        sup.schedule_restart("web", "web exited")
+    assert web.returncode == -15
+    assert not [e for e in logs if e["event"] in ("child_stopped", "child_kill")]
+
+
+def test_restart_replaces_the_child(sup: Supervisor, launch: Launch, q: EventQueue) -> None:
+    _launched(sup, launch, q)
+    old = sup.child("web")
+    assert old is not None
+    with capture_logs() as logs:
+        assert sup.restart("web", launch) is True
+    new = _running(sup, "web")
+    assert new != old.pid
+    assert old.returncode is not None, "the old child was not waited for"
+    assert _gone(old.pid), "the old child is still running"
+    assert [c.name for c in sup.children()] == ["x", "web", "session"]
+    assert [e["step"] for e in logs if e["event"] == "step"] == ["restart_web"]
+    # The old one's exit is reported, and it is stale.
+    exited = _next(q, ChildExited)
+    assert exited.pid == old.pid  # type: ignore[attr-defined]
+    assert sup.stale("web", old.pid)
+
+
+def test_a_restarted_displayfd_program_needs_no_readiness_signal(q: EventQueue, run_as: RunAs,
+                                                                 launch: Launch) -> None:
+    def argv(launch: Launch) -> list[str]:
+        return ["sleep", "60"] if launch.ready_fd is None else _says_ready(launch)
+
+    table = (Program("x", argv, ready="displayfd", restart=Restart()),)
+    with _supervisor(table, q, run_as) as sup:
+        assert not sup.launch(launch)
+        sup.mark_ready(_next(q, ChildReady).name)  # type: ignore[attr-defined]
+        assert sup.launch(launch)
+        with capture_logs() as logs:
+            assert sup.restart("x", launch)
+        # Replaced as a "started" one: no pipe, no ChildReady; the probes tell the rest.
+        started = [e["argv"] for e in logs if e["event"] == "child_started"]
+        assert started == [["sleep", "60"]], "the replacement was given a readiness pipe"
+        assert sup.launch(launch), "a restart made the program not ready again"
+
+
+def test_restart_refuses_programs_it_cannot_restart(sup: Supervisor, launch: Launch,
+                                                    q: EventQueue) -> None:
+    assert not sup.restart("web", launch), "restarted a program never started"
+    _launched(sup, launch, q)
+    session = _running(sup, "session")
+    assert not sup.restart("session", launch), "restarted a program with no restart policy"
+    assert not sup.restart("nobody", launch)
+    assert _running(sup, "session") == session
+
+
+def test_restart_that_cannot_spawn_logs_and_returns_false(q: EventQueue, run_as: RunAs,
+                                                          launch: Launch,
+                                                          tmp_path: Path) -> None:
+    table = (Program("web", _sleep, restart=Restart()),)
+    with _supervisor(table, q, run_as) as sup:
+        assert sup.launch(launch)
+        old = _running(sup, "web")
+        sup.use(run_as, {"PATH": str(tmp_path)})  # no `sleep` here
+        with capture_logs() as logs:
+            assert sup.restart("web", launch) is False
+        failed = [e for e in logs if e["event"] == "restart_failed"]
+        assert len(failed) == 1
+        assert failed[0]["child"] == "web"
+        assert "sleep" in failed[0]["reason"]
+        assert _gone(old), "the child it gave up is still running"
+        assert sup.stale("web", old)
+
+
+# -- stopping ------------------------------------------------------------------------------
+
+def test_stop_all_stops_in_stop_order(sup: Supervisor, launch: Launch, q: EventQueue) -> None:
+    _launched(sup, launch, q)
+    pids = {c.name: c.pid for c in sup.children()}
+    with capture_logs() as logs:
+        sup.stop_all()
+    stopped = [e for e in logs if e["event"] == "child_stopped"]
+    assert [e["child"] for e in stopped] == ["web", "session", "x"]
+    assert [e["pid"] for e in stopped] == [pids["web"], pids["session"], pids["x"]]
+    step = [e for e in logs if e["event"] == "step"]
+    assert [(e["step"], e["children"]) for e in step] == [
+        ("stop_children", ["web", "session", "x"])]
+    assert all(_gone(pid) for pid in pids.values())
+    assert all(sup.stale(name, pid) for name, pid in pids.items())
+
+
+def test_stop_all_with_nothing_started(sup: Supervisor) -> None:
+    with capture_logs() as logs:
+        sup.stop_all()
+    assert not [e for e in logs if e["event"] == "child_stopped"]
+
+
+# -- status --------------------------------------------------------------------------------
+
+def test_describe(sup: Supervisor, launch: Launch, q: EventQueue) -> None:
+    assert sup.describe() == {
+        "children": {},
+        "restarts": {"web": {"used": 0, "allowed": 2, "window_s": 60.0}},
+    }
+    _launched(sup, launch, q)
+    web = sup.child("web")
+    assert web is not None
+    os.kill(web.pid, 9)
+    _next(q, ChildExited)
+    wait_for(lambda: web.returncode is not None, "the exit status to be collected")
+    described = sup.describe()
+    assert described["children"] == {
+        name: {"pid": c.pid, "running": name != "web",
+               "returncode": -9 if name == "web" else None}
+        for name, c in ((c.name, c) for c in sup.children())}
+    assert list(described["children"]) == ["x", "web", "session"]
