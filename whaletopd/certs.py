@@ -1,17 +1,16 @@
 """The certificate in service: where it comes from, where websockify reads it, when it
-expires, and a watcher that turns a changed file into an event.
+expires.
 
-The user's file is watched through its directory, not the file itself: certificates are
-replaced by rename, and Kubernetes swaps a `..data` symlink; a watch on the old file
-would go silent.  Watcher events are debounced and carry no judgement: the machine
-compares the content's digest and validates before anything changes.
+The user's file is watched (watch.Watcher, tree=False) through its directory, not the
+file itself: certificates are replaced by rename, and Kubernetes swaps a `..data`
+symlink; a watch on the old file would go silent.  Watcher events are debounced and
+carry no judgement: the machine compares the content's digest and validates before
+anything changes.
 """
 
 from __future__ import annotations
 
 import socket
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -80,56 +79,3 @@ def publish(cert: Certificate, state_dir: Path, run_dir: Path, uid: int, gid: in
     dest = run_dir / WEBSOCKIFY_PEM
     tls.install(cert.bundle, dest, uid, gid)
     return dest
-
-
-class DirectoryWatcher:
-    """Calls `on_change` (debounced) when anything in `directory` changes."""
-
-    def __init__(self, directory: Path, on_change: Callable[[], None],
-                 debounce: float = 0.1) -> None:
-        from watchdog.events import (
-            DirMovedEvent,
-            FileClosedEvent,
-            FileCreatedEvent,
-            FileDeletedEvent,
-            FileModifiedEvent,
-            FileMovedEvent,
-            FileSystemEvent,
-            FileSystemEventHandler,
-        )
-        from watchdog.observers import Observer
-
-        self._on_change = on_change
-        self._debounce = debounce
-        self._timer: threading.Timer | None = None
-        self._lock = threading.Lock()
-        watcher = self
-
-        class _Handler(FileSystemEventHandler):
-            def on_any_event(self, event: FileSystemEvent) -> None:
-                if event.event_type not in ("opened", "closed_no_write"):
-                    watcher._poke()
-
-        self._observer = Observer()
-        self._observer.daemon = True
-        # Writes, renames (also the kubelet's `..data` swap) and deletions; not our reads.
-        self._observer.schedule(_Handler(), str(directory), recursive=False, event_filter=[
-            FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent,
-            FileDeletedEvent, DirMovedEvent])
-
-    def _poke(self) -> None:
-        with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = threading.Timer(self._debounce, self._on_change)
-            self._timer.daemon = True
-            self._timer.start()
-
-    def start(self) -> None:
-        self._observer.start()
-
-    def stop(self) -> None:
-        with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
-        self._observer.stop()

@@ -1,4 +1,5 @@
-"""Apps under /Apps in the menu: real trees in temp dirs, real watchdog, no mocks."""
+"""Apps under /Apps in the menu: real trees in temp dirs, no mocks (the watch on them is
+in test_watch.py)."""
 
 from __future__ import annotations
 
@@ -8,22 +9,16 @@ import os
 import shutil
 import stat
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.unit.helpers import WAIT, wait_for
-from whaletopd.apps import AppMapper, AppsWatcher, Change, validate
+from whaletopd import apps_scan
+from whaletopd.apps import AppMapper, Change, validate
 
 NOBODY = 65534
-
-# watchdog 7 warns, harmlessly, when a folder created with its parent gets its inotify
-# watch twice (from its own scan and from the event); -W error would kill its thread.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Callback with id .* already exists:RuntimeWarning")
 
 
 def entry(name: str = "Thing", exec_: str = "thing", extra: str = "") -> str:
@@ -461,6 +456,127 @@ def test_max_files_limits_the_scan(root: Path, target: Path, manifest: Path) -> 
                   "more than 4 .desktop files; the rest are ignored") in changes
 
 
+def test_root_that_is_a_file_is_skipped(tmp_path: Path, target: Path, manifest: Path) -> None:
+    root = tmp_path / "Apps"
+    root.write_text("not a folder\n")
+    assert AppMapper(root, target, manifest).sync() == [
+        Change("skipped", "", str(root), "not a folder")]
+
+
+def test_copy_replaced_by_a_folder_is_left_alone(mapper: AppMapper, root: Path,
+                                                 target: Path) -> None:
+    src = app(root / "a.desktop")
+    mapper.sync()
+    (target / "a.desktop").unlink()
+    (target / "a.desktop").mkdir()
+    assert mapper.sync() == [Change("skipped", "a.desktop", str(src),
+                                    f"{target / 'a.desktop'} was changed outside whaletopd; "
+                                    "left as it is")]
+    assert mapper.mapped() == {}
+    assert (target / "a.desktop").is_dir()
+
+
+def test_copy_edited_while_its_source_changes_is_left_alone(mapper: AppMapper, root: Path,
+                                                           target: Path) -> None:
+    src = app(root / "a.desktop", name="One")
+    mapper.sync()
+    (target / "a.desktop").write_text(entry("edited by hand in the container"))
+    src.write_text(entry(name="Two"))
+    [change] = mapper.sync()
+    assert (change.kind, change.source) == ("skipped", str(src))
+    assert "changed outside whaletopd" in change.reason
+    assert (target / "a.desktop").read_text() == entry("edited by hand in the container")
+    assert mapper.mapped() == {}
+
+
+def test_copy_and_source_both_deleted(mapper: AppMapper, root: Path, target: Path) -> None:
+    src = app(root / "a.desktop")
+    mapper.sync()
+    (target / "a.desktop").unlink()
+    src.unlink()
+    assert mapper.sync() == [Change("removed", "a.desktop", str(src), "source removed")]
+    assert mapper.mapped() == {}
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    """chmod 555; root writes anyway, so root also drops to nobody's euid."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    path.chmod(0o555)
+    as_root = os.geteuid() == 0
+    if as_root:
+        os.seteuid(NOBODY)
+    try:
+        yield
+    finally:
+        if as_root:
+            os.seteuid(0)
+        path.chmod(mode)
+
+
+def test_target_that_cannot_be_written_is_a_skip_then_caught_up(open_tmp: Path) -> None:
+    root = open_tmp / "Apps"
+    old = app(root / "old.desktop")
+    target = writable(open_tmp / "applications")
+    mapper = AppMapper(root, target, open_tmp / "apps.json")
+    mapper.sync()
+    old.unlink()
+    new = app(root / "new.desktop")
+    with read_only(target):
+        changes = mapper.sync()
+    assert changes == [
+        Change("skipped", "new.desktop", str(new),
+               f"cannot write {target / 'new.desktop'}: Permission denied"),
+        Change("skipped", "old.desktop", str(old),
+               f"cannot remove {target / 'old.desktop'}: Permission denied"),
+    ]
+    assert mapper.mapped() == {"old.desktop": str(old)}
+    assert kinds(mapper.sync()) == {("added", "new.desktop"), ("removed", "old.desktop")}
+    assert sorted(os.listdir(target)) == ["new.desktop"]
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The sources the mapper reads, in order."""
+    seen: list[str] = []
+    real = apps_scan._read
+
+    def counting(path: str, *args: Any) -> bytes:
+        seen.append(path)
+        return real(path, *args)
+
+    monkeypatch.setattr(apps_scan, "_read", counting)
+    return seen
+
+
+def test_an_unchanged_source_is_not_read_again(mapper: AppMapper, root: Path, target: Path,
+                                               reads: list[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(apps_scan, "RACY_NS", 0)  # as if every file were old
+    a, b = app(root / "a.desktop"), app(root / "b.desktop")
+    mapper.sync()
+    assert sorted(reads) == [str(a), str(b)]
+    reads.clear()
+    assert mapper.sync() == []
+    assert reads == []  # their stat vouches for what was validated
+    (target / "a.desktop").unlink()
+    assert mapper.sync() == [Change("added", "a.desktop", str(a))]
+    assert reads == [str(a)]  # read to be copied, not to be validated
+    reads.clear()
+    a.write_text(entry(name="A longer name"))
+    assert mapper.sync() == [Change("updated", "a.desktop", str(a))]
+    assert reads == [str(a)]
+
+
+def test_a_source_changed_just_now_is_read_again(mapper: AppMapper, root: Path,
+                                                 reads: list[str]) -> None:
+    a = app(root / "a.desktop")
+    mapper.sync()
+    reads.clear()
+    assert mapper.sync() == []
+    assert reads == [str(a)]  # its stat may not change at its next write: not trusted
+
+
 def test_thousands_of_files_then_nothing_to_do(fast_tmp: Path) -> None:
     root, target = fast_tmp / "Apps", fast_tmp / "applications"
     mapper = AppMapper(root, target, fast_tmp / "apps.json")
@@ -473,104 +589,3 @@ def test_thousands_of_files_then_nothing_to_do(fast_tmp: Path) -> None:
     assert len(os.listdir(target)) == 3000
     assert mapper.sync() == []
 
-
-# -- watching ---------------------------------------------------------------------------
-
-
-class Recorder:
-    """on_change for tests: counts calls and, given a mapper, syncs like the daemon would."""
-
-    def __init__(self, mapper: AppMapper | None = None) -> None:
-        self.mapper = mapper
-        self.calls = 0
-        self.called = threading.Event()
-
-    def __call__(self) -> None:
-        if self.mapper is not None:
-            self.mapper.sync()
-        self.calls += 1
-        self.called.set()
-
-
-@contextlib.contextmanager
-def watching(root: Path, on_change: Recorder) -> Iterator[AppsWatcher]:
-    watcher = AppsWatcher(root, on_change)
-    watcher.start()
-    try:
-        yield watcher
-    finally:
-        watcher.stop()
-
-
-def test_app_in_a_new_subfolder_is_seen_and_deletion_too(mapper: AppMapper,
-                                                         root: Path) -> None:
-    rec = Recorder(mapper)
-    with watching(root, rec):
-        (root / "New" / "Deeper").mkdir(parents=True)
-        assert rec.called.wait(WAIT)
-        time.sleep(0.2)  # let the folder's burst end
-        assert mapper.mapped() == {}
-        src = app(root / "New" / "Deeper" / "x.desktop")
-        wait_for(lambda: "x.desktop" in mapper.mapped(), "the new app mapped")
-        src.unlink()
-        wait_for(lambda: mapper.mapped() == {}, "the deleted app unmapped")
-
-
-def test_burst_gives_few_calls(root: Path) -> None:
-    (root / "Suite").mkdir()
-    rec = Recorder()
-    with watching(root, rec):
-        for i in range(200):
-            app(root / "Suite" / f"app{i}.desktop")
-        assert rec.called.wait(WAIT)
-        time.sleep(1.0)  # anything still queued arrives by now
-    assert 1 <= rec.calls <= 3
-
-
-def test_continuous_stream_still_calls(root: Path) -> None:
-    rec = Recorder()
-    with watching(root, rec):
-        end = time.monotonic() + 1.2
-        i = 0
-        while time.monotonic() < end:
-            app(root / f"s{i}.desktop")
-            i += 1
-            time.sleep(0.02)  # never quiet for the 0.05 s debounce
-        during = rec.calls
-    assert during >= 1
-
-
-def test_other_files_and_reads_do_not_call(mapper: AppMapper, root: Path) -> None:
-    app(root / "A" / "a.desktop")
-    rec = Recorder()
-    with watching(root, rec):
-        for _ in range(3):
-            mapper.sync()
-            (root / "A" / "a.desktop").read_bytes()
-        time.sleep(0.3)
-    assert rec.calls == 0
-
-
-def test_root_created_removed_and_created_again(tmp_path: Path, target: Path,
-                                                manifest: Path) -> None:
-    root = tmp_path / "mnt" / "Apps"  # its parent is missing too
-    mapper = AppMapper(root, target, manifest)
-    rec = Recorder(mapper)
-    with watching(root, rec):
-        app(root / "Mounted" / "m.desktop")
-        wait_for(lambda: "m.desktop" in mapper.mapped(), "app in a root created later")
-        shutil.rmtree(root)
-        wait_for(lambda: mapper.mapped() == {}, "the root's removal")
-        app(root / "Again" / "n.desktop")
-        wait_for(lambda: "n.desktop" in mapper.mapped(), "app in the re-created root")
-
-
-def test_stop_returns(root: Path) -> None:
-    watcher = AppsWatcher(root, Recorder())
-    watcher.start()
-    app(root / "a.desktop")
-    stopper = threading.Thread(target=watcher.stop)
-    stopper.start()
-    stopper.join(WAIT)
-    assert not stopper.is_alive()
-    AppsWatcher(root, Recorder()).stop()  # never started: nothing to stop

@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from bench import certgen
-from whaletopd import certs, children, cli, config, tls
+from whaletopd import certs, children, cli, config, tls, watch
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -529,21 +529,30 @@ class KubeletSecretVolume:
         raise AssertionError("no free timestamped folder")
 
     def write(self, payload: Mapping[str, bytes]) -> None:
-        data = self.folder / "..data"
-        old = self.folder / os.readlink(data) if data.is_symlink() else None
+        self.stage(payload)
+        self.publish(payload)
+
+    def stage(self, payload: Mapping[str, bytes]) -> None:
+        """The new version's folder and `..data_tmp` pointing at it: nothing a reader
+        of the user-visible names sees yet."""
         new = self._timestamped()
         for key, content in payload.items():
             (new / key).write_bytes(content)
             (new / key).chmod(self.mode)
-        tmp = self.folder / "..data_tmp"
-        os.symlink(new.name, tmp)
-        os.rename(tmp, data)
-        for key in payload:
+        os.symlink(new.name, self.folder / "..data_tmp")
+
+    def publish(self, keys: Iterable[str]) -> None:
+        """The atomic step, then the links of new keys and the old version's removal."""
+        data = self.folder / "..data"
+        old = self.folder / os.readlink(data) if data.is_symlink() else None
+        os.rename(self.folder / "..data_tmp", data)
+        names = set(keys)
+        for key in names:
             link = self.folder / key
             if not link.is_symlink():
                 os.symlink(f"..data/{key}", link)
         for link in self.folder.iterdir():
-            if not link.name.startswith("..") and link.name not in payload:
+            if not link.name.startswith("..") and link.name not in names:
                 link.unlink()
         if old is not None:
             shutil.rmtree(old)
@@ -566,20 +575,6 @@ def _wait(event: threading.Event, timeout: float = 10) -> bool:
     return event.wait(timeout)
 
 
-def _armed(folder: Path, changed: threading.Event) -> None:
-    """Returns once the watcher's inotify watch is in place (it is added in the
-    observer's thread), with no change pending."""
-    probe = folder / "..armed"
-    deadline = time.monotonic() + 10
-    while not changed.is_set():
-        assert time.monotonic() < deadline, "the watcher never started"
-        probe.write_bytes(b"")
-        probe.unlink()
-        changed.wait(0.2)
-    time.sleep(0.5)  # past the watcher's debounce
-    changed.clear()
-
-
 @pytest.fixture
 def kubelet_tls(tmp_path: Path) -> tuple[KubeletSecretVolume, Path]:
     cfg = parse_container_config(desktop_container())
@@ -600,14 +595,14 @@ def test_kubelet_secret_swap_is_seen_and_the_new_certificate_loads(
     volume.write({path.name: certgen.pem(first, key)})
     in_service = certs.obtain(str(path), tmp_path, None)
     assert in_service.bundle.fingerprint == certgen.fingerprint(first)
+    second, key2 = certgen.make(cn="renewed.test")
+    volume.stage({path.name: certgen.pem(second, key2)})  # made before the watch: unseen
 
     changed = threading.Event()
-    watcher = certs.DirectoryWatcher(path.parent, changed.set)
-    watcher.start()
+    watcher = watch.Watcher(path.parent, changed.set, tree=False)
+    watcher.start()  # returns with the watch in place
     try:
-        _armed(path.parent, changed)
-        second, key2 = certgen.make(cn="renewed.test")
-        volume.write({path.name: certgen.pem(second, key2)})
+        volume.publish([path.name])
         assert _wait(changed), "the ..data swap was not seen"
     finally:
         watcher.stop()
@@ -625,10 +620,9 @@ def test_a_key_added_to_the_secret_is_seen_too(
     volume.write({path.name: certgen.pem(cert, key)})
     digest = tls.file_digest(path)
     changed = threading.Event()
-    watcher = certs.DirectoryWatcher(path.parent, changed.set)
+    watcher = watch.Watcher(path.parent, changed.set, tree=False)
     watcher.start()
     try:
-        _armed(path.parent, changed)
         volume.write({path.name: certgen.pem(cert, key), "ca.crt": b"x"})
         assert _wait(changed)
     finally:
