@@ -30,10 +30,6 @@ class Certificate:
     digest: str | None
     warned: set[timedelta] = field(default_factory=set)
 
-    @property
-    def self_signed(self) -> bool:
-        return self.source is None
-
     def describe(self) -> dict[str, Any]:
         return {
             "fingerprint_sha256": self.bundle.fingerprint,

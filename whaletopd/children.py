@@ -92,8 +92,9 @@ def _signal_group(child: Child, sig: signal.Signals) -> None:
 
 
 def stop(children: Sequence[Child], deadline: float = 1.5) -> None:
-    """Stop in reverse start order: SIGTERM to each group, wait, SIGKILL what is left."""
-    for child in reversed(children):
+    """Stop one after the other, in the order given (the table's stop order): SIGTERM to
+    each group, wait, SIGKILL what is left."""
+    for child in children:
         t0 = time.monotonic()
         if child.proc.poll() is None:
             _signal_group(child, signal.SIGTERM)

@@ -1,20 +1,306 @@
-"""The machine's model: what each transition does, put together from one mixin per
-concern.  Callback names in machine.TRANSITIONS are methods of Desktop:
+"""The machine's model: the place where triggers meet, not where state lives.  Each
+callback named in machine.TRANSITIONS hands the work to the part that owns it:
 
-    lifecycle.py     provision, launch_display, launch_session, start_probes,
-                     on_enter_*, stop_children, exit
-    recovery.py      restartable, retryable, stale, recover, retry_later, restart_child
-    tls_rotation.py  new_certificate_valid, reload_certificate, defer_certificate,
-                     check_certificate, certificate_expired_now, expiry_is_the_problem
-    app_menu.py      map_apps
-    model.py         note_reason, on_state_change (every transition), shared state
+    account     provision.py   the desktop user, its environment, the VNC password
+    children    supervisor.py  the children, run from programs.py's table
+    web         web.py         TLS: the certificate in service, rotation, expiry
+    menu        menu.py        /Apps in LXDE's menu
+    prober      probes.py      the health checks, in their own thread
+    status      status.py      the status files
+    deadlines   deadlines.py   named deadlines, kept by the loop
+
+Parts never touch each other's fields; the desktop passes what one needs from another.
+Callbacks run in the loop's thread and never raise for bad input or a failed step:
+they post an event (Failed), and the machine moves.
 """
 
 from __future__ import annotations
 
-from whaletopd.lifecycle import LifecycleMixin
-from whaletopd.recovery import RecoveryMixin
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from transitions import EventData
+
+from whaletopd import logs, probes, provision
+from whaletopd.config import Config
+from whaletopd.deadlines import Deadlines
+from whaletopd.events import (
+    CertificateChanged,
+    CertificateExpired,
+    ChildExited,
+    Event,
+    EventQueue,
+    Failed,
+    Launched,
+    MenuCheckDue,
+    ProbeFailed,
+    ProbePassed,
+    Provisioned,
+    RecoveryTimedOut,
+    RestartDue,
+    ShutDown,
+    StartupTimedOut,
+)
+from whaletopd.machine import EXIT_CODES
+from whaletopd.menu import SETTLE_INTERVAL, AppMenu
+from whaletopd.paths import Paths
+from whaletopd.programs import DISPLAY, PROGRAMS, Launch, Program, blame
+from whaletopd.provision import Account, ProvisionError
+from whaletopd.status import StatusFile
+from whaletopd.supervisor import Supervisor
+from whaletopd.tls import TLSError
+from whaletopd.web import WebFront
+
+log = logs.get("whaletopd")
+Provisioner = Callable[[Config, Paths, int], Account]
+ProbeMaker = Callable[[probes.Target, Mapping[str, str]], list[probes.Probe]]
+# Deadline names.
+STARTUP = "startup"
+RECOVERY = "recovery"
+MENU = "menu"
 
 
-class Desktop(LifecycleMixin, RecoveryMixin):
-    """The desktop whose lifecycle the machine in machine.py runs."""
+class Desktop:
+    """The desktop whose lifecycle the machine in machine.py runs.  `programs`,
+    `provisioner` and `make_probes` are the seams where tests put `sleep` children, a
+    user that needs no root, and checks they can break."""
+
+    state: str  # set by transitions
+
+    def __init__(self, config: Config, events: EventQueue, deadlines: Deadlines,
+                 paths: Paths | None = None, *, programs: Sequence[Program] = PROGRAMS,
+                 provisioner: Provisioner = provision.provision,
+                 make_probes: ProbeMaker = probes.desktop_probes) -> None:
+        self.config = config
+        self.events = events
+        self.deadlines = deadlines
+        self.paths = paths or Paths()
+        self.status = StatusFile(self.paths.status, self.paths.status_json)
+        self.children = Supervisor(programs, events)
+        self.web = WebFront(config, self.paths, events, deadlines)
+        self.menu = AppMenu(self.paths, events)
+        self.prober: probes.Prober | None = None
+        self.account: Account | None = None
+        self.reason = ""
+        self.cause: type[Event] | None = None  # the event that entered the current state
+        self.exit_code: int | None = None
+        self._blame = blame(programs)
+        self._provisioner = provisioner
+        self._make_probes = make_probes
+        self._t0 = time.monotonic()
+
+    # -- every transition ----------------------------------------------------------------
+
+    def note_reason(self, event: EventData) -> None:
+        """Before the state changes, so on_enter_* callbacks already see the new reason."""
+        ev = event.kwargs.get("event")
+        self.reason = (ev.why if ev is not None else "") or self.reason
+
+    def on_state_change(self, event: EventData) -> None:
+        """On entering any state (also re-entering it), before the transition's work."""
+        ev = event.kwargs.get("event")
+        self.cause = type(ev) if ev is not None else None
+        self.status.enter(self.state)
+        self._log_transition(event)
+        self.write_status()
+
+    def on_transition_done(self, event: EventData) -> None:
+        """After every transition's work: children may have changed (pids, exit codes).
+        Internal transitions (no state entered) are logged here, unless quiet."""
+        ev = event.kwargs.get("event")
+        if ev is not None and ev.quiet:
+            return
+        if event.transition is not None and event.transition.dest is None:
+            self._log_transition(event)
+        self.write_status()
+
+    def _log_transition(self, event: EventData) -> None:
+        src = event.transition.source if event.transition else None
+        log.info("transition", trigger=event.event.name, source=src, dest=self.state,
+                 reason=self.reason,
+                 elapsed_ms=round((time.monotonic() - self._t0) * 1000, 1))
+
+    def write_status(self) -> None:
+        self.status.write(self.state, self.reason, {
+            "username": self.config.username,
+            "exit_on_failure": self.exit_on_failure,
+            "web_port": self.config.web_port,
+            "vnc_port": self.config.vnc_port,
+            **self.children.describe(),
+            "tls": self.web.describe(),
+            **self.menu.describe(),
+        })
+
+    def _guard(self, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except (ProvisionError, TLSError, OSError) as exc:
+            self.events.post(Failed(reason=str(exc)))
+
+    # -- STARTING: provisioning, then the children in the table's order ------------------
+
+    def provision(self, event: EventData) -> None:
+        seconds = self.config.startup_timeout
+        self.deadlines.arm(STARTUP, seconds, StartupTimedOut(seconds=seconds))
+        self._guard(self._provision)
+
+    def _provision(self) -> None:
+        self.web.validate()  # first: a bad certificate fails before anything is touched
+        self.account = self._provisioner(self.config, self.paths, DISPLAY)
+        with logs.step("map_apps") as out:
+            out.update(self.menu.start())
+        self.web.install(self.account.run_as)
+        self.children.use(self.account.run_as, self.account.env)
+        self.events.post(Provisioned())
+
+    def mark_ready(self, event: EventData) -> None:
+        self.children.mark_ready(event.kwargs["event"].name)
+
+    def launch(self, event: EventData) -> None:
+        self._guard(self._launch)
+
+    def _launch(self) -> None:
+        if self.children.launch(self._launch_context()):
+            assert self.account is not None
+            self.menu.session_started(Path(self.account.run_as.home),
+                                      self.account.env.get("XDG_RUNTIME_DIR"))
+            self.deadlines.arm(MENU, SETTLE_INTERVAL, MenuCheckDue())
+            self.events.post(Launched())
+
+    def _launch_context(self) -> Launch:
+        return Launch(self.config, self.paths, web_pem=self.web.pem)
+
+    def start_probes(self, event: EventData) -> None:
+        self.prober = probes.Prober(self._probes(), self.events,
+                                    interval=self.config.probe_interval)
+        self.prober.start()
+
+    def _probes(self) -> list[probes.Probe]:
+        assert self.account is not None
+        cfg = self.config
+        target = probes.Target(cfg.vnc_port, cfg.web_port,
+                               str(self.paths.x11_socket_dir / f"X{DISPLAY}"),
+                               self.account.password, cfg.probe_timeout, pin=self.web.pin)
+        return self._make_probes(target, self._blame)
+
+    # -- conditions ----------------------------------------------------------------------
+
+    @property
+    def exit_on_failure(self) -> bool:
+        return self.config.exit_on_failure
+
+    @staticmethod
+    def _part(event: EventData) -> str:
+        """The child an exit or a failed check points at."""
+        ev = event.kwargs.get("event")
+        if isinstance(ev, ChildExited):
+            return ev.name
+        return ev.part if isinstance(ev, ProbeFailed) else ""
+
+    def restartable(self, event: EventData) -> bool:
+        return self.children.restartable(self._part(event))
+
+    def retryable(self, event: EventData) -> bool:
+        return self.children.has_restart_policy(self._part(event)) and not self.exit_on_failure
+
+    def stale(self, event: EventData) -> bool:
+        """News about a child that was replaced or stopped on purpose, or a verdict of
+        health checks older than the last restart."""
+        ev = event.kwargs.get("event")
+        if isinstance(ev, ChildExited):
+            return self.children.stale(ev.name, ev.pid)
+        if isinstance(ev, ProbePassed | ProbeFailed):
+            return self.prober is None or ev.generation != self.prober.generation
+        return False
+
+    def new_certificate_valid(self, event: EventData) -> bool:
+        return self.web.candidate_valid()
+
+    def expiry_is_the_problem(self, event: EventData) -> bool:
+        return self.cause is CertificateExpired and not self.exit_on_failure
+
+    def certificate_expired_now(self, event: EventData) -> bool:
+        return self.web.expired_now()
+
+    # -- RECOVERING: a restartable child died or hung ------------------------------------
+
+    def recover(self, event: EventData) -> None:
+        name = self._part(event)
+        delay = self.children.schedule_restart(name, self.reason)
+        self.deadlines.arm("restart:" + name, delay, RestartDue(name=name))
+        self._arm_recovery_deadline()
+
+    def retry_later(self, event: EventData) -> None:
+        """--no-exit-on-failure: try again once the restart budget allows."""
+        name = self._part(event)
+        self.deadlines.arm("restart:" + name, self.children.retry_delay(name),
+                           RestartDue(name=name))
+
+    def restart_child(self, event: EventData) -> None:
+        if self.children.restart(event.kwargs["event"].name, self._launch_context()):
+            self._reset_probes()
+
+    def _arm_recovery_deadline(self) -> None:
+        seconds = self.config.startup_timeout
+        self.deadlines.arm(RECOVERY, seconds, RecoveryTimedOut(seconds=seconds))
+
+    def _reset_probes(self) -> None:
+        if self.prober is not None:
+            self.prober.reset(self._probes())
+
+    # -- TLS: rotation and expiry --------------------------------------------------------
+
+    def reload_certificate(self, event: EventData) -> None:
+        assert self.account is not None
+        if self.web.put_candidate_in_service(self.account.run_as):
+            self.children.restart("websockify", self._launch_context())
+        self._reset_probes()  # they pin the certificate now in service
+        self._arm_recovery_deadline()
+
+    def defer_certificate(self, event: EventData) -> None:
+        self.web.defer()
+
+    def check_certificate(self, event: EventData) -> None:
+        self.web.check_expiry()
+
+    # -- /Apps ---------------------------------------------------------------------------
+
+    def map_apps(self, event: EventData) -> None:
+        with logs.step("map_apps") as out:
+            out["changes"] = self.menu.sync()
+
+    def check_menu(self, event: EventData) -> None:
+        if not self.menu.settle():
+            self.deadlines.arm(MENU, SETTLE_INTERVAL, MenuCheckDue())
+
+    # -- arriving and leaving --------------------------------------------------------------
+
+    def on_enter_HEALTHY(self, event: EventData) -> None:
+        self.deadlines.cancel(STARTUP, RECOVERY)
+        if self.web.take_deferred():
+            self.events.post(CertificateChanged())
+
+    def on_enter_STOPPING(self, event: EventData) -> None:
+        self.events.post(ShutDown())
+
+    def on_enter_FAILED(self, event: EventData) -> None:
+        log.error("failed", reason=self.reason)
+        self.events.post(ShutDown())
+
+    def on_enter_UNHEALTHY(self, event: EventData) -> None:
+        log.error("unhealthy", reason=self.reason, exit_on_failure=self.exit_on_failure)
+        if self.exit_on_failure:
+            self.events.post(ShutDown())
+
+    def stop_children(self, event: EventData) -> None:
+        """Nothing fires or posts any more: deadlines, checks and watches end first."""
+        self.deadlines.cancel_all()
+        if self.prober is not None:
+            self.prober.stop()
+        self.web.stop()
+        self.menu.stop()
+        self.children.stop_all()
+
+    def exit(self, event: EventData) -> None:
+        self.exit_code = EXIT_CODES[self.state]

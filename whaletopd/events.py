@@ -1,8 +1,9 @@
 """Everything that can change the desktop's state, as values on one queue.
 
-Producers (signal handlers, child watchers, probes, timers) only `post()`.  The loop
-in loop.py is the only consumer; it turns each event into the machine trigger named
-by the event's class attribute `trigger`.
+Producers (signal handlers, child watchers, the prober, file watchers) only `post()`;
+deadlines (deadlines.py) hand the loop their events when due.  The loop in loop.py is
+the only consumer; it turns each event into the machine trigger named by the event's
+class attribute `trigger`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import ClassVar
 class Event:
     trigger: ClassVar[str]
     summary: ClassVar[str] = ""
+    # Routine and frequent, changing nothing a reader sees: no log line, no status write.
+    quiet: ClassVar[bool] = False
 
     @property
     def why(self) -> str:
@@ -35,9 +38,11 @@ class Provisioned(Event):
 
 
 @dataclass(frozen=True)
-class DisplayReady(Event):
-    trigger: ClassVar[str] = "display_ready"
-    display: str
+class ChildReady(Event):
+    """A child said it is ready (Xvnc through -displayfd): what waits for it can start."""
+
+    trigger: ClassVar[str] = "child_ready"
+    name: str
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class Launched(Event):
 class ProbePassed(Event):
     trigger: ClassVar[str] = "probe_passed"
     summary: ClassVar[str] = "X display, VNC login, noVNC page and WebSocket login answer"
+    generation: int = 0  # the prober's round of checks this verdict comes from
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,7 @@ class ProbeFailed(Event):
     trigger: ClassVar[str] = "probe_failed"
     reason: str
     part: str  # "xvnc" or "websockify": which child the failed check points at
+    generation: int = 0
 
     @property
     def why(self) -> str:
@@ -90,6 +97,14 @@ class AppsChanged(Event):
     """Something changed under /Apps (debounced): map .desktop files again."""
 
     trigger: ClassVar[str] = "apps_changed"
+
+
+@dataclass(frozen=True)
+class MenuCheckDue(Event):
+    """Time to look whether LXDE's menu-cached watches the application folder yet."""
+
+    trigger: ClassVar[str] = "menu_check_due"
+    quiet: ClassVar[bool] = True
 
 
 @dataclass(frozen=True)

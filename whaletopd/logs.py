@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, TextIO
 
 import structlog
@@ -51,3 +54,15 @@ def configure(fmt: str = "json", stream: TextIO | None = None) -> None:
 def get(name: str) -> Any:
     # get_logger(**values), not .bind(): bind() would fix the configuration at import time.
     return structlog.get_logger(component=name)
+
+
+@contextmanager
+def step(name: str, **fields: Any) -> Iterator[dict[str, Any]]:
+    """One `step` line with its duration (the bench's timeline reads them); the caller
+    may add fields to the dict it gets."""
+    t0 = time.monotonic()
+    extra: dict[str, Any] = {}
+    yield extra
+    get("whaletopd").info("step", step=name,
+                          duration_ms=round((time.monotonic() - t0) * 1000, 1),
+                          **fields, **extra)

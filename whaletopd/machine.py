@@ -2,7 +2,8 @@
 
 The daemon (loop.py) and the diagram generator (diagram.py) build their machines from
 these same tables, so state_diagrams/ cannot describe a different machine than the one
-that runs.  Callback names refer to methods of desktop.Desktop, which does the work.
+that runs.  Callback names refer to methods of desktop.Desktop, which hands the work
+to the part that owns it.
 
 Status words: STARTING, STARTED and HEALTHY keep the original project's meaning;
 UNHEALTHY, STOPPING, STOPPED and FAILED are what it left out.  INIT is never written.
@@ -32,27 +33,37 @@ UP = [STARTED, HEALTHY, RECOVERING, RELOADING_TLS]  # launched: the user's windo
 LIVE = [STARTING, *UP]
 
 TRANSITIONS: list[dict[str, Any]] = [
-    # Provisioning (user, sudo, password), then the display: Xvnc and websockify.
+    # Provisioning (user, sudo, password), then the children of programs.py's table, each
+    # once what it waits for is ready: Xvnc and websockify, then (when Xvnc said it is
+    # ready through -displayfd) the LXDE session.
     {"trigger": "start", "source": INIT, "dest": STARTING, "after": "provision"},
-    {"trigger": "provisioned", "source": STARTING, "dest": None, "after": "launch_display"},
-    # Xvnc said it is ready (-displayfd): the LXDE session can connect to it.
-    {"trigger": "display_ready", "source": STARTING, "dest": None, "after": "launch_session"},
+    {"trigger": "provisioned", "source": STARTING, "dest": None, "after": "launch"},
+    {"trigger": "child_ready", "source": STARTING, "dest": None,
+     "after": ["mark_ready", "launch"]},
     {"trigger": "launched", "source": STARTING, "dest": STARTED, "after": "start_probes"},
     # HEALTHY means a user can connect now: X display, VNC login, noVNC page and a VNC
-    # login through websockify's WebSocket all answer.
+    # login through websockify's WebSocket all answer.  Verdicts of checks older than the
+    # last restart are stale: ignored.
     {"trigger": "probe_passed", "source": [STARTED, RECOVERING, RELOADING_TLS],
-     "dest": HEALTHY},
+     "dest": HEALTHY, "unless": "stale"},
     # Only with --no-exit-on-failure does UNHEALTHY wait, and so can recover.
     {"trigger": "probe_passed", "source": UNHEALTHY, "dest": HEALTHY,
-     "unless": "exit_on_failure"},
-    # websockify holds no user state: restart it (with backoff, a bounded number of times
-    # in a window) instead of giving up the desktop.  Xvnc or the session dying loses the
-    # user's windows: UNHEALTHY at once.  Exits of replaced children are stale: ignored.
+     "unless": ["exit_on_failure", "stale"]},
+    # A restartable child (websockify: no user state) is restarted (with backoff, a
+    # bounded number of times in a window) instead of giving up the desktop.  Xvnc or the
+    # session dying loses the user's windows: UNHEALTHY at once.  Exits of replaced
+    # children are stale: ignored.
+    # With its budget used up it is UNHEALTHY; with --no-exit-on-failure it is tried
+    # again once the budget allows (retry_later), so the desktop can still come back.
     {"trigger": "probe_failed", "source": HEALTHY, "dest": RECOVERING,
-     "conditions": "restartable", "after": "recover"},
-    {"trigger": "probe_failed", "source": HEALTHY, "dest": UNHEALTHY},
+     "conditions": "restartable", "unless": "stale", "after": "recover"},
+    {"trigger": "probe_failed", "source": HEALTHY, "dest": UNHEALTHY,
+     "conditions": "retryable", "unless": "stale", "after": "retry_later"},
+    {"trigger": "probe_failed", "source": HEALTHY, "dest": UNHEALTHY, "unless": "stale"},
     {"trigger": "child_exited", "source": UP, "dest": RECOVERING,
      "conditions": "restartable", "unless": "stale", "after": "recover"},
+    {"trigger": "child_exited", "source": UP, "dest": UNHEALTHY,
+     "conditions": "retryable", "unless": "stale", "after": "retry_later"},
     {"trigger": "child_exited", "source": LIVE, "dest": UNHEALTHY, "unless": "stale"},
     {"trigger": "child_exited", "source": UNHEALTHY, "dest": None,
      "conditions": "retryable", "unless": "stale", "after": "retry_later"},
@@ -72,6 +83,10 @@ TRANSITIONS: list[dict[str, Any]] = [
     # /Apps: .desktop files created, changed or removed while the desktop runs.
     {"trigger": "apps_changed", "source": [*LIVE, UNHEALTHY], "dest": None,
      "after": "map_apps"},
+    # Until the session's menu-cached watches the menu folder, look again and again;
+    # then make it read again what was mapped while it was starting.
+    {"trigger": "menu_check_due", "source": [*UP, UNHEALTHY], "dest": None,
+     "after": "check_menu"},
     # Expiry: warnings 30, 7 and 1 day(s) ahead; at notAfter, UNHEALTHY (unless a renewed
     # file was swapped in first).
     {"trigger": "certificate_check_due", "source": [*UP, UNHEALTHY], "dest": None,
@@ -105,10 +120,10 @@ def machine_kwargs() -> dict[str, Any]:
 
 
 def build(model: Any) -> Machine:
-    """The runtime machine.  queued=True: a trigger fired inside a callback runs after it."""
+    """The runtime machine.  Callbacks never fire triggers (they post events), so the
+    machine needs neither locks nor a queue of its own."""
     machine = Machine(
         model=model,
-        queued=True,
         before_state_change="note_reason",
         after_state_change="on_transition_done",
         **machine_kwargs(),

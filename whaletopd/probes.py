@@ -19,7 +19,7 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -218,29 +218,42 @@ class Probe:
     check: Callable[[], object]
 
 
-def desktop_probes(vnc_port: int, web_port: int, x_socket: str, password: str,
-                   timeout: float, pin: str | None = None) -> list[Probe]:
-    """In dependency order: a failure is blamed on the first part that fails."""
+@dataclass(frozen=True)
+class Target:
+    """Where a user's connection goes, and what it logs in with."""
+
+    vnc_port: int
+    web_port: int
+    x_socket: str
+    password: str
+    timeout: float
+    pin: str | None = None  # with TLS: the SHA-256 of the certificate that must be served
+
+
+def desktop_probes(target: Target, blame: Mapping[str, str]) -> list[Probe]:
+    """In dependency order: a failure is blamed on the first part that fails.  `blame`
+    (from the programs table) names the child each check points at."""
     host = "127.0.0.1"
+    t = target
 
     def login_through_websockify() -> None:
         # The user's path proves Xvnc and websockify at once; only when it fails does a
         # direct VNC login tell which of the two is at fault.
         try:
-            websocket_login(host, web_port, password, timeout, pin)
+            websocket_login(host, t.web_port, t.password, t.timeout, t.pin)
         except ProbeError:
             try:
-                rfb_login(host, vnc_port, password, timeout)
+                rfb_login(host, t.vnc_port, t.password, t.timeout)
             except ProbeError as direct:
-                raise ProbeError(str(direct), part="xvnc") from None
+                raise ProbeError(str(direct), part=blame["x_display"]) from None
             raise
 
-    return [
-        Probe("x_display", "xvnc", lambda: x_display(x_socket, timeout)),
-        Probe("websocket_login", "websockify", login_through_websockify),
-        Probe("novnc_page", "websockify",
-              lambda: novnc_page(host, web_port, timeout, pin=pin)),
+    checks: list[tuple[str, Callable[[], object]]] = [
+        ("x_display", lambda: x_display(t.x_socket, t.timeout)),
+        ("websocket_login", login_through_websockify),
+        ("novnc_page", lambda: novnc_page(host, t.web_port, t.timeout, pin=t.pin)),
     ]
+    return [Probe(name, blame[name], check) for name, check in checks]
 
 
 def run_all(probes: Sequence[Probe]) -> tuple[str, str] | None:
@@ -256,7 +269,10 @@ def run_all(probes: Sequence[Probe]) -> tuple[str, str] | None:
 
 
 class Prober:
-    """Runs the probes on an interval; posts ProbePassed / ProbeFailed on a change."""
+    """Runs the probes on an interval in its own thread; posts ProbePassed / ProbeFailed
+    when the verdict changes.  Each verdict carries the generation of the checks it
+    came from: reset() (a part was replaced) starts a new generation, and the machine
+    ignores verdicts of an older one, however late they arrive."""
 
     def __init__(self, probes: Sequence[Probe], events: EventQueue, interval: float,
                  failures_to_unhealthy: int = 2) -> None:
@@ -264,10 +280,16 @@ class Prober:
         self._events = events
         self._interval = interval
         self._threshold = failures_to_unhealthy
+        self._lock = threading.Lock()
+        self._generation = 0
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._reset = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prober", daemon=True)
+
+    @property
+    def generation(self) -> int:
+        with self._lock:
+            return self._generation
 
     def start(self) -> None:
         self._thread.start()
@@ -278,30 +300,34 @@ class Prober:
 
     def reset(self, probes: Sequence[Probe] | None = None) -> None:
         """Forget the verdict (a part was restarted): probe fast until the next pass."""
-        if probes is not None:
-            self._probes = list(probes)
-        self._reset.set()
+        with self._lock:
+            self._generation += 1
+            if probes is not None:
+                self._probes = list(probes)
         self._wake.set()
 
     def _run(self) -> None:
         healthy: bool | None = None
         failures = 0
+        seen = -1
         while not self._stop.is_set():
-            if self._reset.is_set():
-                self._reset.clear()
-                healthy, failures = None, 0
-            failure = run_all(self._probes)
-            if self._reset.is_set() or self._stop.is_set():
-                continue  # a verdict about the part that was just replaced
+            with self._lock:
+                generation, checks = self._generation, self._probes
+            if generation != seen:
+                healthy, failures, seen = None, 0, generation
+            failure = run_all(checks)
+            if self._stop.is_set() or generation != self.generation:
+                continue  # a verdict about a part that was just replaced: not news
             if failure is None:
                 failures = 0
                 if healthy is not True:
                     healthy = True
-                    self._events.post(ProbePassed())
+                    self._events.post(ProbePassed(generation=generation))
             elif healthy:
                 failures += 1
                 if failures >= self._threshold:
                     healthy = False
-                    self._events.post(ProbeFailed(reason=failure[0], part=failure[1]))
+                    self._events.post(ProbeFailed(reason=failure[0], part=failure[1],
+                                                  generation=generation))
             self._wake.wait(self._interval if healthy is not None else STARTUP_INTERVAL)
             self._wake.clear()

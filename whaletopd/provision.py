@@ -14,13 +14,16 @@ import secrets
 import shutil
 import stat
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
+from whaletopd import logs
 from whaletopd.children import RunAs
 from whaletopd.config import Config
 from whaletopd.files import atomic_write
+from whaletopd.logs import step
 from whaletopd.paths import Paths
 
 # No look-alikes (0/O, 1/l/I): the password is read off a log and typed by hand.
@@ -33,6 +36,53 @@ SKEL = Path("/etc/skel")
 
 class ProvisionError(RuntimeError):
     """A provisioning step that cannot succeed with this input."""
+
+
+@dataclass(frozen=True)
+class Account:
+    """What provisioning made: who the children run as, their environment (made once),
+    and the VNC password the probes log in with."""
+
+    run_as: RunAs
+    env: dict[str, str]
+    password: str
+
+
+def provision(config: Config, paths: Paths, display: int) -> Account:
+    """Every step, each logged with its duration.  Raises ProvisionError or OSError."""
+    with step("prepare_dirs"):
+        prepare_dirs(paths)
+    with step("clear_stale_x_lock") as out:
+        out["removed"] = clear_stale_x_lock(paths, display)
+    with step("ensure_user", username=config.username) as out:
+        run_as, out["done"] = ensure_user(config, paths)
+    with step("clear_session_leftovers") as out:
+        out["removed"] = clear_session_leftovers(Path(run_as.home))
+    with step("configure_sudo") as out:
+        out["result"] = configure_sudo(config, paths)
+    with step("vnc_password"):
+        password = config.vnc_password or generate_password()
+        write_password(password, paths, run_as)
+    log = logs.get("whaletopd")
+    if config.vnc_password is None:
+        log.info("vnc_password", password=password, file=str(paths.vnc_passwd))
+    elif len(config.vnc_password) > VNC_PASSWORD_LENGTH:
+        log.warning("vnc_password_truncated", length=len(config.vnc_password),
+                    reason="VNC authentication uses only the first 8 characters")
+    return Account(run_as, child_env(config, run_as, display), password)
+
+
+def child_env(config: Config, run_as: RunAs, display: int) -> dict[str, str]:
+    """The children's whole environment: nothing of the daemon's leaks into the desktop."""
+    name = config.username
+    return {
+        "HOME": run_as.home, "USER": name, "LOGNAME": name, "SHELL": "/bin/bash",
+        "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/games",
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "DISPLAY": f":{display}",
+        "XDG_RUNTIME_DIR": runtime_dir(run_as),
+        "APPIMAGE_EXTRACT_AND_RUN": "1",
+    }
 
 
 def _run(argv: list[str], input_text: str | None = None) -> bytes:

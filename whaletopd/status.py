@@ -24,11 +24,20 @@ class StatusFile:
     def __init__(self, word_path: Path, json_path: Path) -> None:
         self.word_path = word_path
         self.json_path = json_path
+        self._entered = ""
+        self._since = ""
+
+    def enter(self, state: str) -> None:
+        """A state was entered: `since` is now, unless the machine re-entered the state it
+        was in (a second restart while RECOVERING is still the same RECOVERING)."""
+        if state != self._entered or not self._since:
+            self._entered, self._since = state, now_iso()
 
     def write(self, state: str, reason: str, detail: dict[str, Any],
               since: str | None = None) -> None:
-        """`since`: when the state was entered (detail may change within a state)."""
-        doc = {"state": state, "since": since or now_iso(), "reason": reason,
+        """`since`: when the state was entered (detail may change within a state); by
+        default the time of the last enter()."""
+        doc = {"state": state, "since": since or self._since or now_iso(), "reason": reason,
                "pid": os.getpid(), **detail}
         atomic_write(self.json_path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
         atomic_write(self.word_path, state + "\n")

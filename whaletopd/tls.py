@@ -29,13 +29,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from whaletopd.config import TLS_KEY_PASSWORD_ENV
 from whaletopd.files import atomic_write
 
 PrivateKey: TypeAlias = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
 SELF_SIGNED_NAME = "self_signed.pem"
 PUBLIC_CERT_NAME = "pub_ssl.pem"
-PASSWORD_ENV = "TLS_KEY_PASSWORD"
 # notBefore is set this far back, so a client whose clock is a little behind still accepts.
 CLOCK_SKEW = timedelta(minutes=5)
 # A certificate bundle is a few KiB; this bounds what a wrong path (a log, a disk image) costs.
@@ -207,16 +207,16 @@ def _parse_key(path: Path, label: bytes, block: bytes, password: bytes | None) -
     encrypted = label == b"ENCRYPTED PRIVATE KEY" or b"Proc-Type: 4,ENCRYPTED" in block
     if encrypted and password is None:
         raise TLSError(path, f"private key is encrypted and no password was given "
-                             f"(set {PASSWORD_ENV})")
+                             f"(set {TLS_KEY_PASSWORD_ENV})")
     try:
         key = serialization.load_pem_private_key(block, password if encrypted else None)
     except TypeError:  # cryptography disagrees with the PEM headers about encryption
         raise TLSError(path, f"private key is encrypted and no password was given "
-                             f"(set {PASSWORD_ENV})") from None
+                             f"(set {TLS_KEY_PASSWORD_ENV})") from None
     except ValueError as exc:
         if encrypted:
             raise TLSError(path, f"wrong password for the encrypted private key "
-                                 f"(check {PASSWORD_ENV})") from None
+                                 f"(check {TLS_KEY_PASSWORD_ENV})") from None
         raise TLSError(path, f"private key cannot be read ({_first_sentence(exc)})") from None
     except UnsupportedAlgorithm as exc:
         raise TLSError(path, f"private key uses an unsupported algorithm "
@@ -383,10 +383,13 @@ def load_or_create_self_signed(state_dir: Path, hostname: str, *, now: datetime 
                                renew_before: timedelta = timedelta(days=30),
                                ) -> tuple[Bundle, bool]:
     """The kept self-signed certificate if it is still good for `renew_before` and names
-    `hostname`, else a new one (written 0600).  pub_ssl.pem, the certificate alone for users
-    to trust, is rewritten (0644) either way.  Returns (bundle, created_new)."""
+    `hostname`, else a new one (written 0600).  Returns (bundle, created_new); certs.publish
+    writes pub_ssl.pem, the certificate alone for users to trust."""
     at = _utc(now)
-    host = _normal_host(hostname)
+    try:
+        host = _normal_host(hostname)
+    except ValueError:
+        host = "localhost"  # a container named oddly (--hostname): serve the local names
     path = state_dir / SELF_SIGNED_NAME
     state_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -400,5 +403,4 @@ def load_or_create_self_signed(state_dir: Path, hostname: str, *, now: datetime 
     else:
         bundle, created = generate_self_signed(host, now=at), True
         atomic_write(path, bundle.combined_pem(), 0o600)
-    atomic_write(state_dir / PUBLIC_CERT_NAME, bundle.cert_pem(), 0o644)
     return bundle, created

@@ -117,3 +117,21 @@ def test_appimage_workaround_is_in_the_session(desktop):
     pid = c.status_json()["children"]["session"]["pid"]
     env = c.exec("cat", f"/proc/{pid}/environ", user="user").stdout.split("\0")
     assert "APPIMAGE_EXTRACT_AND_RUN=1" in env
+
+
+def test_an_app_mapped_while_the_menu_starts_reaches_it_without_another_change(
+        desktop, tmp_path: Path):
+    """LXDE's menu-cached reads the folder, writes its cache, then starts watching: a file
+    mapped in between used to be missing until the next change under /Apps.  An app
+    written as the session starts reaches the menu by itself: whaletopd waits until
+    menu-cached watches, then makes it read the folder again (`menu_refreshed`)."""
+    apps = tmp_path / "Apps"
+    apps.mkdir()
+    c = desktop(volumes=(f"{apps}:/Apps",))
+    wait_until(lambda: c.status() in ("STARTED\n", "HEALTHY\n"), "the session launched")
+    _write(apps / "early.desktop", ENTRY.format(name="Early Bird", exec="/bin/true"))
+    wait_until(lambda: _mapped(c, "early.desktop"), "early.desktop mapped")
+    wait_until(lambda: _in_menu_cache(c, "Early Bird"), "Early Bird in LXDE's menu")
+    wait_until(lambda: any(e.get("event") == "menu_refreshed" for e in c.log_lines()),
+               "the menu read again once menu-cached watched")
+    assert c.status() == "HEALTHY\n"

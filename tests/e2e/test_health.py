@@ -84,7 +84,7 @@ def test_websockify_killed_is_restarted_and_the_desktop_stays(desktop, flags):
     assert "RECOVERING" in c.transitions()
     assert c.transitions()[-1] == "HEALTHY"
     assert c.status_json()["children"]["xvnc"]["pid"] == xvnc, "the X session was not touched"
-    assert c.status_json()["restarts"]["websockify"] == 1
+    assert c.status_json()["restarts"]["websockify"]["used"] == 1
     assert _home_intact(c)
 
 

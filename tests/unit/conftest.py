@@ -24,6 +24,8 @@ def paths(tmp_path: Path) -> Paths:
         home_root=tmp_path / "home",
         sudoers_file=tmp_path / "sudoers.d" / "whaletop",
         novnc_dir=tmp_path / "novnc",
+        apps_root=tmp_path / "Apps",
+        applications_dir=tmp_path / "applications",
     )
     p.state_dir.mkdir()
     p.x_lock_dir.mkdir()

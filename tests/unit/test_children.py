@@ -197,9 +197,10 @@ def test_stop_after_the_leader_exited_still_ends_the_group(run_as: RunAs, q: Eve
     wait_for(lambda: _gone(orphan), "the orphan to be gone")
 
 
-def test_stop_goes_in_reverse_start_order(run_as: RunAs, q: EventQueue) -> None:
-    """The session goes before Xvnc, so it does not see its display vanish first."""
-    started = [_spawn(name, "exec sleep 60", run_as, q) for name in ("xvnc", "ws", "session")]
+def test_stop_goes_in_the_given_order(run_as: RunAs, q: EventQueue) -> None:
+    """One after the other: the supervisor passes the table's stop order (the session
+    before Xvnc, so it does not see its display vanish first)."""
+    started = [_spawn(name, "exec sleep 60", run_as, q) for name in ("session", "ws", "xvnc")]
     with capture_logs() as logs:
         children.stop(started)
     order = [e["child"] for e in logs if e["event"] == "child_stopped"]

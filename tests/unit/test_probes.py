@@ -23,7 +23,8 @@ from cryptography.utils import CryptographyDeprecationWarning
 
 from whaletopd import probes
 from whaletopd.events import Event, EventQueue, ProbeFailed, ProbePassed
-from whaletopd.probes import Probe, ProbeError, Prober
+from whaletopd.probes import Probe, ProbeError, Prober, Target
+from whaletopd.programs import PROGRAMS, blame
 
 from .helpers import wait_for
 
@@ -535,9 +536,16 @@ def x_socket(tmp_path: Path) -> Iterator[str]:
         yield path
 
 
+BLAME = blame(PROGRAMS)
+
+
+def _checks(vnc_port: int, web_port: int, x_path: str, password: str) -> list[Probe]:
+    return probes.desktop_probes(Target(vnc_port, web_port, x_path, password, TIMEOUT), BLAME)
+
+
 def test_desktop_probes_pass_when_everything_answers(rfb: RFBServer, websockify: RFBServer,
                                                      x_socket: str) -> None:
-    checks = probes.desktop_probes(rfb.port, websockify.port, x_socket, "s3cretpw", TIMEOUT)
+    checks = _checks(rfb.port, websockify.port, x_socket, "s3cretpw")
     assert [(p.name, p.part) for p in checks] == [
         ("x_display", "xvnc"), ("websocket_login", "websockify"),
         ("novnc_page", "websockify")]
@@ -548,14 +556,14 @@ def test_desktop_probes_pass_when_everything_answers(rfb: RFBServer, websockify:
 
 def test_desktop_probes_blame_xvnc_for_a_wrong_password(rfb: RFBServer, websockify: RFBServer,
                                                         x_socket: str) -> None:
-    checks = probes.desktop_probes(rfb.port, websockify.port, x_socket, "otherpw1", TIMEOUT)
+    checks = _checks(rfb.port, websockify.port, x_socket, "otherpw1")
     assert probes.run_all(checks) == (f"VNC port {rfb.port}: authentication failed", "xvnc")
 
 
 def test_desktop_probes_blame_websockify_when_the_web_port_is_down(
         rfb: RFBServer, x_socket: str) -> None:
     port = _closed_port()
-    checks = probes.desktop_probes(rfb.port, port, x_socket, "s3cretpw", TIMEOUT)
+    checks = _checks(rfb.port, port, x_socket, "s3cretpw")
     reason, part = probes.run_all(checks) or ("", "")
     assert part == "websockify"
     assert f"web port {port}" in reason
@@ -563,8 +571,7 @@ def test_desktop_probes_blame_websockify_when_the_web_port_is_down(
 
 def test_desktop_probes_blame_xvnc_when_the_display_is_gone(
         rfb: RFBServer, websockify: RFBServer, tmp_path: Path) -> None:
-    checks = probes.desktop_probes(rfb.port, websockify.port, str(tmp_path / "X1"),
-                                   "s3cretpw", TIMEOUT)
+    checks = _checks(rfb.port, websockify.port, str(tmp_path / "X1"), "s3cretpw")
     reason, part = probes.run_all(checks) or ("", "")
     assert part == "xvnc"
     assert reason.startswith("X display")
@@ -672,9 +679,10 @@ def test_prober_reset_forgets_the_verdict() -> None:
     prober = Prober([Probe("scripted", "websockify", script)], q, interval=0.001)
     prober.start()
     try:
-        assert q.get(timeout=10) == ProbePassed()
+        assert q.get(timeout=10) == ProbePassed(generation=0)
         prober.reset()
-        assert q.get(timeout=10) == ProbePassed()
+        assert prober.generation == 1
+        assert q.get(timeout=10) == ProbePassed(generation=1)
     finally:
         prober.stop()
         _join_probers()
@@ -687,9 +695,9 @@ def test_prober_reset_with_new_probes_uses_them() -> None:
     prober = Prober([Probe("old", "websockify", old)], q, interval=0.001)
     prober.start()
     try:
-        assert q.get(timeout=10) == ProbePassed()
+        assert q.get(timeout=10) == ProbePassed(generation=0)
         prober.reset([Probe("new", "websockify", new)])
-        assert q.get(timeout=10) == ProbePassed()
+        assert q.get(timeout=10) == ProbePassed(generation=1)
         calls = old.calls
         wait_for(lambda: new.calls > 3, "the new probes to run")
         assert old.calls == calls
@@ -706,9 +714,36 @@ def test_prober_stop_ends_the_thread() -> None:
     wait_for(lambda: script.calls > 3, "probes to run")
     prober.stop()
     _join_probers()
-    calls = script.calls
-    assert not threading.Event().wait(0.05)
-    assert script.calls == calls
+
+
+def test_a_verdict_from_before_a_reset_is_never_posted() -> None:
+    """A round that began before reset() judged the part that was replaced: whatever it
+    found, nothing of it reaches the queue; the next verdict is the new generation's."""
+    q = EventQueue()
+    in_round, release = threading.Event(), threading.Event()
+    rounds = 0
+
+    def check() -> None:
+        nonlocal rounds
+        rounds += 1
+        if rounds == 2:  # the first round after the pass: held until the test resets
+            in_round.set()
+            assert release.wait(10)
+            raise ProbeError("the old websockify is gone")
+
+    prober = Prober([Probe("held", "websockify", check)], q, interval=0.001,
+                    failures_to_unhealthy=1)
+    prober.start()
+    try:
+        assert q.get(timeout=10) == ProbePassed(generation=0)
+        assert in_round.wait(10)
+        prober.reset()
+        release.set()
+        assert q.get(timeout=10) == ProbePassed(generation=1)
+    finally:
+        prober.stop()
+        _join_probers()
+    assert _drain(q) == []
 
 
 def test_prober_stop_interrupts_a_long_interval() -> None:

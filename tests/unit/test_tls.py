@@ -479,12 +479,9 @@ def test_load_or_create_makes_then_reuses(tmp_path: Path) -> None:
     state = tmp_path / "state"
     bundle, created = tls.load_or_create_self_signed(state, "desk.example", now=NOW)
     assert created
-    kept, pub = state / "self_signed.pem", state / "pub_ssl.pem"
-    assert sorted(os.listdir(state)) == ["pub_ssl.pem", "self_signed.pem"]
+    kept = state / "self_signed.pem"
+    assert sorted(os.listdir(state)) == ["self_signed.pem"]  # pub_ssl.pem: certs.publish
     assert _mode(kept) == 0o600
-    assert _mode(pub) == 0o644
-    assert b"PRIVATE KEY" not in pub.read_bytes()
-    assert x509.load_pem_x509_certificates(pub.read_bytes()) == [bundle.cert]
     assert tls.load(kept, now=NOW).fingerprint == bundle.fingerprint
     assert "desk.example" in bundle.subject_names()
 
@@ -493,7 +490,7 @@ def test_load_or_create_makes_then_reuses(tmp_path: Path) -> None:
     assert not created
     assert again.fingerprint == bundle.fingerprint
     assert again.source == kept
-    assert sorted(os.listdir(state)) == ["pub_ssl.pem", "self_signed.pem"]
+    assert sorted(os.listdir(state)) == ["self_signed.pem"]
 
 
 def test_load_or_create_renews_within_renew_before(tmp_path: Path) -> None:
@@ -508,7 +505,6 @@ def test_load_or_create_renews_within_renew_before(tmp_path: Path) -> None:
     assert renewed.fingerprint != first.fingerprint
     assert renewed.not_after == later + 365 * DAY
     assert tls.load(tmp_path / "self_signed.pem", now=later).fingerprint == renewed.fingerprint
-    assert (tmp_path / "pub_ssl.pem").read_bytes() == renewed.cert_pem()
 
 
 def test_load_or_create_honours_a_custom_renew_before(tmp_path: Path) -> None:
@@ -543,16 +539,12 @@ def test_load_or_create_replaces_a_damaged_file(tmp_path: Path) -> None:
     assert tls.load(tmp_path / "self_signed.pem", now=NOW).fingerprint == bundle.fingerprint
 
 
-def test_load_or_create_restores_modes_and_the_public_copy(tmp_path: Path) -> None:
+def test_load_or_create_restores_the_key_file_mode(tmp_path: Path) -> None:
     first, _ = tls.load_or_create_self_signed(tmp_path, "desk.example", now=NOW)
     (tmp_path / "self_signed.pem").chmod(0o644)
-    (tmp_path / "pub_ssl.pem").write_bytes(b"stale")
-    (tmp_path / "pub_ssl.pem").chmod(0o600)
     again, created = tls.load_or_create_self_signed(tmp_path, "desk.example", now=NOW)
     assert (again.fingerprint, created) == (first.fingerprint, False)
     assert _mode(tmp_path / "self_signed.pem") == 0o600
-    assert _mode(tmp_path / "pub_ssl.pem") == 0o644
-    assert (tmp_path / "pub_ssl.pem").read_bytes() == first.cert_pem()
 
 
 # -- the copy websockify reads ------------------------------------------------------------

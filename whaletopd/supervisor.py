@@ -1,0 +1,169 @@
+"""The part that owns the desktop's children: it runs the table in programs.py.
+
+It starts each program once what it waits for is ready, knows which child is current
+(so the exit of a replaced or stopped one is stale), restarts the restartable ones
+within their budget, and stops them all in the table's stop order.  It only posts
+(ChildReady, and through children.spawn ChildExited); the machine decides.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from whaletopd import children, logs
+from whaletopd.backoff import RestartBudget
+from whaletopd.children import Child, RunAs
+from whaletopd.events import ChildReady, EventQueue
+from whaletopd.logs import step
+from whaletopd.programs import Launch, Program
+
+log = logs.get("whaletopd")
+# A child replaced because it hung (its probe failed) has this long to go by itself.
+REPLACE_DEADLINE = 0.5
+
+
+class Supervisor:
+    def __init__(self, programs: Sequence[Program], events: EventQueue) -> None:
+        self._programs = {p.name: p for p in programs}
+        self._events = events
+        self._current: dict[str, Child] = {}  # in first-start order
+        self._ready: set[str] = set()
+        self._budgets = {p.name: RestartBudget(p.restart.attempts, p.restart.window,
+                                               p.restart.first_delay, p.restart.max_delay)
+                         for p in programs if p.restart is not None}
+        self._run_as: RunAs | None = None
+        self._env: dict[str, str] = {}
+
+    def use(self, run_as: RunAs, env: Mapping[str, str]) -> None:
+        """Who the children run as, and their environment (known after provisioning)."""
+        self._run_as = run_as
+        self._env = dict(env)
+
+    # -- starting ------------------------------------------------------------------------
+
+    def launch(self, launch: Launch) -> bool:
+        """Start every program not started yet whose `after` is ready.  True once all are
+        started and ready.  Raises OSError when a program cannot be started."""
+        for program in self._programs.values():
+            if program.name not in self._current and (
+                    program.after is None or program.after in self._ready):
+                with step("launch_" + program.name):
+                    self._current[program.name] = self._spawn(program, launch)
+        return len(self._ready) == len(self._programs)
+
+    def mark_ready(self, name: str) -> None:
+        self._ready.add(name)
+
+    def _spawn(self, program: Program, launch: Launch) -> Child:
+        assert self._run_as is not None, "use() comes first"
+        if program.ready == "started" or program.name in self._ready:
+            # A restart needs no readiness signal: the probes say when it serves again.
+            child = children.spawn(program.name, program.argv(launch), self._run_as,
+                                   self._env, self._events)
+            self._ready.add(program.name)
+            return child
+        read_fd, write_fd = os.pipe()
+        try:
+            child = children.spawn(program.name, program.argv(replace(launch,
+                                                                      ready_fd=write_fd)),
+                                   self._run_as, self._env, self._events,
+                                   pass_fds=(write_fd,))
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        threading.Thread(target=_await_ready, args=(program.name, read_fd, self._events),
+                         name=f"ready-{program.name}", daemon=True).start()
+        return child
+
+    # -- what the machine asks -----------------------------------------------------------
+
+    def child(self, name: str) -> Child | None:
+        return self._current.get(name)
+
+    def children(self) -> list[Child]:
+        return list(self._current.values())
+
+    def restartable(self, name: str) -> bool:
+        """A restart repairs it, and its budget allows one now."""
+        return name in self._budgets and self._budgets[name].allowed()
+
+    def has_restart_policy(self, name: str) -> bool:
+        return name in self._budgets
+
+    def stale(self, name: str, pid: int) -> bool:
+        """The exit of a child that was replaced or stopped on purpose is not news."""
+        current = self._current.get(name)
+        return current is None or current.pid != pid or current.retired
+
+    # -- repairing -----------------------------------------------------------------------
+
+    def _retire(self, name: str) -> Child | None:
+        child = self._current.get(name)
+        if child is not None:
+            child.retired = True  # whatever it does from now on is expected
+            if child.returncode is None:
+                children.stop([child], deadline=REPLACE_DEADLINE)  # hung: its probe failed
+        return child
+
+    def schedule_restart(self, name: str, reason: str) -> float:
+        """Give up the current child and count a restart; return its delay."""
+        self._retire(name)
+        budget = self._budgets[name]
+        delay = budget.record()
+        log.warning("restart_scheduled", child=name, delay_s=delay, attempt=budget.used(),
+                    of=budget.attempts, window_s=budget.window, reason=reason)
+        return delay
+
+    def retry_delay(self, name: str) -> float:
+        """With the budget used up: when to try again (--no-exit-on-failure)."""
+        delay = max(self._budgets[name].refill_in(), 1.0)
+        log.warning("restart_scheduled", child=name, delay_s=round(delay, 3),
+                    reason="restart budget used up; retrying later")
+        return delay
+
+    def restart(self, name: str, launch: Launch) -> bool:
+        """Replace the child by a new one.  A spawn that fails is logged and False: the
+        recovery deadline then ends the desktop UNHEALTHY."""
+        program = self._programs.get(name)
+        if program is None or program.restart is None or name not in self._current:
+            return False
+        self._retire(name)
+        with step("restart_" + name):
+            try:
+                self._current[name] = self._spawn(program, launch)
+            except OSError as exc:
+                log.error("restart_failed", child=name, reason=str(exc))
+                return False
+        return True
+
+    # -- stopping ------------------------------------------------------------------------
+
+    def stop_all(self) -> None:
+        order = sorted(self._current.values(), key=lambda c: self._programs[c.name].stop_order)
+        for child in order:
+            child.retired = True
+        with step("stop_children", children=[c.name for c in order]):
+            children.stop(order)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "children": {c.name: {"pid": c.pid, "running": c.returncode is None,
+                                  "returncode": c.returncode}
+                         for c in self._current.values()},
+            "restarts": {name: {"used": b.used(), "allowed": b.attempts, "window_s": b.window}
+                         for name, b in self._budgets.items()},
+        }
+
+
+def _await_ready(name: str, read_fd: int, events: EventQueue) -> None:
+    """A `displayfd` program (Xvnc) writes a line to its pipe once it accepts clients."""
+    with os.fdopen(read_fd, "rb") as pipe:
+        data = pipe.readline()
+    if data.strip():
+        events.post(ChildReady(name=name))
