@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from whaletopd import tls
+from whaletopd.files import atomic_write
 
 WEBSOCKIFY_PEM = "websockify.pem"
 
@@ -69,8 +70,6 @@ def obtain(source: str, state_dir: Path, password: bytes | None) -> Certificate:
 def publish(cert: Certificate, state_dir: Path, run_dir: Path, uid: int, gid: int) -> Path:
     """pub_ssl.pem (certificate only, for users to trust) and websockify's combined file
     (the only place a decrypted key is written, mode 0600, the desktop user's)."""
-    from whaletopd.files import atomic_write
-
     atomic_write(state_dir / tls.PUBLIC_CERT_NAME, cert.bundle.cert_pem(), 0o644)
     dest = run_dir / WEBSOCKIFY_PEM
     tls.install(cert.bundle, dest, uid, gid)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -30,8 +31,9 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _run(args: list[str]) -> int:
-    import os
-
+    # Imported here, not at the top: `status` (Docker's HEALTHCHECK, every few seconds)
+    # must not pay for the daemon's modules, and stop signals are held before the heavy
+    # imports so a `docker stop` during them still ends STOPPED.
     from whaletopd import signals
 
     signals.hold()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from transitions import EventData
@@ -61,23 +62,30 @@ RECOVERY = "recovery"
 MENU = "menu"
 
 
+@dataclass(frozen=True)
+class Seams:
+    """Where tests put `sleep` children, a user that needs no root, and checks they can
+    break; the daemon uses the defaults."""
+
+    programs: Sequence[Program] = PROGRAMS
+    provisioner: Provisioner = provision.provision
+    make_probes: ProbeMaker = probes.desktop_probes
+
+
 class Desktop:
-    """The desktop whose lifecycle the machine in machine.py runs.  `programs`,
-    `provisioner` and `make_probes` are the seams where tests put `sleep` children, a
-    user that needs no root, and checks they can break."""
+    """The desktop whose lifecycle the machine in machine.py runs."""
 
     state: str  # set by transitions
 
     def __init__(self, config: Config, events: EventQueue, deadlines: Deadlines,
-                 paths: Paths | None = None, *, programs: Sequence[Program] = PROGRAMS,
-                 provisioner: Provisioner = provision.provision,
-                 make_probes: ProbeMaker = probes.desktop_probes) -> None:
+                 paths: Paths | None = None, seams: Seams | None = None) -> None:
+        seams = seams or Seams()
         self.config = config
         self.events = events
         self.deadlines = deadlines
         self.paths = paths or Paths()
         self.status = StatusFile(self.paths.status, self.paths.status_json)
-        self.children = Supervisor(programs, events)
+        self.children = Supervisor(seams.programs, events)
         self.web = WebFront(config, self.paths, events, deadlines)
         self.menu = AppMenu(self.paths, events)
         self.prober: probes.Prober | None = None
@@ -85,9 +93,9 @@ class Desktop:
         self.reason = ""
         self.cause: type[Event] | None = None  # the event that entered the current state
         self.exit_code: int | None = None
-        self._blame = blame(programs)
-        self._provisioner = provisioner
-        self._make_probes = make_probes
+        self._blame = blame(seams.programs)
+        self._provisioner = seams.provisioner
+        self._make_probes = seams.make_probes
         self._t0 = time.monotonic()
 
     # -- every transition ----------------------------------------------------------------

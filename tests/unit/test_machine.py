@@ -32,7 +32,7 @@ from whaletopd import loop, machine, tls
 from whaletopd.children import Child, RunAs
 from whaletopd.config import Config
 from whaletopd.deadlines import Deadlines
-from whaletopd.desktop import Desktop
+from whaletopd.desktop import Desktop, Seams
 from whaletopd.events import (
     AppsChanged,
     CertificateChanged,
@@ -379,8 +379,7 @@ def table_in(tables: list[Table], paths: Paths,
         cleared."""
         cfg = config or Config()
         desktop = Desktop(cfg, EventQueue(), Deadlines(), paths,
-                          programs=table or programs(), provisioner=provisioner(run_as),
-                          make_probes=Checks())
+                          Seams(table or programs(), provisioner(run_as), Checks()))
         machine.build(desktop)
         t = Table(desktop, paths)
         tables.append(t)
@@ -761,8 +760,7 @@ def _desktop(paths: Paths, run_as: RunAs, config: Config,
              table: Sequence[Program] | None = None) -> tuple[Desktop, Checks]:
     checks = Checks()
     desktop = Desktop(config, EventQueue(), Deadlines(), paths,
-                      programs=table or programs(), provisioner=provisioner(run_as),
-                      make_probes=checks)
+                      Seams(table or programs(), provisioner(run_as), checks))
     return desktop, checks
 
 
