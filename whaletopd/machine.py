@@ -50,11 +50,10 @@ TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "probe_passed", "source": UNHEALTHY, "dest": HEALTHY,
      "unless": ["exit_on_failure", "stale"]},
     # A restartable child (websockify: no user state) is restarted (with backoff, a
-    # bounded number of times in a window) instead of giving up the desktop.  Xvnc or the
-    # session dying loses the user's windows: UNHEALTHY at once.  Exits of replaced
-    # children are stale: ignored.
-    # With its budget used up it is UNHEALTHY; with --no-exit-on-failure it is tried
-    # again once the budget allows (retry_later), so the desktop can still come back.
+    # bounded number of times in a window) instead of giving up the desktop; with its
+    # budget used up it is UNHEALTHY, and with --no-exit-on-failure it is tried again once
+    # the budget allows (retry_later).  Xvnc or the session dying loses the user's
+    # windows: UNHEALTHY at once.  Exits of replaced children are stale: ignored.
     {"trigger": "probe_failed", "source": HEALTHY, "dest": RECOVERING,
      "conditions": "restartable", "unless": "stale", "after": "recover"},
     {"trigger": "probe_failed", "source": HEALTHY, "dest": UNHEALTHY,

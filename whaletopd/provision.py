@@ -32,6 +32,7 @@ PASSWORD_ALPHABET = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 VNC_PASSWORD_LENGTH = 8
 DEFAULT_UID = 1000
 SKEL = Path("/etc/skel")
+log = logs.get("whaletopd")
 
 
 class ProvisionError(RuntimeError):
@@ -63,7 +64,6 @@ def provision(config: Config, paths: Paths, display: int) -> Account:
     with step("vnc_password"):
         password = config.vnc_password or generate_password()
         write_password(password, paths, run_as)
-    log = logs.get("whaletopd")
     if config.vnc_password is None:
         log.info("vnc_password", password=password, file=str(paths.vnc_passwd))
     elif len(config.vnc_password) > VNC_PASSWORD_LENGTH:

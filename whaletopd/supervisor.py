@@ -46,13 +46,18 @@ class Supervisor:
     # -- starting ------------------------------------------------------------------------
 
     def launch(self, launch: Launch) -> bool:
-        """Start every program not started yet whose `after` is ready.  True once all are
-        started and ready.  Raises OSError when a program cannot be started."""
-        for program in self._programs.values():
-            if program.name not in self._current and (
-                    program.after is None or program.after in self._ready):
-                with step("launch_" + program.name):
-                    self._current[program.name] = self._spawn(program, launch)
+        """Start every program not started yet whose `after` is ready (a program ready once
+        spawned may let the next start at once).  True once all are started and ready.
+        Raises OSError when a program cannot be started."""
+        started = True
+        while started:
+            started = False
+            for program in self._programs.values():
+                if program.name not in self._current and (
+                        program.after is None or program.after in self._ready):
+                    with step("launch_" + program.name):
+                        self._current[program.name] = self._spawn(program, launch)
+                    started = True
         return len(self._ready) == len(self._programs)
 
     def mark_ready(self, name: str) -> None:
@@ -60,12 +65,13 @@ class Supervisor:
 
     def _spawn(self, program: Program, launch: Launch) -> Child:
         assert self._run_as is not None, "use() comes first"
-        if program.ready == "started" or program.name in self._ready:
-            # A restart needs no readiness signal: the probes say when it serves again.
+        if program.ready == "started":
             child = children.spawn(program.name, program.argv(launch), self._run_as,
                                    self._env, self._events)
             self._ready.add(program.name)
             return child
+        # Its readiness pipe, also when it is restarted (a ChildReady after the start is
+        # not news to the machine; the probes say when it serves again).
         read_fd, write_fd = os.pipe()
         try:
             child = children.spawn(program.name, program.argv(replace(launch,

@@ -313,22 +313,32 @@ def test_restart_replaces_the_child(sup: Supervisor, launch: Launch, q: EventQue
     assert sup.stale("web", old.pid)
 
 
-def test_a_restarted_displayfd_program_needs_no_readiness_signal(q: EventQueue, run_as: RunAs,
-                                                                 launch: Launch) -> None:
-    def argv(launch: Launch) -> list[str]:
-        return ["sleep", "60"] if launch.ready_fd is None else _says_ready(launch)
-
-    table = (Program("x", argv, ready="displayfd", restart=Restart()),)
+def test_a_restarted_displayfd_program_gets_its_pipe_and_stays_ready(
+        q: EventQueue, run_as: RunAs, launch: Launch) -> None:
+    """Its command line always has a real -displayfd; the replacement's readiness is
+    posted (the machine ignores it after the start) and it is never "not ready" again."""
+    table = (Program("x", _says_ready, ready="displayfd", restart=Restart()),)
     with _supervisor(table, q, run_as) as sup:
         assert not sup.launch(launch)
         sup.mark_ready(_next(q, ChildReady).name)  # type: ignore[attr-defined]
         assert sup.launch(launch)
         with capture_logs() as logs:
             assert sup.restart("x", launch)
-        # Replaced as a "started" one: no pipe, no ChildReady; the probes tell the rest.
         started = [e["argv"] for e in logs if e["event"] == "child_started"]
-        assert started == [["sleep", "60"]], "the replacement was given a readiness pipe"
+        assert len(started) == 1
+        assert "None" not in started[0][-1], "the replacement was given no readiness pipe"
+        assert _next(q, ChildReady) == ChildReady(name="x")
         assert sup.launch(launch), "a restart made the program not ready again"
+
+
+def test_a_program_after_one_listed_later_still_starts(q: EventQueue, run_as: RunAs,
+                                                       launch: Launch) -> None:
+    """Table order does not matter: a program waiting for one that is ready once spawned
+    starts in the same launch()."""
+    table = (Program("session", _sleep, after="web"), Program("web", _sleep))
+    with _supervisor(table, q, run_as) as sup:
+        assert sup.launch(launch) is True
+        assert [c.name for c in sup.children()] == ["web", "session"]
 
 
 def test_restart_refuses_programs_it_cannot_restart(sup: Supervisor, launch: Launch,
