@@ -28,13 +28,22 @@ def cache_files(menus: Path) -> list[Path]:
     return [f for f in menus.glob("*") if not f.name.startswith(".")]
 
 
-def wait_menu_cache(menus: Path, limit: float = 30.0) -> None:
-    """The menu cache exists once lxpanel asked for it; before that nothing is listed."""
+def _is_menu_cache(path: Path) -> bool:
+    try:
+        return b"lxde-applications.menu" in _head(path, 200)
+    except OSError:  # menu-cached writes a temporary file and renames it: gone meanwhile
+        return False
+
+
+def wait_menu_cache(menus: Path, limit: float = 30.0) -> bool:
+    """The menu cache exists once lxpanel asked for it; before that nothing is listed.
+    False when it did not appear within `limit`."""
     deadline = time.time() + limit
     while time.time() < deadline:
-        if any(b"lxde-applications.menu" in _head(f, 200) for f in cache_files(menus)):
-            return
+        if any(_is_menu_cache(f) for f in cache_files(menus)):
+            return True
         time.sleep(0.01)
+    return False
 
 
 def watch(name: str, applications: Path, menus: Path, limit: float = 30.0,

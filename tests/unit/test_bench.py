@@ -661,6 +661,16 @@ def test_watch_app_ignores_hidden_files_and_other_entries(tmp_path: Path) -> Non
     assert res == {"t_app": None, "t_menu": None}
 
 
+def test_watch_app_survives_a_cache_file_gone_while_read(tmp_path: Path) -> None:
+    """menu-cached writes a temporary file and renames it: one listed a moment ago may be
+    gone when it is opened (seen in a full bench run, which crashed on it)."""
+    menus = tmp_path / "menus"
+    menus.mkdir()
+    (menus / "3f2aV0ECZ3").symlink_to(menus / "gone")  # listed, cannot be opened
+    (menus / "3f2a").write_text("# lxde-applications.menu\n")
+    assert watch_app.wait_menu_cache(menus, limit=5), "the real cache file never recognised"
+
+
 # -- certificates ------------------------------------------------------------------------------
 
 
