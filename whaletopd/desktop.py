@@ -156,11 +156,17 @@ class Desktop:
     def _provision(self) -> None:
         self.web.validate()  # first: a bad certificate fails before anything is touched
         self.account = self._provisioner(self.config, self.paths, DISPLAY)
-        with logs.step("map_apps") as out:
-            out.update(self.menu.start())
         self.web.install(self.account.run_as)
         self.children.use(self.account.run_as, self.account.env)
         self.events.post(Provisioned())
+
+    def start_menu(self, event: EventData) -> None:
+        """After the first children are spawned: the session, started only once Xvnc is
+        ready (an event queued behind this callback), finds /Apps in the menu."""
+        def start() -> None:
+            with logs.step("map_apps") as out:
+                out.update(self.menu.start())
+        self._guard(start)
 
     def mark_ready(self, event: EventData) -> None:
         self.children.mark_ready(event.kwargs["event"].name)

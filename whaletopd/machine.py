@@ -35,9 +35,11 @@ LIVE = [STARTING, *UP]
 TRANSITIONS: list[dict[str, Any]] = [
     # Provisioning (user, sudo, password), then the children of programs.py's table, each
     # once what it waits for is ready: Xvnc and websockify, then (when Xvnc said it is
-    # ready through -displayfd) the LXDE session.
+    # ready through -displayfd) the LXDE session.  /Apps is mapped while Xvnc and
+    # websockify start (off the critical path), and before the session reads the menu.
     {"trigger": "start", "source": INIT, "dest": STARTING, "after": "provision"},
-    {"trigger": "provisioned", "source": STARTING, "dest": None, "after": "launch"},
+    {"trigger": "provisioned", "source": STARTING, "dest": None,
+     "after": ["launch", "start_menu"]},
     {"trigger": "child_ready", "source": STARTING, "dest": None,
      "after": ["mark_ready", "launch"]},
     {"trigger": "launched", "source": STARTING, "dest": STARTED, "after": "start_probes"},

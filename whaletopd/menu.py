@@ -17,12 +17,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from whaletopd import logs, watch
-from whaletopd.apps import AppMapper, Change
+from whaletopd import logs
 from whaletopd.events import AppsChanged, EventQueue
 from whaletopd.paths import Paths
+
+if TYPE_CHECKING:
+    from whaletopd.apps import AppMapper, Change
+    from whaletopd.watch import Watcher
 
 log = logs.get("whaletopd")
 # menu-cached's watches are in place this long after its socket appeared, at the latest
@@ -65,14 +68,19 @@ class AppMenu:
         self._events = events
         self._clock = clock
         self._mapper: AppMapper | None = None
-        self._watcher: watch.Watcher | None = None
+        self._watcher: Watcher | None = None
         self._session: _Session | None = None
 
     def start(self) -> dict[str, Any]:
         """Watch, then map: a file written during the first sync causes a second one."""
+        # Imported here: watchdog's import is paid while Xvnc and websockify start, not
+        # before the daemon's first status word.
+        from whaletopd.apps import AppMapper
+        from whaletopd.watch import Watcher
+
         self._mapper = AppMapper(self._paths.apps_root, self._paths.applications_dir,
                                  self._paths.apps_manifest)
-        self._watcher = watch.Watcher(self._paths.apps_root,
+        self._watcher = Watcher(self._paths.apps_root,
                                       lambda: self._events.post(AppsChanged()), tree=True)
         self._watcher.start()
         changes = self.sync()

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from whaletopd import certs, logs, tls, watch
+from whaletopd import certs, logs, tls
 from whaletopd.children import RunAs
 from whaletopd.config import Config
 from whaletopd.deadlines import Deadlines
@@ -25,6 +25,9 @@ from whaletopd.events import (
 )
 from whaletopd.logs import step
 from whaletopd.paths import Paths
+
+if TYPE_CHECKING:
+    from whaletopd.watch import Watcher
 
 log = logs.get("whaletopd")
 CHECK = "certificate_check"  # the deadline of the next expiry warning or of expiry
@@ -44,7 +47,7 @@ class WebFront:
         self._candidate: certs.Certificate | None = None
         self._deferred = False
         self._pem: Path | None = None
-        self._watcher: watch.Watcher | None = None
+        self._watcher: Watcher | None = None
 
     @property
     def pem(self) -> Path | None:
@@ -79,7 +82,9 @@ class WebFront:
             self._pem = certs.publish(cert, self._paths.state_dir, self._paths.run_dir,
                                       run_as.uid, run_as.gid)
         if cert.source is not None:
-            self._watcher = watch.Watcher(cert.source.parent,
+            from whaletopd.watch import Watcher  # watchdog: only when there is a file to watch
+
+            self._watcher = Watcher(cert.source.parent,
                                           lambda: self._events.post(CertificateChanged()),
                                           tree=False, quiet=0.1)
             self._watcher.start()

@@ -220,7 +220,7 @@ def _use_the_one_restart(desktop: Desktop) -> None:
 # Every transition the desktop has, written out by hand from the design, not from the table.
 CASES = [
     Case("start", INIT, STARTING, calls=("provision",)),
-    Case("provisioned", STARTING, STARTING, calls=("launch",), internal=True),
+    Case("provisioned", STARTING, STARTING, calls=("launch", "start_menu"), internal=True),
     Case("child_ready", STARTING, STARTING, calls=("mark_ready", "launch"), internal=True),
     Case("launched", STARTING, STARTED, calls=("start_probes",)),
     Case("probe_passed", STARTED, HEALTHY),

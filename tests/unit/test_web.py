@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from whaletopd import certs, tls, web
+from whaletopd import certs, tls, watch
 from whaletopd.certs import WEBSOCKIFY_PEM
 from whaletopd.children import RunAs
 from whaletopd.config import Config
@@ -242,7 +242,7 @@ def test_a_self_signed_certificate_is_written_and_not_watched(
     def no_watcher(*args: object, **kwargs: object) -> None:
         raise AssertionError("a self-signed certificate has no file of the user's to watch")
 
-    monkeypatch.setattr(web.watch, "Watcher", no_watcher)
+    monkeypatch.setattr(watch, "Watcher", no_watcher)
     front = make(Config(enable_tls=True))
     front.validate()
     described = front.describe()
