@@ -45,3 +45,17 @@ def write_stale(state_dir: Path, word: str, reason: str = "", **detail: object) 
     doc["pid"] = pid
     (state_dir / "status.json").write_text(json.dumps(doc))
     return pid
+
+
+class FakeClock:
+    """A clock that moves only when a test says so (monotonic or wall, as the code under
+    test reads it)."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.t = start
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds

@@ -7,21 +7,12 @@ import pytest
 from whaletopd.deadlines import Deadlines
 from whaletopd.events import CertificateCheckDue, RestartDue, StartupTimedOut
 
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
+from .helpers import FakeClock
 
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(1000.0)
 
 
 @pytest.fixture

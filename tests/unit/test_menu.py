@@ -16,7 +16,7 @@ from whaletopd.events import AppsChanged, EventQueue
 from whaletopd.menu import SETTLE_CHECKS, AppMenu
 from whaletopd.paths import Paths
 
-from .helpers import WAIT
+from .helpers import WAIT, FakeClock
 
 GOOD = "[Desktop Entry]\nType=Application\nName={name}\nExec={name}\n"
 NO_EXEC = "[Desktop Entry]\nType=Application\nName=Broken\n"
@@ -196,17 +196,9 @@ def test_stop_ends_the_watch(menu_paths: Paths, q: EventQueue, menus: list[AppMe
 T0 = 1_700_000_000.0  # the session's start, on the wall clock files are dated by
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = T0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(T0)
 
 
 @pytest.fixture

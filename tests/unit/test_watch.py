@@ -31,7 +31,7 @@ from watchdog.events import (
     FileSystemEvent,
 )
 
-from tests.unit.helpers import WAIT, wait_for
+from tests.unit.helpers import WAIT, FakeClock, wait_for
 from whaletopd.apps import AppMapper
 from whaletopd.watch import Burst, Debouncer, Watcher, in_tree
 
@@ -53,19 +53,6 @@ def app(path: Path, name: str = "Thing") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(entry(name), encoding="utf-8")
     return path
-
-
-class FakeClock:
-    """A monotonic clock that moves only when a test says so."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Recorder:

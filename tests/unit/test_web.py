@@ -30,19 +30,11 @@ from whaletopd.events import (
 from whaletopd.paths import Paths
 from whaletopd.web import CHECK, MAX_CHECK_DELAY, WebFront
 
-from .helpers import WAIT
+from .helpers import WAIT, FakeClock
 
 DAY = timedelta(days=1)
 # How much later than a threshold the check deadline is armed (so it is surely crossed).
 MARGIN = 0.01
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 500.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @dataclass
@@ -63,7 +55,7 @@ def now() -> Now:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(500.0)
 
 
 @pytest.fixture
