@@ -58,3 +58,11 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Where `whaletopd status` looks for the status files ($WHALETOP_STATE_DIR)."""
     monkeypatch.setenv("WHALETOP_STATE_DIR", str(tmp_path))
     return tmp_path
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """An empty /Apps, for the menu mapper and the watcher."""
+    path = tmp_path / "Apps"
+    path.mkdir()
+    return path

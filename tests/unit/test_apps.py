@@ -36,13 +36,6 @@ def kinds(changes: list[Change]) -> set[tuple[str, str]]:
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    path = tmp_path / "Apps"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def target(tmp_path: Path) -> Path:
     return tmp_path / "usr" / "share" / "applications"
 

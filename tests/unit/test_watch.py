@@ -344,13 +344,6 @@ def watching(path: Path, on_change: Callable[[], None], *, tree: bool = True,
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    path = tmp_path / "Apps"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def mapper(tmp_path: Path, root: Path) -> AppMapper:
     return AppMapper(root, tmp_path / "applications", tmp_path / "state" / "apps.json")
 
