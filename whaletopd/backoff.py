@@ -6,15 +6,28 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Restart:
+    """A restart policy (a row of programs.py): the delay doubles from `first_delay` up
+    to `max_delay`, at most `attempts` restarts in `window` seconds."""
+
+    attempts: int = 5
+    window: float = 60.0
+    first_delay: float = 0.1
+    max_delay: float = 5.0
 
 
 class RestartBudget:
-    def __init__(self, attempts: int = 5, window: float = 60.0, first_delay: float = 0.1,
-                 max_delay: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.attempts = attempts
-        self.window = window
-        self._first = first_delay
-        self._max = max_delay
+    """One child's restarts so far, judged by its policy."""
+
+    def __init__(self, policy: Restart, clock: Callable[[], float] = time.monotonic) -> None:
+        self.attempts = policy.attempts
+        self.window = policy.window
+        self._first = policy.first_delay
+        self._max = policy.max_delay
         self._clock = clock
         self._times: deque[float] = deque()
 

@@ -81,7 +81,7 @@ class AppMenu:
         self._mapper = AppMapper(self._paths.apps_root, self._paths.applications_dir,
                                  self._paths.apps_manifest)
         self._watcher = Watcher(self._paths.apps_root,
-                                      lambda: self._events.post(AppsChanged()), tree=True)
+                                lambda: self._events.post(AppsChanged()), tree=True)
         self._watcher.start()
         changes = self.sync()
         return {"mapped": len(self._mapper.mapped()), "changes": changes}

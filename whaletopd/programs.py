@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from whaletopd.backoff import Restart
 from whaletopd.config import Config
 from whaletopd.paths import Paths
 
@@ -32,17 +33,6 @@ class Launch:
     paths: Paths
     web_pem: Path | None = None  # websockify's certificate and key, with TLS
     ready_fd: int | None = None  # the pipe a `displayfd` program writes to when ready
-
-
-@dataclass(frozen=True)
-class Restart:
-    """A child that holds no user state is restarted after a delay that doubles from
-    `first_delay` up to `max_delay`, at most `attempts` times in `window` seconds."""
-
-    attempts: int = 5
-    window: float = 60.0
-    first_delay: float = 0.1
-    max_delay: float = 5.0
 
 
 @dataclass(frozen=True)

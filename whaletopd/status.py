@@ -33,11 +33,10 @@ class StatusFile:
         if state != self._entered or not self._since:
             self._entered, self._since = state, now_iso()
 
-    def write(self, state: str, reason: str, detail: dict[str, Any],
-              since: str | None = None) -> None:
-        """`since`: when the state was entered (detail may change within a state); by
-        default the time of the last enter()."""
-        doc = {"state": state, "since": since or self._since or now_iso(), "reason": reason,
+    def write(self, state: str, reason: str, detail: dict[str, Any]) -> None:
+        """`since` in the file is when the state was entered (the last enter()): detail
+        may change within a state."""
+        doc = {"state": state, "since": self._since or now_iso(), "reason": reason,
                "pid": os.getpid(), **detail}
         atomic_write(self.json_path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
         atomic_write(self.word_path, state + "\n")

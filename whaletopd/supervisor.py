@@ -32,8 +32,7 @@ class Supervisor:
         self._events = events
         self._current: dict[str, Child] = {}  # in first-start order
         self._ready: set[str] = set()
-        self._budgets = {p.name: RestartBudget(p.restart.attempts, p.restart.window,
-                                               p.restart.first_delay, p.restart.max_delay)
+        self._budgets = {p.name: RestartBudget(p.restart)
                          for p in programs if p.restart is not None}
         self._run_as: RunAs | None = None
         self._env: dict[str, str] = {}
@@ -109,13 +108,12 @@ class Supervisor:
 
     # -- repairing -----------------------------------------------------------------------
 
-    def _retire(self, name: str) -> Child | None:
+    def _retire(self, name: str) -> None:
         child = self._current.get(name)
         if child is not None:
             child.retired = True  # whatever it does from now on is expected
             if child.returncode is None:
                 children.stop([child], deadline=REPLACE_DEADLINE)  # hung: its probe failed
-        return child
 
     def schedule_restart(self, name: str, reason: str) -> float:
         """Give up the current child and count a restart; return its delay."""

@@ -85,8 +85,8 @@ class WebFront:
             from whaletopd.watch import Watcher  # watchdog: only when there is a file to watch
 
             self._watcher = Watcher(cert.source.parent,
-                                          lambda: self._events.post(CertificateChanged()),
-                                          tree=False, quiet=0.1)
+                                    lambda: self._events.post(CertificateChanged()),
+                                    tree=False, quiet=0.1)
             self._watcher.start()
         self.check_expiry()
 

@@ -56,12 +56,6 @@ def test_writes_within_a_state_keep_since(sf: StatusFile) -> None:
     assert _since(sf, "HEALTHY") == first, "a detail update moved since"
 
 
-def test_an_explicit_since_wins(sf: StatusFile) -> None:
-    sf.enter("HEALTHY")
-    sf.write("HEALTHY", "", {}, since="2001-02-03T04:05:06.000Z")
-    assert json.loads(sf.json_path.read_text())["since"] == "2001-02-03T04:05:06.000Z"
-
-
 def test_since_before_any_enter_is_the_time_of_writing(sf: StatusFile) -> None:
     before = now_iso()
     since = _since(sf, "STARTING")
