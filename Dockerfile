@@ -10,7 +10,7 @@ RUN apt-get update \
         tini sudo ca-certificates \
         python3 python3-transitions python3-watchdog python3-psutil \
         python3-cryptography python3-structlog \
-        tigervnc-standalone-server tigervnc-tools novnc websockify \
+        tigervnc-standalone-server tigervnc-tools novnc websockify nginx \
         dbus dbus-x11 lxde-core lxterminal lxde-icon-theme gnome-themes-extra \
         x11-utils x11-xserver-utils xdotool xclip fonts-dejavu-core \
         chromium \
@@ -31,7 +31,13 @@ RUN sed -i 's|^wallpaper=.*|wallpaper=/usr/share/lxde/wallpapers/lxde_blue.jpg|'
  && sed -i 's|^\[Session\]$|[Session]\npolkit/command=/bin/true|' /etc/xdg/lxsession/LXDE/desktop.conf \
  && sed -i '/xscreensaver/d' /etc/xdg/lxsession/LXDE/autostart
 
-COPY docker/index.html /usr/share/novnc/index.html
+# The web root (on to noVNC, keeping the address's parameters) and whaletop's additions
+# to noVNC's page (sign out; the handed-over password out of the address bar).
+COPY docker/web/ /usr/share/novnc/
+RUN sed -i 's|</head>|<script type="module" src="whaletop.js"></script>\n</head>|' \
+        /usr/share/novnc/vnc.html \
+ && grep -q whaletop.js /usr/share/novnc/vnc.html \
+ && rm -f /etc/nginx/sites-enabled/default
 COPY chrome.json /opt/whaletop/chrome.json
 # Chromium through whaletop's launcher: sandboxed when the container allows it
 # (--security-opt seccomp=chrome.json), else --no-sandbox with a visible warning.

@@ -19,7 +19,7 @@ from typing import Any
 from whaletopd import tls
 from whaletopd.files import atomic_write
 
-WEBSOCKIFY_PEM = "websockify.pem"
+SERVED_PEM = "tls.pem"
 
 
 @dataclass
@@ -68,9 +68,10 @@ def obtain(source: str, state_dir: Path, password: bytes | None) -> Certificate:
 
 
 def publish(cert: Certificate, state_dir: Path, run_dir: Path, uid: int, gid: int) -> Path:
-    """pub_ssl.pem (certificate only, for users to trust) and websockify's combined file
-    (the only place a decrypted key is written, mode 0600, the desktop user's)."""
+    """pub_ssl.pem (certificate only, for users to trust) and nginx's combined file (the
+    only place a decrypted key is written, mode 0600, read by nginx's master: whaletopd's
+    own user, never the desktop user)."""
     atomic_write(state_dir / tls.PUBLIC_CERT_NAME, cert.bundle.cert_pem(), 0o644)
-    dest = run_dir / WEBSOCKIFY_PEM
+    dest = run_dir / SERVED_PEM
     tls.install(cert.bundle, dest, uid, gid)
     return dest

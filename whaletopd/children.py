@@ -9,13 +9,16 @@ it started too (the LXDE session's panel, window manager, file manager).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from whaletopd import logs
 from whaletopd.events import ChildExited, EventQueue
@@ -47,14 +50,57 @@ class Child:
         return self.proc.returncode
 
 
-def _pump_output(name: str, proc: subprocess.Popen[bytes]) -> None:
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _pump_output(name: str, proc: subprocess.Popen[bytes],
+                 quiet: re.Pattern[str] | None = None, json_lines: bool = False) -> None:
+    """Each line of the child's output as a JSON line of whaletopd's stream, with its
+    `source`.  A child known to write JSON objects (nginx's access log, the sign-in
+    service; never the desktop's programs, which could forge lines) has its fields
+    kept; `quiet` lines (routine chatter) are dropped."""
     clog = log.bind(source=name, pid=proc.pid)
     assert proc.stdout is not None
     for raw in proc.stdout:
         line = raw[:MAX_LINE].decode("utf-8", errors="replace").rstrip()
-        if line:
-            clog.info(line)
+        if not line or (quiet is not None and quiet.search(line)):
+            continue
+        fields = _json_object(line) if json_lines else None
+        if fields is None:
+            level, text = _leveled(line)
+            getattr(clog, level)(text)
+            continue
+        level = fields.pop("level", "info")
+        event = str(fields.pop("event", "output"))
+        for key in ("source", "pid", "timestamp"):
+            fields.pop(key, None)
+        method = level if level in LEVELS else "info"
+        getattr(clog, method)(event, **fields)
     proc.stdout.close()
+
+
+# nginx's error log: "2026/11/29 21:34:48 [crit] 29#29: *1 connect() ... failed".
+_NGINX_ERROR = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[(\w+)\] \d+#\d+: (.*)$")
+_NGINX_LEVELS = {"debug": "debug", "info": "info", "notice": "info", "warn": "warning",
+                 "error": "error", "crit": "error", "alert": "critical", "emerg": "critical"}
+
+
+def _leveled(line: str) -> tuple[str, str]:
+    """A line's level where the program says it (nginx's error log), else info."""
+    match = _NGINX_ERROR.match(line)
+    if match is None:
+        return "info", line
+    return _NGINX_LEVELS.get(match.group(1), "info"), match.group(2)
+
+
+def _json_object(line: str) -> dict[str, Any] | None:
+    if not line.startswith("{"):
+        return None
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _wait_and_post(child: Child, events: EventQueue) -> None:
@@ -63,7 +109,8 @@ def _wait_and_post(child: Child, events: EventQueue) -> None:
 
 
 def spawn(name: str, argv: Sequence[str], run_as: RunAs, env: Mapping[str, str],
-          events: EventQueue, pass_fds: Sequence[int] = ()) -> Child:
+          events: EventQueue, pass_fds: Sequence[int] = (),
+          quiet: re.Pattern[str] | None = None, json_lines: bool = False) -> Child:
     proc = subprocess.Popen(
         list(argv),
         stdin=subprocess.DEVNULL,
@@ -79,7 +126,8 @@ def spawn(name: str, argv: Sequence[str], run_as: RunAs, env: Mapping[str, str],
     )
     child = Child(name=name, proc=proc)
     log.info("child_started", child=name, pid=proc.pid, argv=list(argv))
-    threading.Thread(target=_pump_output, args=(name, proc), name=f"out-{name}",
+    threading.Thread(target=_pump_output, args=(name, proc, quiet, json_lines),
+                     name=f"out-{name}",
                      daemon=True).start()
     threading.Thread(target=_wait_and_post, args=(child, events), name=f"wait-{name}",
                      daemon=True).start()

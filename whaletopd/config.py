@@ -7,6 +7,7 @@ problem is a ConfigError whose message names the flag or variable at fault.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 import os
 import pwd
@@ -19,6 +20,8 @@ from typing import Any
 MIN_USER_UID = 1000
 MAX_USER_UID = 59999
 VNC_PASSWORD_ENV = "VNC_PASSWORD"
+VIEW_ONLY_PASSWORD_ENV = "VNC_VIEW_ONLY_PASSWORD"
+WEB_PASSWORD_ENV = "WEB_PASSWORD"
 TLS_KEY_PASSWORD_ENV = "TLS_KEY_PASSWORD"
 # What Debian's useradd accepts, narrowed to names that need no quoting anywhere.
 USERNAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -57,6 +60,22 @@ OPTIONS: tuple[Option, ...] = (
            "do not give the desktop user password-less sudo"),
     Option("--vnc-password-from-env", "WHALETOP_VNC_PASSWORD_FROM_ENV", bool, False,
            f"take the VNC password from ${VNC_PASSWORD_ENV} instead of generating one"),
+    Option("--view-only-password-from-env", "WHALETOP_VIEW_ONLY_PASSWORD_FROM_ENV", bool, False,
+           f"a second VNC password, ${VIEW_ONLY_PASSWORD_ENV}, that can only watch"),
+    Option("--web-password-from-env", "WHALETOP_WEB_PASSWORD_FROM_ENV", bool, False,
+           f"sign-in page: --username signs in with ${WEB_PASSWORD_ENV}"),
+    Option("--web-users", "WHALETOP_WEB_USERS", str, "",
+           "sign-in page: people and hashed passwords (htpasswd format, role full or "
+           "viewer), reloaded when the file changes"),
+    Option("--sign-in-attempts", "WHALETOP_SIGN_IN_ATTEMPTS", int, 10,
+           "failed sign-ins from one address before it is refused for --sign-in-lockout"),
+    Option("--sign-in-lockout", "WHALETOP_SIGN_IN_LOCKOUT", float, 300.0,
+           "seconds an address that failed too often is refused"),
+    Option("--connection-rate", "WHALETOP_CONNECTION_RATE", int, 60,
+           "new desktop connections per minute from one address (a burst of 20 more is "
+           "slowed, then refused)"),
+    Option("--trusted-proxy", "WHALETOP_TRUSTED_PROXY", str, "",
+           "comma-separated CIDRs of reverse proxies whose X-Forwarded-For is believed"),
     Option("--no-exit-on-failure", "WHALETOP_NO_EXIT_ON_FAILURE", bool, False,
            "stay up in UNHEALTHY instead of stopping, so files can be recovered"),
     Option("--enable-tls", "WHALETOP_ENABLE_TLS", bool, False,
@@ -69,7 +88,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--web-port", "WHALETOP_WEB_PORT", int, 8080, "port of the noVNC web page"),
     Option("--vnc-port", "WHALETOP_VNC_PORT", int, 5901, "port of the raw VNC server"),
     Option("--expose-vnc", "WHALETOP_EXPOSE_VNC", bool, False,
-           "let raw VNC listen on all interfaces, not only on localhost"),
+           "also serve raw VNC on TCP --vnc-port, all interfaces (default: no TCP, only "
+           "the web port)"),
     Option("--probe-interval", "WHALETOP_PROBE_INTERVAL", float, 5.0,
            "seconds between health checks once HEALTHY"),
     Option("--probe-timeout", "WHALETOP_PROBE_TIMEOUT", float, 2.0,
@@ -88,6 +108,13 @@ class Config:
     gid: int | None = None
     no_sudo: bool = False
     vnc_password_from_env: bool = False
+    view_only_password_from_env: bool = False
+    web_password_from_env: bool = False
+    web_users: str = ""
+    sign_in_attempts: int = 10
+    sign_in_lockout: float = 300.0
+    connection_rate: int = 60
+    trusted_proxy: str = ""
     no_exit_on_failure: bool = False
     enable_tls: bool = False
     tls_certificate: str = ""
@@ -102,6 +129,8 @@ class Config:
     log_format: str = "json"
     vnc_password: str | None = None
     tls_key_password: bytes | None = None
+    view_only_password: str | None = None
+    web_password: str | None = None
 
     @property
     def sudo(self) -> bool:
@@ -114,6 +143,15 @@ class Config:
     @property
     def tls(self) -> bool:
         return self.enable_tls or bool(self.tls_certificate)
+
+    @property
+    def sign_in(self) -> bool:
+        """People sign in on a page (and scripts with HTTP Basic) before the desktop."""
+        return self.web_password_from_env or bool(self.web_users)
+
+    @property
+    def trusted_proxies(self) -> list[str]:
+        return [c.strip() for c in self.trusted_proxy.split(",") if c.strip()]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -167,6 +205,11 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Conf
             values[opt.dest] = opt.default
     if values["vnc_password_from_env"]:
         values["vnc_password"] = _password_from_env(env)
+    if values["view_only_password_from_env"]:
+        values["view_only_password"] = _password_from_env(
+            env, VIEW_ONLY_PASSWORD_ENV, "--view-only-password-from-env")
+    if values["web_password_from_env"]:
+        values["web_password"] = _web_password_from_env(env)
     # Only for an encrypted private key; never logged, never written.
     values["tls_key_password"] = env.get(TLS_KEY_PASSWORD_ENV, "").encode() or None
     config = Config(**values)
@@ -174,17 +217,29 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Conf
     return config
 
 
-def _password_from_env(env: Mapping[str, str]) -> str:
-    if VNC_PASSWORD_ENV not in env:
-        raise ConfigError(f"--vnc-password-from-env is set but {VNC_PASSWORD_ENV} is not")
-    password = env[VNC_PASSWORD_ENV]
+def _password_from_env(env: Mapping[str, str], name: str = VNC_PASSWORD_ENV,
+                       flag: str = "--vnc-password-from-env") -> str:
+    if name not in env:
+        raise ConfigError(f"{flag} is set but {name} is not")
+    password = env[name]
     if not password:
-        raise ConfigError(f"--vnc-password-from-env is set but {VNC_PASSWORD_ENV} is empty")
+        raise ConfigError(f"{flag} is set but {name} is empty")
     if len(password) < 6:
         # TigerVNC's vncpasswd refuses shorter ones; say so before Xvnc does.
-        raise ConfigError(f"{VNC_PASSWORD_ENV} is shorter than 6 characters")
+        raise ConfigError(f"{name} is shorter than 6 characters")
     if any(ord(c) < 32 or ord(c) > 126 for c in password):
-        raise ConfigError(f"{VNC_PASSWORD_ENV} must be printable ASCII")
+        raise ConfigError(f"{name} must be printable ASCII")
+    return password
+
+
+def _web_password_from_env(env: Mapping[str, str]) -> str:
+    password = env.get(WEB_PASSWORD_ENV)
+    if password is None:
+        raise ConfigError(f"--web-password-from-env is set but {WEB_PASSWORD_ENV} is not")
+    if len(password) < 8:
+        raise ConfigError(f"{WEB_PASSWORD_ENV} is shorter than 8 characters")
+    if any(ord(c) < 32 for c in password):
+        raise ConfigError(f"{WEB_PASSWORD_ENV} must not contain control characters")
     return password
 
 
@@ -215,7 +270,7 @@ def validate(config: Config) -> None:
     for flag, port in (("--web-port", config.web_port), ("--vnc-port", config.vnc_port)):
         if not 1 <= port <= 65535:
             raise ConfigError(f"{flag}: {port} is not a TCP port")
-    if config.web_port == config.vnc_port:
+    if config.expose_vnc and config.web_port == config.vnc_port:
         raise ConfigError("--web-port and --vnc-port must differ")
     for flag, seconds in (("--probe-interval", config.probe_interval),
                           ("--probe-timeout", config.probe_timeout),
@@ -226,5 +281,26 @@ def validate(config: Config) -> None:
     if config.tls_certificate and not config.tls_certificate.startswith("/"):
         raise ConfigError(f"--tls-certificate: {config.tls_certificate!r} is not an absolute "
                           "path in the container (mount the file, e.g. -v ...:/data/cert.pem)")
+    if config.web_users and config.web_password_from_env:
+        raise ConfigError("--web-users and --web-password-from-env: use one of them "
+                          "(put the --username's hash in the users file)")
+    if config.web_users and not config.web_users.startswith("/"):
+        raise ConfigError(f"--web-users: {config.web_users!r} is not an absolute path in "
+                          "the container (mount the file, e.g. -v ...:/data/users)")
+    if config.sign_in_attempts < 1:
+        raise ConfigError(f"--sign-in-attempts: {config.sign_in_attempts} must be 1 or more")
+    if not (math.isfinite(config.sign_in_lockout)
+            and 0 < config.sign_in_lockout <= MAX_SECONDS):
+        raise ConfigError(f"--sign-in-lockout: {config.sign_in_lockout} must be between 0 "
+                          f"and {MAX_SECONDS:g} seconds")
+    if not 1 <= config.connection_rate <= 6000:
+        raise ConfigError(f"--connection-rate: {config.connection_rate} must be between 1 "
+                          "and 6000 per minute")
+    for cidr in config.trusted_proxies:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(f"--trusted-proxy: {cidr!r} is not an address or CIDR, "
+                              "e.g. 10.0.0.0/8") from None
     if config.log_format not in ("json", "console"):
         raise ConfigError(f"--log-format: {config.log_format!r} is not json or console")

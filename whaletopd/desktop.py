@@ -4,6 +4,7 @@ callback named in machine.TRANSITIONS hands the work to the part that owns it:
     account     provision.py   the desktop user, its environment, the VNC password
     children    supervisor.py  the children, run from programs.py's table
     web         web.py         TLS: the certificate in service, rotation, expiry
+    front       frontdoor.py   nginx's configuration, the sign-in service's people
     menu        menu.py        /Apps in LXDE's menu
     prober      probes.py      the health checks, in their own thread
     status      status.py      the status files
@@ -16,6 +17,7 @@ they post an event (Failed), and the machine moves.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +25,8 @@ from pathlib import Path
 
 from transitions import EventData
 
-from whaletopd import logs, probes, provision
+from whaletopd import frontdoor, logs, probes, provision
+from whaletopd.children import RunAs
 from whaletopd.config import Config
 from whaletopd.deadlines import Deadlines
 from whaletopd.events import (
@@ -43,6 +46,7 @@ from whaletopd.events import (
     ShutDown,
     StartupTimedOut,
 )
+from whaletopd.frontdoor import FrontDoor, FrontDoorError
 from whaletopd.machine import EXIT_CODES
 from whaletopd.menu import SETTLE_INTERVAL, AppMenu
 from whaletopd.paths import Paths
@@ -70,6 +74,7 @@ class Seams:
     programs: Sequence[Program] = PROGRAMS
     provisioner: Provisioner = provision.provision
     make_probes: ProbeMaker = probes.desktop_probes
+    web_account: Callable[[], RunAs | None] = frontdoor.web_account
 
 
 class Desktop:
@@ -85,15 +90,21 @@ class Desktop:
         self.deadlines = deadlines
         self.paths = paths or Paths()
         self.status = StatusFile(self.paths.status, self.paths.status_json)
-        self.children = Supervisor(seams.programs, events)
+        table = [p for p in seams.programs if p.enabled(config)]
+        self.children = Supervisor(table, events)
         self.web = WebFront(config, self.paths, events, deadlines)
+        self._web_account = seams.web_account()
+        self.front = FrontDoor(config, self.paths, events, self._web_account)
+        # The front door's files are made when its server is in the table (tests run
+        # tables without nginx).
+        self._serves_web = any(p.name == "nginx" for p in table)
         self.menu = AppMenu(self.paths, events)
         self.prober: probes.Prober | None = None
         self.account: Account | None = None
         self.reason = ""
         self.cause: type[Event] | None = None  # the event that entered the current state
         self.exit_code: int | None = None
-        self._blame = blame(seams.programs)
+        self._blame = blame(table)
         self._provisioner = seams.provisioner
         self._make_probes = seams.make_probes
         self._t0 = time.monotonic()
@@ -134,7 +145,8 @@ class Desktop:
             "username": self.config.username,
             "exit_on_failure": self.exit_on_failure,
             "web_port": self.config.web_port,
-            "vnc_port": self.config.vnc_port,
+            "vnc_port": self.config.vnc_port if self.config.expose_vnc else None,
+            **self.front.describe(),
             **self.children.describe(),
             "tls": self.web.describe(),
             **self.menu.describe(),
@@ -143,7 +155,7 @@ class Desktop:
     def _guard(self, work: Callable[[], None]) -> None:
         try:
             work()
-        except (ProvisionError, TLSError, OSError) as exc:
+        except (ProvisionError, TLSError, FrontDoorError, OSError) as exc:
             self.events.post(Failed(reason=str(exc)))
 
     # -- STARTING: provisioning, then the children in the table's order ------------------
@@ -154,10 +166,19 @@ class Desktop:
         self._guard(self._provision)
 
     def _provision(self) -> None:
-        self.web.validate()  # first: a bad certificate fails before anything is touched
-        self.account = self._provisioner(self.config, self.paths, DISPLAY)
-        self.web.install(self.account.run_as)
-        self.children.use(self.account.run_as, self.account.env)
+        # First: a bad certificate or users file fails before anything is touched.
+        self.web.validate()
+        self.front.users_valid()
+        self.account = account = self._provisioner(self.config, self.paths, DISPLAY)
+        self.web.install()
+        if self._serves_web:
+            self.front.prepare(account.run_as, self.web.pem, account.password,
+                               account.view_only_password)
+            self.front.watch()
+        self.children.use(account.run_as, account.env)
+        self.children.use(self._web_account or frontdoor.root_account(),
+                          frontdoor.web_env(), "web")
+        self.children.use(frontdoor.root_account(), frontdoor.web_env(), "root")
         self.events.post(Provisioned())
 
     def start_menu(self, event: EventData) -> None:
@@ -183,7 +204,7 @@ class Desktop:
             self.events.post(Launched())
 
     def _launch_context(self) -> Launch:
-        return Launch(self.config, self.paths, web_pem=self.web.pem)
+        return Launch(self.config, self.paths)
 
     def start_probes(self, event: EventData) -> None:
         self.prober = probes.Prober(self._probes(), self.events,
@@ -193,9 +214,12 @@ class Desktop:
     def _probes(self) -> list[probes.Probe]:
         assert self.account is not None
         cfg = self.config
-        target = probes.Target(cfg.vnc_port, cfg.web_port,
-                               str(self.paths.x11_socket_dir / f"X{DISPLAY}"),
-                               self.account.password, cfg.probe_timeout, pin=self.web.pin)
+        paths = self.paths
+        target = probes.Target(
+            cfg.web_port, str(paths.x11_socket_dir / f"X{DISPLAY}"), paths.vnc_socket,
+            paths.websockify_socket, self.account.password, cfg.probe_timeout,
+            self.front.probe_token, pin=self.web.pin,
+            auth_socket=paths.auth_socket if cfg.sign_in else None)
         return self._make_probes(target, self._blame)
 
     # -- conditions ----------------------------------------------------------------------
@@ -266,9 +290,10 @@ class Desktop:
     # -- TLS: rotation and expiry --------------------------------------------------------
 
     def reload_certificate(self, event: EventData) -> None:
-        assert self.account is not None
-        if self.web.put_candidate_in_service(self.account.run_as):
-            self.children.restart("websockify", self._launch_context())
+        """nginx reloads gracefully on SIGHUP: new connections get the new certificate,
+        connected sessions stay on the old workers until they end."""
+        if self.web.put_candidate_in_service():
+            self.children.signal("nginx", signal.SIGHUP)
         self._reset_probes()  # they pin the certificate now in service
         self._arm_recovery_deadline()
 
@@ -277,6 +302,11 @@ class Desktop:
 
     def check_certificate(self, event: EventData) -> None:
         self.web.check_expiry()
+
+    # -- sign-in -------------------------------------------------------------------------
+
+    def reload_web_users(self, event: EventData) -> None:
+        self.front.reload_users()
 
     # -- /Apps ---------------------------------------------------------------------------
 
@@ -313,6 +343,7 @@ class Desktop:
         if self.prober is not None:
             self.prober.stop()
         self.web.stop()
+        self.front.stop()
         self.menu.stop()
         self.children.stop_all()
 

@@ -48,13 +48,13 @@ class ChildReady(Event):
 @dataclass(frozen=True)
 class Launched(Event):
     trigger: ClassVar[str] = "launched"
-    summary: ClassVar[str] = "Xvnc, websockify and the LXDE session are launched"
+    summary: ClassVar[str] = "Xvnc, websockify, nginx and the LXDE session are launched"
 
 
 @dataclass(frozen=True)
 class ProbePassed(Event):
     trigger: ClassVar[str] = "probe_passed"
-    summary: ClassVar[str] = "X display, VNC login, noVNC page and WebSocket login answer"
+    summary: ClassVar[str] = "a VNC login through nginx's WebSocket, and noVNC's page, answer"
     generation: int = 0  # the prober's round of checks this verdict comes from
 
 
@@ -112,7 +112,14 @@ class CertificateChanged(Event):
     """Something changed in the directory of --tls-certificate (debounced)."""
 
     trigger: ClassVar[str] = "certificate_changed"
-    summary: ClassVar[str] = "a new certificate is in service; restarting websockify"
+    summary: ClassVar[str] = "a new certificate is in service; nginx reloads it gracefully"
+
+
+@dataclass(frozen=True)
+class WebUsersChanged(Event):
+    """Something changed in the directory of --web-users (debounced)."""
+
+    trigger: ClassVar[str] = "web_users_changed"
 
 
 @dataclass(frozen=True)

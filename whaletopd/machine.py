@@ -73,7 +73,8 @@ TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "recovery_timed_out", "source": [RECOVERING, RELOADING_TLS], "dest": UNHEALTHY},
     {"trigger": "startup_timed_out", "source": [STARTING, STARTED], "dest": UNHEALTHY},
     # TLS rotation: a changed --tls-certificate is validated first (a bad one is refused,
-    # logged, and the old one stays in service); a good one replaces websockify only.
+    # logged, and the old one stays in service); a good one is reloaded by nginx
+    # gracefully (connected sessions stay); HEALTHY again once served.
     {"trigger": "certificate_changed", "source": HEALTHY, "dest": RELOADING_TLS,
      "conditions": "new_certificate_valid", "after": "reload_certificate"},
     {"trigger": "certificate_changed", "source": UNHEALTHY, "dest": RELOADING_TLS,
@@ -81,6 +82,10 @@ TRANSITIONS: list[dict[str, Any]] = [
      "after": "reload_certificate"},
     {"trigger": "certificate_changed", "source": [STARTING, STARTED, RECOVERING, RELOADING_TLS],
      "dest": None, "after": "defer_certificate"},
+    # Sign-in: a changed --web-users is validated and in service at once (a bad one is
+    # refused, the old one stays); nothing restarts.
+    {"trigger": "web_users_changed", "source": [*LIVE, UNHEALTHY], "dest": None,
+     "after": "reload_web_users"},
     # /Apps: .desktop files created, changed or removed while the desktop runs.
     {"trigger": "apps_changed", "source": [*LIVE, UNHEALTHY], "dest": None,
      "after": "map_apps"},

@@ -36,8 +36,46 @@ class Paths:
         return self.state_dir / "apps.json"
 
     @property
+    def vnc_view_only_passwd(self) -> Path:
+        return self.state_dir / "vnc_view_only_passwd"
+
+    @property
     def vnc_auth(self) -> Path:
         return self.run_dir / "vncauth"
+
+    # The desktop user's sockets: Xvnc's RFB and websockify's, for nginx.
+    @property
+    def desktop_dir(self) -> Path:
+        return self.run_dir / "desktop"
+
+    @property
+    def vnc_socket(self) -> Path:
+        return self.desktop_dir / "vnc.sock"
+
+    @property
+    def websockify_socket(self) -> Path:
+        return self.desktop_dir / "websockify.sock"
+
+    # The web front's: nginx's configuration and files, the sign-in service's.
+    @property
+    def nginx_dir(self) -> Path:
+        return self.run_dir / "nginx"
+
+    @property
+    def nginx_conf(self) -> Path:
+        return self.nginx_dir / "nginx.conf"
+
+    @property
+    def web_dir(self) -> Path:
+        return self.run_dir / "web"
+
+    @property
+    def auth_socket(self) -> Path:
+        return self.web_dir / "auth.sock"
+
+    @property
+    def tls_pem(self) -> Path:
+        return self.run_dir / "tls.pem"
 
 
 def from_env() -> Paths:

@@ -1,10 +1,11 @@
 """Health checks that speak the protocols a user's connection needs, and their thread.
 
 HEALTHY means a user can connect now, so each check is what a client would do: the
-X display accepts a connection; a VNC client logs in with the desktop's password; the
-web port serves noVNC's page; and a VNC login through websockify's WebSocket succeeds.
-Logging in (not just reading the banner) matters: Xvnc blacklists an address after a
-few unauthenticated connections, and a blacklisted server still sends its banner.
+X display accepts a connection; a VNC login through the web port's WebSocket (nginx,
+websockify, Xvnc: the user's whole path) succeeds; the web port serves noVNC's page.
+Logging in (not just reading the banner) proves the password file and the server's
+authentication.  The checks carry a per-start secret header that nginx knows, so no
+client's flood can get them limited, and they are not logged.
 
 The prober runs in its own thread with socket timeouts, so a hung server costs a probe
 timeout, never the machine's attention.  It posts only when its verdict changes, so an
@@ -21,6 +22,7 @@ import struct
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from whaletopd.events import EventQueue, ProbeFailed, ProbePassed
@@ -28,6 +30,7 @@ from whaletopd.events import EventQueue, ProbeFailed, ProbePassed
 # Poll quickly until the first pass, so HEALTHY follows readiness within this delay.
 STARTUP_INTERVAL = 0.02
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+PROBE_HEADER = "X-Whaletop-Probe"  # nginx knows its value (nginx_conf.py)
 
 
 class ProbeError(Exception):
@@ -81,7 +84,7 @@ class _WebSocketStream:
             length = struct.unpack("!Q", self._raw.recv_exact(8))[0]
         payload = self._raw.recv_exact(length) if length else b""
         if opcode == 0x8:
-            raise ProbeError("websockify closed the WebSocket")
+            raise ProbeError("the server closed the WebSocket")
         return payload if opcode in (0x0, 0x2) else b""  # pings and text carry no RFB
 
     def sendall(self, data: bytes) -> None:
@@ -126,11 +129,30 @@ def _rfb_login(stream: _Stream, password: str) -> str:
     return banner.decode("ascii", errors="replace").strip()
 
 
-def _connect(host: str, port: int, timeout: float, pin: str | None = None) -> socket.socket:
-    """TCP, or TLS when `pin` (the SHA-256 of the certificate that must be served) is set.
+Host = str | Path  # a TCP host, or the path of a UNIX socket (then the port is None)
 
-    Pinning checks exactly what matters here, that websockify serves the certificate
+
+def _where(host: Host, port: int | None) -> str:
+    return str(host) if isinstance(host, Path) else f"port {port}"
+
+
+def _connect(host: Host, port: int | None, timeout: float,
+             pin: str | None = None) -> socket.socket:
+    """TCP, a UNIX socket, or TLS when `pin` (the SHA-256 of the certificate that must be
+    served) is set.
+
+    Pinning checks exactly what matters here, that nginx serves the certificate
     whaletopd installed, without judging its dates: expiry is the machine's business."""
+    if isinstance(host, Path):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(host))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    assert port is not None
     sock = socket.create_connection((host, port), timeout=timeout)
     if pin is None:
         return sock
@@ -151,26 +173,36 @@ def _connect(host: str, port: int, timeout: float, pin: str | None = None) -> so
     return tls_sock
 
 
-def rfb_login(host: str, port: int, password: str, timeout: float) -> str:
+def _request(host: Host, port: int | None, method: str, path: str,
+             headers: Mapping[str, str]) -> bytes:
+    name = "localhost" if isinstance(host, Path) else f"{host}:{port}"
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {name}",
+             *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def rfb_login(host: Host, port: int | None, password: str, timeout: float) -> str:
     """Log in to the VNC server as a client would; return its banner."""
     try:
         with _connect(host, port, timeout) as sock:
             return _rfb_login(_SocketStream(sock), password)
     except (OSError, ProbeError) as exc:
-        raise ProbeError(f"VNC port {port}: {exc}") from None
+        raise ProbeError(f"VNC on {_where(host, port)}: {exc}") from None
 
 
-def websocket_login(host: str, port: int, password: str, timeout: float,
-                    pin: str | None = None, path: str = "/websockify") -> str:
-    """What noVNC does: open websockify's WebSocket and log in to VNC through it."""
+def websocket_login(host: Host, port: int | None, password: str, timeout: float,
+                    pin: str | None = None, path: str = "/websockify",
+                    headers: Mapping[str, str] | None = None) -> str:
+    """What noVNC does: open the WebSocket and log in to VNC through it."""
     key = base64.b64encode(os.urandom(16))
-    request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-               "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-               "Sec-WebSocket-Protocol: binary\r\n").encode() + b"Sec-WebSocket-Key: " + key
+    request = _request(host, port, "GET", path, {
+        "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Protocol": "binary", "Sec-WebSocket-Key": key.decode(),
+        **(headers or {})})
     accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
     try:
         with _connect(host, port, timeout, pin) as sock:
-            sock.sendall(request + b"\r\n\r\n")
+            sock.sendall(request)
             head = b""
             while b"\r\n\r\n" not in head:
                 chunk = sock.recv(1)
@@ -184,22 +216,36 @@ def websocket_login(host: str, port: int, password: str, timeout: float,
                 raise ProbeError("bad Sec-WebSocket-Accept")
             return _rfb_login(_WebSocketStream(sock), password)
     except (OSError, ProbeError) as exc:
-        raise ProbeError(f"WebSocket on web port {port}: {exc}") from None
+        raise ProbeError(f"WebSocket on {_where(host, port)}: {exc}") from None
 
 
-def novnc_page(host: str, port: int, timeout: float, path: str = "/vnc.html",
-               pin: str | None = None) -> None:
+def _http_status(host: Host, port: int | None, path: str, timeout: float,
+                 pin: str | None, headers: Mapping[str, str] | None) -> tuple[str, bytes]:
+    request = _request(host, port, "GET", path, {"Connection": "close", **(headers or {})})
     try:
         with _connect(host, port, timeout, pin) as sock:
-            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\n\r\n".encode())
+            sock.sendall(request)
             response = b""
             while chunk := sock.recv(65536):
                 response += chunk
     except (OSError, ProbeError) as exc:
-        raise ProbeError(f"web port {port}: {exc}") from None
-    status = response.split(b"\r\n", 1)[0].decode(errors="replace")
+        raise ProbeError(f"{_where(host, port)}: {exc}") from None
+    return response.split(b"\r\n", 1)[0].decode(errors="replace"), response
+
+
+def novnc_page(host: Host, port: int | None, timeout: float, path: str = "/vnc.html",
+               pin: str | None = None, headers: Mapping[str, str] | None = None) -> None:
+    status, response = _http_status(host, port, path, timeout, pin, headers)
     if " 200 " not in status + " " or b"noVNC" not in response:
-        raise ProbeError(f"web port {port}: {path} answered {status!r} without noVNC")
+        raise ProbeError(f"web {_where(host, port)}: {path} answered {status!r} without noVNC")
+
+
+def sign_in_check(socket_path: Path, token: str, timeout: float) -> None:
+    """The sign-in service answers nginx's question for whaletopd's own checks."""
+    status, _ = _http_status(socket_path, None, "/auth/check", timeout, None,
+                             {PROBE_HEADER: token})
+    if " 204 " not in status + " ":
+        raise ProbeError(f"sign-in service {socket_path}: /auth/check answered {status!r}")
 
 
 def x_display(socket_path: str, timeout: float) -> None:
@@ -222,12 +268,15 @@ class Probe:
 class Target:
     """Where a user's connection goes, and what it logs in with."""
 
-    vnc_port: int
     web_port: int
     x_socket: str
+    vnc_socket: Path
+    websockify_socket: Path
     password: str
     timeout: float
+    probe_token: str
     pin: str | None = None  # with TLS: the SHA-256 of the certificate that must be served
+    auth_socket: Path | None = None  # with sign-in: the sign-in service
 
 
 def desktop_probes(target: Target, blame: Mapping[str, str]) -> list[Probe]:
@@ -235,23 +284,43 @@ def desktop_probes(target: Target, blame: Mapping[str, str]) -> list[Probe]:
     (from the programs table) names the child each check points at."""
     host = "127.0.0.1"
     t = target
+    # nginx knows this header's value: whaletopd's checks are never limited or logged,
+    # and the sign-in service lets them through.
+    headers = {PROBE_HEADER: t.probe_token}
 
-    def login_through_websockify() -> None:
-        # The user's path proves Xvnc and websockify at once; only when it fails does a
-        # direct VNC login tell which of the two is at fault.
+    def login_through_the_front_door() -> None:
+        # Until the servers behind nginx listen, asking nginx only fills its error log.
+        for name, sock in (("websockify_login", t.websockify_socket),
+                           ("sign_in_check", t.auth_socket)):
+            if sock is not None and not sock.exists():
+                raise ProbeError(f"{sock} is not there (not listening yet?)",
+                                 part=blame.get(name))
+        # The user's path, nginx -> websockify -> Xvnc, proves them all at once; only
+        # when it fails do the checks of each hop behind it tell which one is at fault.
         try:
-            websocket_login(host, t.web_port, t.password, t.timeout, t.pin)
+            websocket_login(host, t.web_port, t.password, t.timeout, t.pin, headers=headers)
         except ProbeError:
-            try:
-                rfb_login(host, t.vnc_port, t.password, t.timeout)
-            except ProbeError as direct:
-                raise ProbeError(str(direct), part=blame["x_display"]) from None
+            behind: list[tuple[str, Callable[[], object]]] = [
+                ("x_display", lambda: rfb_login(t.vnc_socket, None, t.password, t.timeout)),
+                ("websockify_login", lambda: websocket_login(
+                    t.websockify_socket, None, t.password, t.timeout)),
+            ]
+            auth = t.auth_socket
+            if auth is not None:
+                behind.append(("sign_in_check",
+                               lambda: sign_in_check(auth, t.probe_token, t.timeout)))
+            for name, check in behind:
+                try:
+                    check()
+                except ProbeError as exc:
+                    raise ProbeError(str(exc), part=blame.get(name)) from None
             raise
 
     checks: list[tuple[str, Callable[[], object]]] = [
         ("x_display", lambda: x_display(t.x_socket, t.timeout)),
-        ("websocket_login", login_through_websockify),
-        ("novnc_page", lambda: novnc_page(host, t.web_port, t.timeout, pin=t.pin)),
+        ("web_login", login_through_the_front_door),
+        ("novnc_page", lambda: novnc_page(host, t.web_port, t.timeout, pin=t.pin,
+                                          headers=headers)),
     ]
     return [Probe(name, blame[name], check) for name, check in checks]
 

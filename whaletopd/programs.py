@@ -6,9 +6,9 @@ says; adding a child is adding a row.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from whaletopd.backoff import Restart
@@ -16,6 +16,9 @@ from whaletopd.config import Config
 from whaletopd.paths import Paths
 
 DISPLAY = 1
+# websockify's three lines per connection (nginx logs each request, with the address).
+WEBSOCKIFY_CHATTER = re.compile(
+    r"^\S+ - - \[[^\]]*\] (\S+: Plain non-SSL|\S+: Path: |connecting to unix socket)")
 # Xvnc logs every connection (status, level 10), health probes included, a dozen lines
 # each: keep only errors (level 0) of those modules.  websockify logs browser connections.
 XVNC_LOG = ",".join(["*:stderr:30"] + [
@@ -27,11 +30,10 @@ XVNC_LOG = ",".join(["*:stderr:30"] + [
 @dataclass(frozen=True)
 class Launch:
     """What command lines are made of: the configuration, where things are, and what
-    other parts provide (the web front's certificate file, a readiness pipe)."""
+    other parts provide (a readiness pipe)."""
 
     config: Config
     paths: Paths
-    web_pem: Path | None = None  # websockify's certificate and key, with TLS
     ready_fd: int | None = None  # the pipe a `displayfd` program writes to when ready
 
 
@@ -45,15 +47,29 @@ class Program:
     restart: Restart | None = None  # None: its death loses the user's windows
     stop_order: int = 0  # lower stops first
     probes: tuple[str, ...] = ()  # health checks whose failure this child is blamed for
+    # Who it runs as: the desktop user; "web", the web front's own account (www-data
+    # when whaletopd is root); "root", a master that drops to "web" itself (nginx).
+    account: Literal["desktop", "web", "root"] = "desktop"
+    wanted: Callable[[Config], bool] | None = None  # None: always; else only when true
+    quiet: re.Pattern[str] | None = None  # output lines that are routine: not logged
+    json_lines: bool = False  # its output lines are JSON objects whose fields are kept
+
+    def enabled(self, config: Config) -> bool:
+        return self.wanted is None or self.wanted(config)
 
 
 def xvnc_argv(launch: Launch) -> list[str]:
     cfg, paths = launch.config, launch.paths
+    # RFB on a UNIX socket for websockify; TCP only when asked.  Every web client
+    # reaches Xvnc through that one socket, so Xvnc's per-address blacklist would lock
+    # out everyone (health checks included) for one guesser: nginx limits per address.
+    tcp = (["-rfbport", str(cfg.vnc_port), "-localhost", "0"] if cfg.expose_vnc
+           else ["-rfbport", "-1"])
     return [
         "Xvnc", f":{DISPLAY}",
         "-geometry", cfg.geometry, "-depth", str(cfg.depth),
-        "-rfbport", str(cfg.vnc_port),
-        "-localhost", "0" if cfg.expose_vnc else "1",
+        "-rfbunixpath", str(paths.vnc_socket), "-rfbunixmode", "0600", *tcp,
+        "-UseBlacklist=0",
         "-SecurityTypes", "VncAuth", "-PasswordFile", str(paths.vnc_auth),
         "-AlwaysShared", "-AcceptSetDesktopSize", "-desktop", "whaletop",
         "-nolisten", "tcp", "-nolisten", "local", "-Log", XVNC_LOG,
@@ -62,22 +78,44 @@ def xvnc_argv(launch: Launch) -> list[str]:
 
 
 def websockify_argv(launch: Launch) -> list[str]:
-    cfg = launch.config
-    tls = [] if launch.web_pem is None else ["--cert", str(launch.web_pem), "--ssl-only"]
-    # It needs only the VNC port number, not a running Xvnc: it starts alongside.
-    return ["websockify", *tls, "--web", str(launch.paths.novnc_dir),
-            f"0.0.0.0:{cfg.web_port}", f"127.0.0.1:{cfg.vnc_port}"]
+    paths = launch.paths
+    # Between nginx and Xvnc, both on UNIX sockets; it needs no running Xvnc to start.
+    # nginx's workers (another account) connect: the socket is in the desktop's folder.
+    return ["websockify", "--unix-listen", str(paths.websockify_socket),
+            "--unix-listen-mode", "0666", "--unix-target", str(paths.vnc_socket)]
+
+
+def nginx_argv(launch: Launch) -> list[str]:
+    paths = launch.paths
+    return ["nginx", "-c", str(paths.nginx_conf), "-p", str(paths.nginx_dir),
+            "-e", "stderr"]
+
+
+def webauth_argv(launch: Launch) -> list[str]:
+    paths = launch.paths
+    return ["python3", "-m", "whaletopd.webauth", "--socket", str(paths.auth_socket),
+            "--settings", str(paths.web_dir / "auth.json")]
+
+
+def _sign_in(config: Config) -> bool:
+    return config.sign_in
 
 
 def session_argv(launch: Launch) -> list[str]:
     return ["dbus-run-session", "--", "startlxde"]
 
 
+# The web side holds no user state: each is restarted when it dies or hangs, windows
+# untouched.  nginx stops first (no new connections), Xvnc last.
 PROGRAMS: tuple[Program, ...] = (
-    Program("xvnc", xvnc_argv, ready="displayfd", stop_order=3, probes=("x_display",)),
-    Program("websockify", websockify_argv, restart=Restart(), stop_order=2,
-            probes=("websocket_login", "novnc_page")),
-    Program("session", session_argv, after="xvnc", stop_order=1),
+    Program("xvnc", xvnc_argv, ready="displayfd", stop_order=4, probes=("x_display",)),
+    Program("websockify", websockify_argv, restart=Restart(), stop_order=3,
+            probes=("websockify_login",), quiet=WEBSOCKIFY_CHATTER),
+    Program("nginx", nginx_argv, restart=Restart(), stop_order=0, account="root",
+            probes=("web_login", "novnc_page"), json_lines=True),
+    Program("webauth", webauth_argv, restart=Restart(), stop_order=1, account="web",
+            probes=("sign_in_check",), wanted=_sign_in, json_lines=True),
+    Program("session", session_argv, after="xvnc", stop_order=2),
 )
 
 

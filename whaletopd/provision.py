@@ -47,6 +47,7 @@ class Account:
     run_as: RunAs
     env: dict[str, str]
     password: str
+    view_only_password: str | None = None  # VNC's second password: watch only
 
 
 def provision(config: Config, paths: Paths, display: int) -> Account:
@@ -63,13 +64,16 @@ def provision(config: Config, paths: Paths, display: int) -> Account:
         out["result"] = configure_sudo(config, paths)
     with step("vnc_password"):
         password = config.vnc_password or generate_password()
-        write_password(password, paths, run_as)
+        # With sign-in, viewers get it from the sign-in service, never typed.
+        view_only = config.view_only_password or (
+            generate_password() if config.sign_in else None)
+        write_password(password, paths, run_as, view_only)
     if config.vnc_password is None:
         log.info("vnc_password", password=password, file=str(paths.vnc_passwd))
     elif len(config.vnc_password) > VNC_PASSWORD_LENGTH:
         log.warning("vnc_password_truncated", length=len(config.vnc_password),
                     reason="VNC authentication uses only the first 8 characters")
-    return Account(run_as, child_env(config, run_as, display), password)
+    return Account(run_as, child_env(config, run_as, display), password, view_only)
 
 
 def child_env(config: Config, run_as: RunAs, display: int) -> dict[str, str]:
@@ -261,10 +265,18 @@ def generate_password() -> str:
     return "".join(secrets.choice(PASSWORD_ALPHABET) for _ in range(VNC_PASSWORD_LENGTH))
 
 
-def write_password(password: str, paths: Paths, run_as: RunAs) -> None:
-    """Plain text for root (docker exec), obfuscated for Xvnc (readable by the user only)."""
+def write_password(password: str, paths: Paths, run_as: RunAs,
+                   view_only: str | None = None) -> None:
+    """Plain text for root (docker exec), obfuscated for Xvnc (readable by the user only).
+    `vncpasswd -f` takes the full-access password and, on a second line, the view-only
+    one (Xvnc refuses that client's keyboard, mouse and clipboard)."""
     atomic_write(paths.vnc_passwd, password + "\n", mode=0o600)
-    obfuscated = _run(["vncpasswd", "-f"], input_text=f"{password}\n{password}\n")
+    if view_only is None:
+        paths.vnc_view_only_passwd.unlink(missing_ok=True)
+    else:
+        atomic_write(paths.vnc_view_only_passwd, view_only + "\n", mode=0o600)
+    lines = password + "\n" + (view_only + "\n" if view_only else "")
+    obfuscated = _run(["vncpasswd", "-f"], input_text=lines)
     atomic_write(paths.vnc_auth, obfuscated, mode=0o600, owner=(run_as.uid, run_as.gid))
 
 

@@ -34,13 +34,12 @@ class Supervisor:
         self._ready: set[str] = set()
         self._budgets = {p.name: RestartBudget(p.restart)
                          for p in programs if p.restart is not None}
-        self._run_as: RunAs | None = None
-        self._env: dict[str, str] = {}
+        self._accounts: dict[str, tuple[RunAs, dict[str, str]]] = {}
 
-    def use(self, run_as: RunAs, env: Mapping[str, str]) -> None:
-        """Who the children run as, and their environment (known after provisioning)."""
-        self._run_as = run_as
-        self._env = dict(env)
+    def use(self, run_as: RunAs, env: Mapping[str, str], account: str = "desktop") -> None:
+        """Who the children of an account (programs.Program.account) run as, and their
+        environment; known after provisioning."""
+        self._accounts[account] = (run_as, dict(env))
 
     # -- starting ------------------------------------------------------------------------
 
@@ -63,10 +62,12 @@ class Supervisor:
         self._ready.add(name)
 
     def _spawn(self, program: Program, launch: Launch) -> Child:
-        assert self._run_as is not None, "use() comes first"
+        assert program.account in self._accounts, f"use(..., {program.account!r}) first"
+        run_as, env = self._accounts[program.account]
         if program.ready == "started":
-            child = children.spawn(program.name, program.argv(launch), self._run_as,
-                                   self._env, self._events)
+            child = children.spawn(program.name, program.argv(launch), run_as,
+                                   env, self._events, quiet=program.quiet,
+                                   json_lines=program.json_lines)
             self._ready.add(program.name)
             return child
         # Its readiness pipe, also when it is restarted (a ChildReady after the start is
@@ -75,8 +76,9 @@ class Supervisor:
         try:
             child = children.spawn(program.name, program.argv(replace(launch,
                                                                       ready_fd=write_fd)),
-                                   self._run_as, self._env, self._events,
-                                   pass_fds=(write_fd,))
+                                   run_as, env, self._events,
+                                   pass_fds=(write_fd,), quiet=program.quiet,
+                                   json_lines=program.json_lines)
         except BaseException:
             os.close(read_fd)
             raise
@@ -144,6 +146,17 @@ class Supervisor:
             except OSError as exc:
                 log.error("restart_failed", child=name, reason=str(exc))
                 return False
+        return True
+
+    def signal(self, name: str, sig: int) -> bool:
+        """Send a running child a signal (nginx: SIGHUP reloads its certificate)."""
+        child = self._current.get(name)
+        if child is None or child.returncode is not None:
+            return False
+        try:
+            os.kill(child.pid, sig)
+        except ProcessLookupError:
+            return False
         return True
 
     # -- stopping ------------------------------------------------------------------------

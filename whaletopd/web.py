@@ -1,20 +1,20 @@
-"""The part that owns the web front's TLS: the certificate in service, the file websockify
+"""The part that owns the web front's TLS: the certificate in service, the file nginx
 reads, the watch on --tls-certificate's folder, a validated candidate waiting to replace
 the certificate, and the expiry warnings and check deadline.
 
-Restarting websockify with a new certificate is the supervisor's work; the desktop puts
-the two together.  Without TLS every method is a no-op.
+Making nginx reload a new certificate is the supervisor's work; the desktop puts the two
+together.  Without TLS every method is a no-op.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from whaletopd import certs, logs, tls
-from whaletopd.children import RunAs
 from whaletopd.config import Config
 from whaletopd.deadlines import Deadlines
 from whaletopd.events import (
@@ -51,12 +51,12 @@ class WebFront:
 
     @property
     def pem(self) -> Path | None:
-        """websockify's certificate and key, once installed (None without TLS)."""
+        """nginx's certificate and key, once installed (None without TLS)."""
         return self._pem
 
     @property
     def pin(self) -> str | None:
-        """The SHA-256 of the certificate websockify must serve (None without TLS)."""
+        """The SHA-256 of the certificate nginx must serve (None without TLS)."""
         return self._certificate.bundle.fingerprint if self._certificate else None
 
     def describe(self) -> dict[str, Any] | None:
@@ -73,14 +73,13 @@ class WebFront:
                                              self._config.tls_key_password)
             out.update(self._certificate.describe())
 
-    def install(self, run_as: RunAs) -> None:
-        """Give websockify its file, watch the user's file for changes, check expiry."""
+    def install(self) -> None:
+        """Give nginx its file, watch the user's file for changes, check expiry."""
         cert = self._certificate
         if cert is None:
             return
         with step("tls_install"):
-            self._pem = certs.publish(cert, self._paths.state_dir, self._paths.run_dir,
-                                      run_as.uid, run_as.gid)
+            self._pem = self._publish(cert)
         if cert.source is not None:
             from whaletopd.watch import Watcher  # watchdog: only when there is a file to watch
 
@@ -110,7 +109,12 @@ class WebFront:
             return False
         return True
 
-    def put_candidate_in_service(self, run_as: RunAs) -> bool:
+    def _publish(self, cert: certs.Certificate) -> Path:
+        # nginx's master reads it: whaletopd's own user.
+        return certs.publish(cert, self._paths.state_dir, self._paths.run_dir,
+                             os.geteuid(), os.getegid())
+
+    def put_candidate_in_service(self) -> bool:
         """Write the candidate's files, then serve it; False (logged, the old one stays)
         when they cannot be written."""
         assert self._candidate is not None, "candidate_valid() comes first"
@@ -118,8 +122,7 @@ class WebFront:
         self._candidate = None
         with step("reload_tls") as out:
             try:
-                self._pem = certs.publish(new, self._paths.state_dir, self._paths.run_dir,
-                                          run_as.uid, run_as.gid)
+                self._pem = self._publish(new)
             except OSError as exc:
                 log.error("certificate_refused", reason=f"cannot install it: {exc}",
                           in_service=old.bundle.fingerprint if old else None)

@@ -1,0 +1,218 @@
+"""nginx's configuration, written from Config: the only TCP listener of the desktop.
+
+nginx serves noVNC's files (compressed, with validators), proxies the WebSocket to
+websockify's UNIX socket, terminates TLS (a rotated certificate is a graceful reload:
+connected sessions stay), limits new connections per client address, checks the
+WebSocket's Origin, and asks the sign-in service (webauth.py) before anything when
+sign-in is on.  Its access log is JSON lines on stdout, which whaletopd re-emits with
+`source: nginx`.
+
+whaletopd's own health checks carry a per-start secret header (the probe token): they
+are never rate-limited and never logged, so no client can lock them out and they do
+not drown the log.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from whaletopd.config import Config
+from whaletopd.paths import Paths
+from whaletopd.probes import PROBE_HEADER
+
+# A burst of new WebSocket connections beyond --connection-rate: half served at once,
+# half slowed to the rate, then refused (429).
+CONNECTION_BURST = 20
+CONNECTION_BURST_UNDELAYED = 10
+# Open desktop connections from one address (several tabs, a viewer or two).
+CONNECTIONS_PER_ADDRESS = 20
+MIME_TYPES = Path("/etc/nginx/mime.types")
+
+
+@dataclass(frozen=True)
+class FrontDoorSpec:
+    """What the configuration is made of besides Config."""
+
+    probe_token: str
+    tls_pem: Path | None = None
+    worker_user: str | None = None  # None when whaletopd itself does not run as root
+    mime_types: Path = MIME_TYPES
+
+
+def _headers(config: Config) -> list[str]:
+    """Response headers of every location: nginx drops the server's add_header lines in
+    a location that has its own, so each location gets all of them."""
+    lines = [
+        'add_header X-Frame-Options "SAMEORIGIN" always;',
+        "add_header Content-Security-Policy \"frame-ancestors 'self'\" always;",
+        'add_header X-Content-Type-Options "nosniff" always;',
+        'add_header Referrer-Policy "same-origin" always;',
+    ]
+    if config.tls:
+        lines.append('add_header Strict-Transport-Security "max-age=31536000" always;')
+    return lines
+
+
+def _block(header: str, body: list[str], indent: str = "    ") -> list[str]:
+    return [f"{header} {{", *(indent + line for line in body), "}"]
+
+
+def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
+    token = spec.probe_token
+    if not token.isalnum():
+        raise ValueError("the probe token must be alphanumeric")
+    tmp = paths.nginx_dir / "tmp"
+    headers = _headers(config)
+    sign_in = config.sign_in
+    rate = config.connection_rate
+
+    http: list[str] = [
+        f"include {spec.mime_types};",
+        "default_type application/octet-stream;",
+        "server_tokens off;",
+        "sendfile on;",
+        "tcp_nodelay on;",
+        "keepalive_timeout 65s;",
+        "charset utf-8;",
+        "charset_types text/css application/javascript application/json;",
+        f"client_body_temp_path {tmp}/body;",
+        f"proxy_temp_path {tmp}/proxy;",
+        f"fastcgi_temp_path {tmp}/fastcgi;",
+        f"uwsgi_temp_path {tmp}/uwsgi;",
+        f"scgi_temp_path {tmp}/scgi;",
+        "gzip on;",
+        "gzip_vary on;",
+        "gzip_min_length 512;",
+        "gzip_types text/css application/javascript text/javascript application/json "
+        "image/svg+xml;",
+    ]
+    proxies = [str(ipaddress.ip_network(c, strict=False)) for c in config.trusted_proxies]
+    if proxies:
+        http += [f"set_real_ip_from {cidr};" for cidr in proxies]
+        http += ["real_ip_header X-Forwarded-For;", "real_ip_recursive on;"]
+    http += [
+        # whaletopd's health checks: never limited, never logged.
+        *_block(f"map $http_{PROBE_HEADER.lower().replace('-', '_')} $whaletop_probe",
+                [f'"{token}" 1;', "default 0;"]),
+        *_block("map $whaletop_probe $whaletop_client", ['1 "";',
+                                                        "default $binary_remote_addr;"]),
+        *_block("map $whaletop_probe $whaletop_loggable", ["1 0;", "default 1;"]),
+        # The host part of a browser's Origin; "" when there is none (not a browser).
+        *_block("map $http_origin $whaletop_origin_host",
+                ['"" "";', '"~^https?://(?<origin_host>[^/]+)$" $origin_host;',
+                 'default "(invalid)";']),
+        # 1 when a browser's Origin names another host than the request's Host (a
+        # backreference compares the two; no Origin is not a browser, and passes).
+        *_block('map "$whaletop_origin_host|$http_host" $whaletop_cross_origin',
+                ['"~^(\\|.*|([^|]+)\\|\\2)$" 0;', "default 1;"]),
+        f"limit_req_zone $whaletop_client zone=connections:1m rate={rate}r/m;",
+        "limit_req_zone $whaletop_client zone=signin:1m rate=30r/m;",
+        "limit_conn_zone $whaletop_client zone=open:1m;",
+        "limit_req_status 429;",
+        "limit_conn_status 429;",
+        "limit_req_log_level warn;",
+        "limit_conn_log_level warn;",
+        # The path without its query: noVNC's ?password=... never reaches the log.
+        "log_format whaletop escape=json '{\"event\":\"request\",\"level\":\"info\","
+        "\"client\":\"$remote_addr\",\"method\":\"$request_method\",\"path\":\"$uri\","
+        "\"status\":$status,\"bytes\":$body_bytes_sent,\"seconds\":$request_time,"
+        "\"user\":\"$whaletop_user\",\"user_agent\":\"$http_user_agent\"}';",
+        "access_log /dev/stdout whaletop if=$whaletop_loggable;",
+        *_block("upstream websockify", [f"server unix:{paths.websockify_socket};"]),
+    ]
+    if sign_in:
+        http += _block("upstream webauth", [f"server unix:{paths.auth_socket};"])
+
+    server: list[str] = []
+    if config.tls:
+        assert spec.tls_pem is not None, "TLS needs the certificate's file"
+        server += [
+            f"listen {config.web_port} ssl;",
+            f"ssl_certificate {spec.tls_pem};",
+            f"ssl_certificate_key {spec.tls_pem};",
+            "ssl_protocols TLSv1.2 TLSv1.3;",
+            "ssl_prefer_server_ciphers off;",
+            "ssl_session_cache shared:tls:1m;",
+            "ssl_session_timeout 1d;",
+            # Plain HTTP sent to the HTTPS port: send the browser to https.
+            "error_page 497 =301 https://$host:$server_port$request_uri;",
+        ]
+    else:
+        server.append(f"listen {config.web_port};")
+    server += [
+        f"root {paths.novnc_dir};",
+        "index index.html;",
+        "autoindex off;",
+        # Relative redirects: deployments on a sub-path behind a proxy keep working.
+        "absolute_redirect off;",
+        'set $whaletop_user "";',
+    ]
+    gate: list[str] = []
+    if sign_in:
+        gate = ["auth_request /auth/check;",
+                "auth_request_set $whaletop_user $upstream_http_x_whaletop_user;"]
+
+    # noVNC's files: revalidated (ETag, Last-Modified), so an upgraded image is seen.
+    static = [*gate, *headers, 'add_header Cache-Control "no-cache" always;',
+              "try_files $uri $uri/ =404;"]
+    if sign_in:
+        static.append("error_page 401 = @signin;")
+    server += _block("location /", static)
+
+    websocket = [
+        *gate,
+        # A page of another site must not open the desktop with this browser's
+        # credentials: browsers always send Origin on a WebSocket.
+        "if ($whaletop_cross_origin) { return 403; }",
+        f"limit_req zone=connections burst={CONNECTION_BURST} "
+        f"delay={CONNECTION_BURST_UNDELAYED};",
+        f"limit_conn open {CONNECTIONS_PER_ADDRESS};",
+        *headers,
+        "proxy_pass http://websockify;",
+        "proxy_http_version 1.1;",
+        "proxy_set_header Upgrade $http_upgrade;",
+        'proxy_set_header Connection "upgrade";',
+        "proxy_set_header Host $http_host;",
+        "proxy_buffering off;",
+        "proxy_read_timeout 7d;",
+        "proxy_send_timeout 7d;",
+    ]
+    server += _block("location = /websockify", websocket)
+
+    if sign_in:
+        to_auth = ["proxy_pass http://webauth;",
+                   "proxy_set_header Host $http_host;",
+                   "proxy_set_header X-Real-IP $remote_addr;"]
+        server += _block("location = /auth/check", [
+            "internal;",
+            *to_auth,
+            "proxy_pass_request_body off;",
+            'proxy_set_header Content-Length "";',
+        ])
+        server += _block("location /auth/", [
+            "limit_req zone=signin burst=20 nodelay;",
+            "client_max_body_size 8k;",
+            *to_auth,
+        ])
+        server += _block("location @signin", [
+            "rewrite ^ /auth/redirect break;",
+            *to_auth,
+            "proxy_set_header X-Original-URI $request_uri;",
+            "proxy_pass_request_body off;",
+            'proxy_set_header Content-Length "";',
+        ])
+
+    conf = [
+        "# Written by whaletopd from its flags at every start; edits here are lost.",
+        *([f"user {spec.worker_user};"] if spec.worker_user else []),
+        "worker_processes 1;",
+        "daemon off;",
+        f"pid {paths.nginx_dir / 'nginx.pid'};",
+        "error_log stderr warn;",
+        "pcre_jit on;",
+        *_block("events", ["worker_connections 1024;"]),
+        *_block("http", [*http, *_block("server", server)]),
+    ]
+    return "\n".join(conf) + "\n"
