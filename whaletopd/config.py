@@ -86,7 +86,8 @@ OPTIONS: tuple[Option, ...] = (
            "initial desktop size WIDTHxHEIGHT (the browser can resize it)"),
     Option("--depth", "WHALETOP_DEPTH", int, 24, "colour depth: 16, 24 or 32"),
     Option("--web-port", "WHALETOP_WEB_PORT", int, 8080, "port of the noVNC web page"),
-    Option("--vnc-port", "WHALETOP_VNC_PORT", int, 5901, "port of the raw VNC server"),
+    Option("--vnc-port", "WHALETOP_VNC_PORT", int, 5901,
+           "port of the raw VNC server, with --expose-vnc"),
     Option("--expose-vnc", "WHALETOP_EXPOSE_VNC", bool, False,
            "also serve raw VNC on TCP --vnc-port, all interfaces (default: no TCP, only "
            "the web port)"),
