@@ -4,6 +4,7 @@ and `docker run -e WHALETOP_...` accept, and what they refuse with a useful mess
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
@@ -29,7 +30,15 @@ NON_DEFAULT = {
     "startup_timeout": ("120", 120.0),
     "log_format": ("console", "console"),
     "tls_certificate": ("/data/cert.pem", "/data/cert.pem"),
+    "web_users": ("/data/users", "/data/users"),
+    "sign_in_attempts": ("5", 5),
+    "sign_in_lockout": ("60", 60.0),
+    "connection_rate": ("120", 120),
+    "trusted_proxy": ("10.0.0.0/8,fd00::/8", "10.0.0.0/8,fd00::/8"),
 }
+# What the *-from-env flags read: every boolean flag can be turned on with these.
+SECRETS = {"VNC_PASSWORD": "secret1", "VNC_VIEW_ONLY_PASSWORD": "viewer1",
+           "WEB_PASSWORD": "web secret"}
 
 
 def test_defaults_without_flags_or_environment() -> None:
@@ -92,7 +101,7 @@ def test_flag_equals_form() -> None:
 
 @pytest.mark.parametrize("opt", BOOL_OPTIONS, ids=lambda o: o.flag)
 def test_bool_flag(opt: config.Option) -> None:
-    env = {"VNC_PASSWORD": "secret1"}
+    env = SECRETS
     assert getattr(parse([opt.flag], env), opt.dest) is True
     assert getattr(parse([], env), opt.dest) is False
 
@@ -100,7 +109,7 @@ def test_bool_flag(opt: config.Option) -> None:
 @pytest.mark.parametrize("opt", BOOL_OPTIONS, ids=lambda o: o.env)
 @pytest.mark.parametrize("word", ["1", "true", "yes", "on", "TRUE", " Yes ", "On"])
 def test_bool_env_true_words(opt: config.Option, word: str) -> None:
-    assert getattr(parse([], {opt.env: word, "VNC_PASSWORD": "secret1"}), opt.dest) is True
+    assert getattr(parse([], {opt.env: word, **SECRETS}), opt.dest) is True
 
 
 @pytest.mark.parametrize("opt", BOOL_OPTIONS, ids=lambda o: o.env)
@@ -218,6 +227,160 @@ def test_password_of_six_printable_characters_is_enough() -> None:
     assert parse(["--vnc-password-from-env"], {"VNC_PASSWORD": "a b~!?"}).vnc_password == "a b~!?"
 
 
+# -- the view-only VNC password ---------------------------------------------------------
+
+def test_view_only_password_from_env() -> None:
+    cfg = parse(["--view-only-password-from-env"], {"VNC_VIEW_ONLY_PASSWORD": "watch1"})
+    assert cfg.view_only_password == "watch1"
+    assert cfg.vnc_password is None, "the full-access password is still generated"
+
+
+def test_view_only_password_from_env_via_env_twin() -> None:
+    cfg = parse([], {"WHALETOP_VIEW_ONLY_PASSWORD_FROM_ENV": "1",
+                     "VNC_VIEW_ONLY_PASSWORD": "watch1"})
+    assert cfg.view_only_password == "watch1"
+
+
+def test_view_only_password_env_ignored_without_the_flag() -> None:
+    assert parse([], {"VNC_VIEW_ONLY_PASSWORD": "watch1"}).view_only_password is None
+
+
+@pytest.mark.parametrize(("env", "why"), [
+    ({}, "--view-only-password-from-env is set but VNC_VIEW_ONLY_PASSWORD is not"),
+    ({"VNC_VIEW_ONLY_PASSWORD": ""}, "empty"),
+    ({"VNC_VIEW_ONLY_PASSWORD": "abcde"}, "shorter than 6"),
+    ({"VNC_VIEW_ONLY_PASSWORD": "wätcher"}, "ASCII"),
+    ({"VNC_VIEW_ONLY_PASSWORD": "watch\n1"}, "ASCII"),
+], ids=["missing", "empty", "5-chars", "non-ascii", "newline"])
+def test_bad_view_only_password_names_the_variable(env: dict[str, str], why: str) -> None:
+    with pytest.raises(ConfigError, match="VNC_VIEW_ONLY_PASSWORD") as info:
+        parse(["--view-only-password-from-env"], {"VNC_PASSWORD": "secret1", **env})
+    assert why in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_view_only_password_error_does_not_blame_the_vnc_password() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(["--view-only-password-from-env"], {"VNC_PASSWORD": "secret1"})
+    assert "--vnc-password-from-env" not in str(info.value)
+    assert not re.search(r"\bVNC_PASSWORD\b", str(info.value))
+
+
+# -- sign-in ----------------------------------------------------------------------------
+
+def test_no_sign_in_by_default() -> None:
+    cfg = parse([], {"WEB_PASSWORD": "ignored without the flag"})
+    assert cfg.sign_in is False
+    assert cfg.web_password is None
+    assert (cfg.sign_in_attempts, cfg.sign_in_lockout, cfg.connection_rate) == (10, 300.0, 60)
+    assert cfg.trusted_proxies == []
+
+
+def test_web_password_from_env() -> None:
+    cfg = parse(["--web-password-from-env"], {"WEB_PASSWORD": "correct horse"})
+    assert cfg.web_password == "correct horse"
+    assert cfg.sign_in is True
+
+
+def test_web_password_from_env_via_env_twin() -> None:
+    cfg = parse([], {"WHALETOP_WEB_PASSWORD_FROM_ENV": "yes", "WEB_PASSWORD": "pässwörd"})
+    assert cfg.web_password == "pässwörd", "hashed, not typed into VNC: any text will do"
+    assert cfg.sign_in is True
+
+
+@pytest.mark.parametrize(("env", "why"), [
+    ({}, "--web-password-from-env is set but WEB_PASSWORD is not"),
+    ({"WEB_PASSWORD": ""}, "shorter than 8"),
+    ({"WEB_PASSWORD": "seven77"}, "shorter than 8"),
+    ({"WEB_PASSWORD": "good\npassword"}, "control characters"),
+    ({"WEB_PASSWORD": "tab\tpassword"}, "control characters"),
+], ids=["missing", "empty", "7-chars", "newline", "tab"])
+def test_bad_web_password_names_the_variable(env: dict[str, str], why: str) -> None:
+    with pytest.raises(ConfigError, match="WEB_PASSWORD") as info:
+        parse(["--web-password-from-env"], env)
+    assert why in str(info.value)
+    assert "\n" not in str(info.value)
+    if env.get("WEB_PASSWORD"):
+        assert env["WEB_PASSWORD"] not in str(info.value), "the password is not echoed"
+
+
+def test_web_users_turns_sign_in_on() -> None:
+    cfg = parse(["--web-users", "/data/users"], {})
+    assert cfg.sign_in is True
+    assert cfg.web_password is None
+    assert parse([], {"WHALETOP_WEB_USERS": "/run/secrets/users"}).sign_in is True
+
+
+@pytest.mark.parametrize("path", ["users", "./users", "~/users", "data/users"])
+def test_web_users_must_be_absolute(path: str) -> None:
+    with pytest.raises(ConfigError, match="--web-users") as info:
+        parse(["--web-users", path], {})
+    assert "absolute" in str(info.value)
+
+
+def test_web_users_and_web_password_are_one_or_the_other() -> None:
+    with pytest.raises(ConfigError, match="--web-users and --web-password-from-env"):
+        parse(["--web-users", "/data/users", "--web-password-from-env"],
+              {"WEB_PASSWORD": "correct horse"})
+
+
+@pytest.mark.parametrize(("argv", "env", "name"), [
+    (["--sign-in-attempts", "0"], {}, "--sign-in-attempts"),
+    (["--sign-in-attempts", "-3"], {}, "--sign-in-attempts"),
+    ([], {"WHALETOP_SIGN_IN_ATTEMPTS": "0"}, "--sign-in-attempts"),
+    (["--sign-in-attempts", "many"], {}, "--sign-in-attempts"),
+    ([], {"WHALETOP_SIGN_IN_ATTEMPTS": "1.5"}, "WHALETOP_SIGN_IN_ATTEMPTS"),
+    (["--sign-in-lockout", "0"], {}, "--sign-in-lockout"),
+    (["--sign-in-lockout", "-1"], {}, "--sign-in-lockout"),
+    (["--sign-in-lockout", "nan"], {}, "--sign-in-lockout"),
+    (["--sign-in-lockout", "inf"], {}, "--sign-in-lockout"),
+    (["--sign-in-lockout", "86401"], {}, "--sign-in-lockout"),
+    ([], {"WHALETOP_SIGN_IN_LOCKOUT": "5m"}, "WHALETOP_SIGN_IN_LOCKOUT"),
+    (["--connection-rate", "0"], {}, "--connection-rate"),
+    (["--connection-rate", "6001"], {}, "--connection-rate"),
+    ([], {"WHALETOP_CONNECTION_RATE": "-5"}, "--connection-rate"),
+    ([], {"WHALETOP_CONNECTION_RATE": "lots"}, "WHALETOP_CONNECTION_RATE"),
+])
+def test_bad_sign_in_and_rate_values_name_their_origin(argv: list[str], env: dict[str, str],
+                                                       name: str) -> None:
+    with pytest.raises(ConfigError, match=name) as info:
+        parse(argv, env)
+    assert "\n" not in str(info.value)
+
+
+def test_sign_in_and_rate_bounds_are_accepted() -> None:
+    cfg = parse(["--sign-in-attempts", "1", "--sign-in-lockout", "86400",
+                 "--connection-rate", "1"], {})
+    assert (cfg.sign_in_attempts, cfg.sign_in_lockout, cfg.connection_rate) == (1, 86400.0, 1)
+    assert parse(["--connection-rate", "6000"], {}).connection_rate == 6000
+    assert parse(["--sign-in-lockout", "0.5"], {}).sign_in_lockout == 0.5
+
+
+# -- trusted proxies --------------------------------------------------------------------
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("10.0.0.0/8", ["10.0.0.0/8"]),
+    ("172.17.0.1", ["172.17.0.1"]),
+    ("10.0.0.0/8, 192.168.1.0/24 ,fd00::/8", ["10.0.0.0/8", "192.168.1.0/24", "fd00::/8"]),
+    ("::1", ["::1"]),
+    ("10.1.2.3/8", ["10.1.2.3/8"]),  # host bits set: the network is meant
+    (" , ", []),
+    ("", []),
+])
+def test_trusted_proxies(raw: str, expected: list[str]) -> None:
+    assert parse(["--trusted-proxy", raw], {}).trusted_proxies == expected
+    assert parse([], {"WHALETOP_TRUSTED_PROXY": raw}).trusted_proxies == expected
+
+
+@pytest.mark.parametrize("bad", ["10.0.0.0/33", "proxy.example", "10.0.0.0/8;", "fd00::/129",
+                                 "10.0.0.0/8,nonsense", "*", "10.0.0.0/8 10.1.0.0/16"])
+def test_bad_trusted_proxy_is_named(bad: str) -> None:
+    with pytest.raises(ConfigError, match="--trusted-proxy") as info:
+        parse(["--trusted-proxy", bad], {})
+    assert "CIDR" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
 # -- TLS ------------------------------------------------------------------------------
 
 def test_enable_tls() -> None:
@@ -294,11 +457,17 @@ def test_port_bounds_are_accepted() -> None:
     assert (cfg.web_port, cfg.vnc_port) == (1, 65535)
 
 
-def test_web_and_vnc_port_must_differ() -> None:
+def test_web_and_vnc_port_must_differ_when_vnc_is_exposed() -> None:
     with pytest.raises(ConfigError, match="--web-port and --vnc-port"):
-        parse(["--web-port", "5901"], {})
+        parse(["--expose-vnc", "--web-port", "5901"], {})
     with pytest.raises(ConfigError, match="--web-port and --vnc-port"):
-        parse([], {"WHALETOP_VNC_PORT": "8080"})
+        parse([], {"WHALETOP_VNC_PORT": "8080", "WHALETOP_EXPOSE_VNC": "1"})
+
+
+def test_vnc_port_is_not_a_tcp_port_without_expose_vnc() -> None:
+    """Xvnc listens on a UNIX socket only: --vnc-port cannot clash with the web port."""
+    cfg = parse(["--web-port", "5901"], {})
+    assert cfg.web_port == cfg.vnc_port == 5901
 
 
 @pytest.mark.parametrize("flag", ["--probe-interval", "--probe-timeout", "--startup-timeout"])

@@ -5,9 +5,11 @@ Two kinds of tests.  The table tests (one per transition) check the machine's wi
 which callbacks run, the status word, reason and exit code; their actions only record
 that they ran (each part is tested on its own in test_<part>.py).  The lifecycle tests
 run everything for real through the Desktop's seams: a programs table of `sh`/`sleep`
-children (the `xvnc` row signals readiness through its -displayfd pipe), a provisioner
-that needs no root, and health checks the test can break and mend; supervisor, restart
-budget, deadlines, prober thread, TLS rotation and status files are the real ones.
+children (the `xvnc` row signals readiness through its -displayfd pipe, the `nginx` row
+notes the SIGHUPs it gets), a provisioner that needs no root, and health checks the test
+can break and mend; supervisor, restart budget, deadlines, prober thread, TLS rotation,
+the front door's files (checked by the real `nginx -t`) and status files are the real
+ones.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import pytest
 from structlog.testing import capture_logs
 from transitions import EventData
 
-from whaletopd import loop, machine, tls
+from whaletopd import frontdoor, loop, machine, tls, webusers
 from whaletopd.children import Child, RunAs
 from whaletopd.config import Config
 from whaletopd.deadlines import Deadlines
@@ -54,6 +56,7 @@ from whaletopd.events import (
     Start,
     StartupTimedOut,
     StopRequested,
+    WebUsersChanged,
 )
 from whaletopd.machine import (
     FAILED,
@@ -72,15 +75,26 @@ from whaletopd.paths import Paths
 from whaletopd.probes import Probe, ProbeError, Prober, Target
 from whaletopd.programs import Launch, Program, Restart
 from whaletopd.provision import Account, prepare_dirs
+from whaletopd.webusers import hash_password
 
 from .helpers import WAIT, wait_for
 
 NO_EXIT = Config(no_exit_on_failure=True)
-CHILD_NAMES = ("xvnc", "websockify", "session")
+CHILD_NAMES = ("xvnc", "websockify", "nginx", "session")
 
 
 def _sleeper(launch: Launch) -> list[str]:
     return ["sleep", "60"]
+
+
+def hups(paths: Paths) -> Path:
+    """Where the `nginx` stand-in notes each SIGHUP it gets (a graceful reload)."""
+    return paths.state_dir / "nginx-hups"
+
+
+def _nginx_stand_in(launch: Launch) -> list[str]:
+    return ["bash", "-c", f"trap 'echo hup >> {hups(launch.paths)}' HUP; "
+            "while :; do sleep 60 & wait $!; done"]
 
 
 def _xvnc_stand_in(launch: Launch) -> list[str]:
@@ -88,15 +102,25 @@ def _xvnc_stand_in(launch: Launch) -> list[str]:
     return ["bash", "-c", f"echo 1 >&{launch.ready_fd}; exec sleep 60"]
 
 
+def _sign_in(config: Config) -> bool:
+    return config.sign_in
+
+
 def programs(session: Callable[[Launch], list[str]] = _sleeper,
              restart: Restart | None = None) -> tuple[Program, ...]:
-    """The real table's shape (readiness, order, restart policy, blame), other commands."""
+    """The real table's shape (readiness, order, restart policy, accounts, blame, the
+    sign-in service only with sign-in), other commands."""
     return (
-        Program("xvnc", _xvnc_stand_in, ready="displayfd", stop_order=3,
+        Program("xvnc", _xvnc_stand_in, ready="displayfd", stop_order=4,
                 probes=("x_display",)),
-        Program("websockify", _sleeper, restart=restart or Restart(), stop_order=2,
-                probes=("websocket_login", "novnc_page")),
-        Program("session", session, after="xvnc", stop_order=1),
+        Program("websockify", _sleeper, restart=restart or Restart(), stop_order=3,
+                probes=("websockify_login",)),
+        Program("nginx", _nginx_stand_in, restart=restart or Restart(), stop_order=0,
+                account="root", probes=("web_login", "novnc_page"), json_lines=True),
+        Program("webauth", _sleeper, restart=restart or Restart(), stop_order=1,
+                account="web", probes=("sign_in_check",), wanted=_sign_in,
+                json_lines=True),
+        Program("session", session, after="xvnc", stop_order=2),
     )
 
 
@@ -109,7 +133,9 @@ def provisioner(run_as: RunAs) -> Callable[[Config, Paths, int], Account]:
 
 
 class Checks:
-    """Health checks the test breaks and mends, one per child as the real ones blame."""
+    """Health checks the test breaks and mends, blaming as the real ones do: the X
+    display; then the login through nginx, which on failure narrows down to the first
+    broken hop behind it (Xvnc, websockify, the sign-in service), else nginx."""
 
     def __init__(self) -> None:
         self.broken: set[str] = set()
@@ -117,14 +143,19 @@ class Checks:
 
     def __call__(self, target: Target, blame: Mapping[str, str]) -> list[Probe]:
         self.targets.append(target)
-        return [Probe(name, part, self._check(part)) for name, part in blame.items()
-                if name in ("x_display", "websocket_login")]
 
-    def _check(self, part: str) -> Callable[[], None]:
-        def check() -> None:
-            if part in self.broken:
-                raise ProbeError(f"{part} does not answer")
-        return check
+        def x_display() -> None:
+            if blame["x_display"] in self.broken:
+                raise ProbeError(f"{blame['x_display']} does not answer")
+
+        def web_login() -> None:
+            for hop in ("x_display", "websockify_login", "sign_in_check", "web_login"):
+                part = blame.get(hop)
+                if part in self.broken:
+                    raise ProbeError(f"{part} does not answer", part=part)
+
+        return [Probe("x_display", blame["x_display"], x_display),
+                Probe("web_login", blame["web_login"], web_login)]
 
 
 def _exit_of(name: str, returncode: int = 1) -> Callable[[Desktop], Event]:
@@ -144,10 +175,12 @@ EVENTS: dict[str, EventFactory] = {
     "child_ready": lambda d: ChildReady(name="xvnc"),
     "launched": lambda d: Launched(),
     "probe_passed": lambda d: ProbePassed(),
-    "probe_failed": lambda d: ProbeFailed(reason="VNC port 5901: timed out", part="xvnc"),
+    "probe_failed": lambda d: ProbeFailed(reason="VNC on /run/whaletop/desktop/vnc.sock: "
+                                                 "timed out", part="xvnc"),
     "restart_due": lambda d: RestartDue(name="websockify"),
     "certificate_changed": lambda d: CertificateChanged(),
     "apps_changed": lambda d: AppsChanged(),
+    "web_users_changed": lambda d: WebUsersChanged(),
     "menu_check_due": lambda d: MenuCheckDue(),
     "certificate_check_due": lambda d: CertificateCheckDue(),
     "certificate_expired": lambda d: CertificateExpired(),
@@ -158,7 +191,11 @@ EVENTS: dict[str, EventFactory] = {
     "stop": lambda d: StopRequested(reason="received SIGTERM"),
     "shut_down": lambda d: ShutDown(),
 }
-WS_PROBE_FAILED = ProbeFailed(reason="web port 8080: connection refused", part="websockify")
+WS_PROBE_FAILED = ProbeFailed(
+    reason="WebSocket on /run/whaletop/desktop/websockify.sock: connection refused",
+    part="websockify")
+NGINX_PROBE_FAILED = ProbeFailed(reason="WebSocket on port 8080: connection refused",
+                                 part="nginx")
 
 _TO_STARTED = [Start(), Provisioned(), ChildReady(name="xvnc"), Launched()]
 # UNHEALTHY because the certificate expired (with --no-exit-on-failure: waiting for a new one).
@@ -208,6 +245,7 @@ class Case:
 
 
 _WS_EXIT = _exit_of("websockify")
+_NGINX_EXIT = _exit_of("nginx")
 NO_BUDGET = programs(restart=Restart(attempts=0))
 ONE_RESTART = programs(restart=Restart(attempts=1))
 
@@ -227,7 +265,7 @@ CASES = [
     Case("probe_passed", RECOVERING, HEALTHY),
     Case("probe_passed", RELOADING_TLS, HEALTHY),
     Case("probe_passed", UNHEALTHY, HEALTHY, config=NO_EXIT),
-    # websockify holds no user state: restart it.  Xvnc or the session: give up.
+    # websockify and nginx hold no user state: restart them.  Xvnc or the session: give up.
     Case("probe_failed", HEALTHY, RECOVERING, calls=("recover",),
          event=lambda d: WS_PROBE_FAILED),
     Case("probe_failed", HEALTHY, UNHEALTHY, posts_shut_down=True),
@@ -240,7 +278,7 @@ CASES = [
     Case("child_exited", RECOVERING, UNHEALTHY, calls=("retry_later",), config=NO_EXIT,
          event=_WS_EXIT, table=ONE_RESTART, prepare=_use_the_one_restart),
     Case("child_exited", STARTED, RECOVERING, calls=("recover",), event=_WS_EXIT),
-    Case("child_exited", HEALTHY, RECOVERING, calls=("recover",), event=_WS_EXIT),
+    Case("child_exited", HEALTHY, RECOVERING, calls=("recover",), event=_NGINX_EXIT),
     Case("child_exited", RECOVERING, RECOVERING, calls=("recover",), event=_WS_EXIT),
     Case("child_exited", RELOADING_TLS, RECOVERING, calls=("recover",), event=_WS_EXIT),
     Case("child_exited", STARTING, UNHEALTHY, posts_shut_down=True),
@@ -283,6 +321,11 @@ CASES = [
       for state in (STARTING, STARTED, HEALTHY, RECOVERING, RELOADING_TLS)],
     Case("apps_changed", UNHEALTHY, UNHEALTHY, calls=("map_apps",), internal=True,
          config=NO_EXIT),
+    # --web-users: a changed file is checked and in service at once; nothing moves.
+    *[Case("web_users_changed", state, state, calls=("reload_web_users",), internal=True)
+      for state in (STARTING, STARTED, HEALTHY, RECOVERING, RELOADING_TLS)],
+    Case("web_users_changed", UNHEALTHY, UNHEALTHY, calls=("reload_web_users",),
+         internal=True, config=NO_EXIT),
     # menu-cached: looked at until it watches the menu folder.
     *[Case("menu_check_due", state, state, calls=("check_menu",), internal=True)
       for state in (STARTED, HEALTHY, RECOVERING, RELOADING_TLS)],
@@ -384,7 +427,8 @@ def table_in(tables: list[Table], paths: Paths,
         t = Table(desktop, paths)
         tables.append(t)
         # The children run (so exits and conditions are about real pids) ...
-        desktop.children.use(run_as, {"PATH": os.environ["PATH"]})
+        for account in ("desktop", "web", "root"):
+            desktop.children.use(run_as, {"PATH": os.environ["PATH"]}, account)
         launch = Launch(cfg, paths)
         assert not desktop.children.launch(launch)
         assert desktop.events.get(timeout=WAIT) == ChildReady(name="xvnc")
@@ -452,7 +496,10 @@ def test_transition(case: Case, paths: Paths, table_in: Callable[..., Table]) ->
     assert doc["since"].endswith("Z")
     datetime.fromisoformat(doc["since"].replace("Z", "+00:00"))
     assert doc["username"] == case.config.username
-    assert (doc["web_port"], doc["vnc_port"]) == (case.config.web_port, case.config.vnc_port)
+    assert doc["web_port"] == case.config.web_port
+    assert doc["vnc_port"] is None, "raw VNC is on no TCP port without --expose-vnc"
+    assert doc["listening"] == [f"tcp {case.config.web_port} (nginx)"]
+    assert doc["sign_in"] is None
     assert set(doc["children"]) == set(CHILD_NAMES)
 
     moves = [e for e in logs if e["event"] == "transition"]
@@ -813,19 +860,28 @@ def test_lifecycle_start_healthy_stop(start: Callable[..., Run], paths: Paths) -
     run = start()
     run.until_state(HEALTHY)
     kids = run.desktop.children.children()
-    assert [c.name for c in kids] == ["xvnc", "websockify", "session"]
+    # No sign-in: the sign-in service is not in the table.
+    assert [c.name for c in kids] == ["xvnc", "websockify", "nginx", "session"]
     assert all(c.returncode is None for c in kids)
     _, doc = _status(paths)
     assert doc["children"] == {c.name: {"pid": c.pid, "running": True, "returncode": None}
                                for c in kids}
+    assert doc["listening"] == ["tcp 8080 (nginx)"]
+    assert doc["vnc_port"] is None
+    assert doc["sign_in"] is None
     assert not run.desktop.deadlines.armed("startup"), "startup deadline left armed"
+    # The front door's configuration, written and accepted by `nginx -t` before launch.
+    assert paths.nginx_conf.stat().st_mode & 0o777 == 0o600
+    assert "listen 8080;" in paths.nginx_conf.read_text()
+    assert run.checks.targets[-1].probe_token in paths.nginx_conf.read_text()
 
     with capture_logs() as logs:
         assert run.stop() == 0
     assert run.words == [STARTING, STARTED, HEALTHY, STOPPING, STOPPED]
-    # Stopped in the table's stop order: the session before the display it draws on.
+    # Stopped in the table's stop order: no new connections first, then the session
+    # before the display it draws on.
     assert [e["child"] for e in logs if e["event"] == "child_stopped"] == [
-        "session", "websockify", "xvnc"]
+        "nginx", "session", "websockify", "xvnc"]
     _assert_all_stopped(kids)
     _prober_threads_end()
     word, doc = _status(paths)
@@ -874,19 +930,21 @@ def test_lifecycle_death_of_a_stateful_child_exits_3(start: Callable[..., Run], 
     assert doc["children"][name]["returncode"] == -signal.SIGKILL
 
 
-def test_lifecycle_websockify_death_is_repaired(start: Callable[..., Run],
-                                                paths: Paths) -> None:
-    """websockify holds no user state: it is restarted and the desktop is HEALTHY again."""
+@pytest.mark.parametrize("name", ["websockify", "nginx"])
+def test_lifecycle_death_of_a_web_child_is_repaired(start: Callable[..., Run],
+                                                    paths: Paths, name: str) -> None:
+    """websockify and nginx hold no user state: the dead one is restarted and the
+    desktop is HEALTHY again."""
     run = start()
     run.until_state(HEALTHY)
-    old = run.child("websockify")
+    old = run.child(name)
     xvnc, session = run.child("xvnc"), run.child("session")
     os.kill(old.pid, signal.SIGKILL)
     run.until_state(RECOVERING)
-    assert _status(paths)[1]["reason"] == f"websockify (pid {old.pid}) was killed by signal 9"
+    assert _status(paths)[1]["reason"] == f"{name} (pid {old.pid}) was killed by signal 9"
     assert run.desktop.deadlines.armed("recovery")
     run.until_state(HEALTHY)
-    new = run.child("websockify")
+    new = run.child(name)
     assert new.pid != old.pid
     assert new.returncode is None
     # The user's windows were never touched.
@@ -896,28 +954,31 @@ def test_lifecycle_websockify_death_is_repaired(start: Callable[..., Run],
     assert session.returncode is None
     assert run.words == [STARTING, STARTED, HEALTHY, RECOVERING, HEALTHY]
     _, doc = _status(paths)
-    assert doc["children"]["websockify"] == {"pid": new.pid, "running": True,
-                                             "returncode": None}
-    assert doc["restarts"]["websockify"]["used"] == 1
+    assert doc["children"][name] == {"pid": new.pid, "running": True, "returncode": None}
+    assert doc["restarts"][name]["used"] == 1
     assert not run.desktop.deadlines.armed("recovery"), "recovery deadline left armed"
     assert run.stop() == 0
     _assert_all_stopped(run.desktop.children.children())
 
 
-def test_lifecycle_hung_websockify_is_replaced(start: Callable[..., Run], paths: Paths) -> None:
+@pytest.mark.parametrize("name", ["websockify", "nginx"])
+def test_lifecycle_hung_web_child_is_replaced(start: Callable[..., Run], paths: Paths,
+                                              name: str) -> None:
     """Its probe fails while it still runs: the hung process is stopped, a new one runs."""
     run = start()
     run.until_state(HEALTHY)
-    hung = run.child("websockify")
-    run.checks.broken.add("websockify")
+    hung = run.child(name)
+    others = {c.name: c for c in run.desktop.children.children() if c.name != name}
+    run.checks.broken.add(name)
     run.until_state(RECOVERING)
-    assert _status(paths)[1]["reason"] == "health check failed: websockify does not answer"
+    assert _status(paths)[1]["reason"] == f"health check failed: {name} does not answer"
     assert _gone(hung)
-    run.until(lambda: run.child("websockify") is not hung)
+    run.until(lambda: run.child(name) is not hung)
     assert run.desktop.state == RECOVERING
     run.checks.broken.clear()
     run.until_state(HEALTHY)
-    new = run.child("websockify")
+    assert {c.name: c for c in run.desktop.children.children() if c.name != name} == others
+    new = run.child(name)
     assert new.pid != hung.pid
     assert new.returncode is None
     assert run.words == [STARTING, STARTED, HEALTHY, RECOVERING, HEALTHY]
@@ -1000,7 +1061,7 @@ def test_lifecycle_launch_failure_exits_2_and_stops_what_started(
     assert run.until_exit() == machine.EXIT_CODES[FAILED] == 2
     assert run.words == [STARTING, FAILED]
     kids = run.desktop.children.children()
-    assert [c.name for c in kids] == ["xvnc", "websockify"]
+    assert [c.name for c in kids] == ["xvnc", "websockify", "nginx"]
     _assert_all_stopped(kids)
     _, doc = _status(paths)
     assert "/nonexistent/startlxde" in doc["reason"]
@@ -1014,12 +1075,12 @@ def test_lifecycle_child_exits_after_stop_are_ignored(start: Callable[..., Run],
     # The children's watchers post their exits late, into STOPPED: nothing changes.
     late: list[Event] = []
 
-    def all_three_exits() -> bool:
+    def all_exits() -> bool:
         while (ev := run.desktop.events.get(timeout=0)) is not None:
             late.append(ev)
-        return sum(isinstance(e, ChildExited) for e in late) == 3
+        return sum(isinstance(e, ChildExited) for e in late) == len(CHILD_NAMES)
 
-    wait_for(all_three_exits, "the three exits to be posted")
+    wait_for(all_exits, "every child's exit to be posted")
     for ev in late:
         loop.dispatch(run.desktop, ev)
     assert run.desktop.state == STOPPED
@@ -1027,7 +1088,96 @@ def test_lifecycle_child_exits_after_stop_are_ignored(start: Callable[..., Run],
     assert _status(paths)[0] == "STOPPED\n"
 
 
-# -- TLS rotation, for real: a certificate file, its watcher, websockify replaced ----------
+# -- the front door: nginx's configuration, sign-in ------------------------------------
+
+def test_lifecycle_a_configuration_nginx_refuses_exits_2_with_its_words(
+        start: Callable[..., Run], paths: Paths, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`nginx -t` runs before any child starts: its [emerg] line is the reason."""
+    run = start()
+    # An image whose web account is missing: nginx's `user` line names nobody.
+    monkeypatch.setattr(frontdoor, "WEB_ACCOUNT", "whaletop-nobody")
+    assert run.until_exit() == 2
+    assert run.words == [STARTING, FAILED]
+    assert run.desktop.children.children() == []
+    reason = _status(paths)[1]["reason"]
+    assert reason.startswith("nginx refused its configuration: ")
+    assert "[emerg]" in reason
+    assert "whaletop-nobody" in reason
+
+
+def _pid_uid(child: Child) -> int:
+    return int(psutil.Process(child.pid).uids().real)
+
+
+def test_lifecycle_with_sign_in(start: Callable[..., Run], paths: Paths) -> None:
+    """WEB_PASSWORD: the sign-in service runs, as the web account, with the users file
+    and its settings readable by that account only; nginx asks it before anything."""
+    run = start(Config(web_password_from_env=True, web_password="correct horse",
+                       startup_timeout=WAIT, probe_interval=0.005))
+    run.until_state(HEALTHY)
+    kids = run.desktop.children.children()
+    assert [c.name for c in kids] == ["xvnc", "websockify", "nginx", "webauth", "session"]
+    web = frontdoor.web_account()
+    assert web is not None, "the tests run as root"
+    assert _pid_uid(run.child("webauth")) == web.uid
+    assert _pid_uid(run.child("nginx")) == 0, "nginx's master reads the key, then drops"
+    _, doc = _status(paths)
+    assert doc["sign_in"] == {"users": 1, "viewers": 0, "source": "WEB_PASSWORD"}
+    users = paths.web_dir / "users"
+    name, hashed, role = users.read_text().strip().split(":")
+    assert (name, role) == ("user", "full")
+    assert webusers.verify(webusers.WebUser(name, hashed), "correct horse")
+    settings = json.loads((paths.web_dir / "auth.json").read_text())
+    assert settings["probe_token"] == run.checks.targets[-1].probe_token
+    assert settings["users_file"] == str(users)
+    assert settings["secure_cookie"] is False
+    for path in (paths.web_dir, users, paths.web_dir / "auth.json"):
+        assert (path.stat().st_uid, path.stat().st_mode & 0o077) == (web.uid, 0), path
+    assert run.checks.targets[-1].auth_socket == paths.auth_socket
+    assert "auth_request /auth/check;" in paths.nginx_conf.read_text()
+    with capture_logs() as logs:
+        assert run.stop() == 0
+    assert [e["child"] for e in logs if e["event"] == "child_stopped"] == [
+        "nginx", "webauth", "session", "websockify", "xvnc"]
+
+
+def _replace(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.new")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def test_lifecycle_web_users_file_changes_are_in_service_at_once(
+        start: Callable[..., Run], paths: Paths, tmp_path: Path) -> None:
+    source = tmp_path / "secrets" / "users"
+    source.parent.mkdir()
+    alice, bob = hash_password("alice's secret"), hash_password("bob's secret")
+    _replace(source, f"alice:{alice}\n")
+    run = start(Config(web_users=str(source), startup_timeout=WAIT, probe_interval=0.005))
+    run.until_state(HEALTHY)
+    installed = paths.web_dir / "users"
+    assert installed.read_text() == f"alice:{alice}:full\n"
+    pids = {c.name: c.pid for c in run.desktop.children.children()}
+
+    _replace(source, f"alice:{alice}\nbob:{bob}:viewer\n")
+    run.until(lambda: "bob:" in installed.read_text())
+    assert installed.read_text() == f"alice:{alice}:full\nbob:{bob}:viewer\n"
+    assert _status(paths)[1]["sign_in"] == {"users": 1, "viewers": 1, "source": str(source)}
+
+    with capture_logs() as logs:
+        _replace(source, "carol:plaintext\n")
+        run.until(lambda: any(e["event"] == "web_users_refused" for e in logs))
+    refused = next(e for e in logs if e["event"] == "web_users_refused")
+    assert "line 1" in refused["reason"]
+    assert "plaintext" not in refused["reason"], "never shows what was in the file"
+    assert installed.read_text() == f"alice:{alice}:full\nbob:{bob}:viewer\n"
+    # Nothing was restarted, and the desktop stays HEALTHY.
+    assert {c.name: c.pid for c in run.desktop.children.children()} == pids
+    assert run.desktop.state == HEALTHY
+    assert run.stop() == 0
+
+
+# -- TLS rotation, for real: a certificate file, its watcher, nginx reloaded --------------
 
 def _write_certificate(path: Path, host: str) -> str:
     bundle = tls.generate_self_signed(host)
@@ -1037,35 +1187,45 @@ def _write_certificate(path: Path, host: str) -> str:
     return bundle.fingerprint
 
 
-def test_lifecycle_certificate_rotation_replaces_only_websockify(
-        start: Callable[..., Run], tmp_path: Path) -> None:
+def test_lifecycle_certificate_rotation_reloads_nginx_and_replaces_no_child(
+        start: Callable[..., Run], tmp_path: Path, paths: Paths) -> None:
+    """nginx reloads on SIGHUP: connected sessions stay on its old workers; no child is
+    restarted, so nobody is disconnected."""
     cert = tmp_path / "certs" / "tls.pem"
     cert.parent.mkdir()
     first = _write_certificate(cert, "first.test")
     run = start(Config(tls_certificate=str(cert), startup_timeout=WAIT, probe_interval=0.005))
     run.until_state(HEALTHY)
     assert run.checks.targets[-1].pin == first
-    old, xvnc = run.child("websockify"), run.child("xvnc")
+    conf = paths.nginx_conf.read_text()
+    assert f"ssl_certificate {paths.tls_pem};" in conf
+    assert "listen 8080 ssl;" in conf
+    before = {c.name: c.pid for c in run.desktop.children.children()}
+    assert not hups(paths).exists()
     second = _write_certificate(cert, "second.test")
     run.until_state(RELOADING_TLS)
     run.until_state(HEALTHY)
     assert run.checks.targets[-1].pin == second, "the probes pin the new certificate"
-    assert run.child("websockify").pid != old.pid
-    assert run.child("xvnc") is xvnc
+    assert {c.name: c.pid for c in run.desktop.children.children()} == before
+    wait_for(hups(paths).exists, "nginx's SIGHUP")
+    assert hups(paths).read_text() == "hup\n"
+    # The file nginx reads (as root, whaletopd's user) holds the new certificate.
+    assert tls.load(paths.tls_pem).fingerprint == second
+    assert paths.tls_pem.stat().st_uid == os.geteuid()
     assert _status(run.paths)[1]["tls"]["fingerprint_sha256"] == second
     assert run.stop() == 0
 
 
 def test_lifecycle_certificate_reload_that_never_heals_ends_unhealthy(
         start: Callable[..., Run], tmp_path: Path) -> None:
-    """The reload arms the recovery deadline: a websockify that never serves the new
+    """The reload arms the recovery deadline: an nginx that never serves the new
     certificate must not leave the desktop in RELOADING_TLS for ever."""
     cert = tmp_path / "certs" / "tls.pem"
     cert.parent.mkdir()
     _write_certificate(cert, "first.test")
     run = start(Config(tls_certificate=str(cert), startup_timeout=0.3, probe_interval=0.005))
     run.until_state(HEALTHY)
-    run.checks.broken.add("websockify")  # the new websockify will never answer
+    run.checks.broken.add("nginx")  # the reloaded nginx will never answer
     run.desktop.prober.reset()  # type: ignore[union-attr]  # no verdict on the old one
     _write_certificate(cert, "second.test")
     run.until_state(RELOADING_TLS)
@@ -1111,7 +1271,7 @@ def test_run_stops_on_sigterm_with_exit_0(paths: Paths, run_as: RunAs,
     assert word == "STOPPED\n"
     assert doc["reason"] == "received SIGTERM"
     assert all(not c["running"] for c in doc["children"].values())
-    assert set(doc["children"]) == {"xvnc", "websockify", "session"}
+    assert set(doc["children"]) == set(CHILD_NAMES)
     for child in doc["children"].values():
         assert child["returncode"] == -signal.SIGTERM
 

@@ -116,7 +116,9 @@ class _WS(_TCP):
 class RFBServer:
     """Serves each connection according to `mode`; records what clients sent.
 
-    transport "ws" puts a WebSocket handshake (on `ws_path`) in front, like websockify.
+    transport "ws" puts a WebSocket handshake (on `ws_path`) in front, like websockify;
+    with `unix` it listens on that UNIX socket instead of a TCP port (Xvnc's
+    -rfbunixpath, websockify's --unix-listen).
     """
 
     password: str = "s3cretpw"
@@ -129,10 +131,16 @@ class RFBServer:
     results: list[int] = field(default_factory=list)
     ws_requests: list[bytes] = field(default_factory=list)
     pages: dict[str, bytes] = field(default_factory=dict)
+    unix: Path | None = None
 
     def __post_init__(self) -> None:
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self._sock.getsockname()[1]
+        if self.unix is None:
+            self._sock = socket.create_server(("127.0.0.1", 0))
+            self.port = self._sock.getsockname()[1]
+        else:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._sock.bind(str(self.unix))
+            self._sock.listen(16)
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
@@ -212,6 +220,8 @@ class RFBServer:
 
     def close(self) -> None:
         self._sock.close()
+        if self.unix is not None:
+            self.unix.unlink(missing_ok=True)
 
 
 @pytest.fixture
@@ -252,7 +262,7 @@ def test_rfb_login_with_a_short_password() -> None:
 
 
 def test_rfb_login_with_a_wrong_password(rfb: RFBServer) -> None:
-    with pytest.raises(ProbeError, match=rf"VNC port {rfb.port}: authentication failed"):
+    with pytest.raises(ProbeError, match=rf"VNC on port {rfb.port}: authentication failed"):
         probes.rfb_login("127.0.0.1", rfb.port, "wrongpw1", TIMEOUT)
     assert rfb.results == [1]
 
@@ -292,8 +302,46 @@ def test_rfb_login_without_a_banner(mode: str, message: str) -> None:
 
 def test_rfb_login_on_a_closed_port() -> None:
     port = _closed_port()
-    with pytest.raises(ProbeError, match=f"VNC port {port}"):
+    with pytest.raises(ProbeError, match=f"VNC on port {port}"):
         probes.rfb_login("127.0.0.1", port, "s3cretpw", TIMEOUT)
+
+
+# -- Xvnc on its UNIX socket (-rfbunixpath) ------------------------------------------------
+
+def test_rfb_login_on_a_unix_socket(tmp_path: Path) -> None:
+    server = RFBServer(unix=tmp_path / "vnc.sock")
+    try:
+        assert probes.rfb_login(tmp_path / "vnc.sock", None, "s3cretpw", TIMEOUT) == (
+            "RFB 003.008")
+        assert server.results == [0]
+    finally:
+        server.close()
+
+
+def test_rfb_login_on_a_unix_socket_with_a_wrong_password_names_the_socket(
+        tmp_path: Path) -> None:
+    sock = tmp_path / "vnc.sock"
+    server = RFBServer(unix=sock)
+    try:
+        with pytest.raises(ProbeError, match=rf"VNC on {sock}: authentication failed"):
+            probes.rfb_login(sock, None, "wrongpw1", TIMEOUT)
+    finally:
+        server.close()
+
+
+def test_rfb_login_on_a_missing_unix_socket(tmp_path: Path) -> None:
+    sock = tmp_path / "vnc.sock"
+    with pytest.raises(ProbeError, match=rf"VNC on {sock}: .*No such file"):
+        probes.rfb_login(sock, None, "s3cretpw", TIMEOUT)
+
+
+def test_rfb_login_on_a_stale_unix_socket(tmp_path: Path) -> None:
+    """The socket file of a dead Xvnc stays behind: nothing answers on it."""
+    sock = tmp_path / "vnc.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+        dead.bind(str(sock))
+    with pytest.raises(ProbeError, match=rf"VNC on {sock}: .*refused"):
+        probes.rfb_login(sock, None, "s3cretpw", TIMEOUT)
 
 
 def test_rfb_login_uses_no_deprecated_cryptography(rfb: RFBServer) -> None:
@@ -332,6 +380,21 @@ def test_novnc_page_served(web: int) -> None:
     probes.novnc_page("127.0.0.1", web, TIMEOUT)
 
 
+def test_novnc_page_sends_the_headers_it_is_given() -> None:
+    """whaletopd's checks carry the probe header: nginx neither limits nor logs them."""
+    server = RFBServer(transport="ws", pages={"/vnc.html": b"<title>noVNC</title>"})
+    try:
+        probes.novnc_page("127.0.0.1", server.port, TIMEOUT,
+                          headers={probes.PROBE_HEADER: "0123abcd"})
+        request = server.ws_requests[0].decode()
+        assert request.startswith("GET /vnc.html HTTP/1.1\r\n")
+        assert f"\r\nHost: 127.0.0.1:{server.port}\r\n" in request
+        assert "\r\nX-Whaletop-Probe: 0123abcd\r\n" in request
+        assert "\r\nConnection: close\r\n" in request
+    finally:
+        server.close()
+
+
 def test_novnc_page_missing(web: int) -> None:
     with pytest.raises(ProbeError, match=rf"web port {web}: /nope.html answered .*404"):
         probes.novnc_page("127.0.0.1", web, TIMEOUT, path="/nope.html")
@@ -344,14 +407,14 @@ def test_novnc_page_of_another_application(web: int) -> None:
 
 def test_novnc_page_on_a_closed_port() -> None:
     port = _closed_port()
-    with pytest.raises(ProbeError, match=f"web port {port}"):
+    with pytest.raises(ProbeError, match=f"port {port}: .*refused"):
         probes.novnc_page("127.0.0.1", port, TIMEOUT)
 
 
 def test_novnc_page_from_a_server_speaking_rfb() -> None:
     server = RFBServer(mode="silent")
     try:
-        with pytest.raises(ProbeError, match=f"web port {server.port}"):
+        with pytest.raises(ProbeError, match=f"port {server.port}: timed out"):
             probes.novnc_page("127.0.0.1", server.port, 0.2)
     finally:
         server.close()
@@ -407,14 +470,14 @@ def test_novnc_page_over_https_with_the_pinned_certificate(https: tuple[int, str
 
 
 def test_novnc_page_over_https_with_another_certificate(https: tuple[int, str]) -> None:
-    """websockify still serving the old certificate after a rotation is a failure."""
+    """nginx still serving the old certificate after a rotation is a failure."""
     port, _ = https
-    with pytest.raises(ProbeError, match=rf"web port {port}: serves certificate .*expected"):
+    with pytest.raises(ProbeError, match=rf"port {port}: serves certificate .*expected"):
         probes.novnc_page("127.0.0.1", port, TIMEOUT, pin="0" * 64)
 
 
 def test_novnc_page_expecting_https_from_plain_http(web: int) -> None:
-    with pytest.raises(ProbeError, match=f"web port {web}"):
+    with pytest.raises(ProbeError, match=f"port {web}: "):
         probes.novnc_page("127.0.0.1", web, TIMEOUT, pin="0" * 64)
 
 
@@ -444,7 +507,7 @@ def test_x_display_stale_socket_file(tmp_path: Path) -> None:
         probes.x_display(path, TIMEOUT)
 
 
-# -- VNC through websockify's WebSocket, as noVNC connects -------------------------------
+# -- VNC through the web port's WebSocket, as noVNC connects -----------------------------
 
 @pytest.fixture
 def ws() -> Iterator[RFBServer]:
@@ -460,10 +523,41 @@ def test_websocket_login_with_the_right_password(ws: RFBServer) -> None:
     assert request.startswith("GET /websockify HTTP/1.1\r\n")
     assert "Upgrade: websocket" in request
     assert "Sec-WebSocket-Version: 13" in request
+    assert f"\r\nHost: 127.0.0.1:{ws.port}\r\n" in request
+    assert probes.PROBE_HEADER not in request, "no header unless asked"
+
+
+def test_websocket_login_sends_the_headers_it_is_given(ws: RFBServer) -> None:
+    probes.websocket_login("127.0.0.1", ws.port, "s3cretpw", TIMEOUT,
+                           headers={probes.PROBE_HEADER: "0123abcd"})
+    assert ws.results == [0]
+    assert "\r\nX-Whaletop-Probe: 0123abcd\r\n" in ws.ws_requests[0].decode()
+
+
+def test_websocket_login_on_a_unix_socket(tmp_path: Path) -> None:
+    """websockify behind nginx listens on a UNIX socket (--unix-listen)."""
+    sock = tmp_path / "websockify.sock"
+    server = RFBServer(transport="ws", unix=sock)
+    try:
+        assert probes.websocket_login(sock, None, "s3cretpw", TIMEOUT) == "RFB 003.008"
+        assert server.results == [0]
+        request = server.ws_requests[0].decode()
+        assert request.startswith("GET /websockify HTTP/1.1\r\n")
+        assert "\r\nHost: localhost\r\n" in request
+        with pytest.raises(ProbeError, match=rf"WebSocket on {sock}: authentication"):
+            probes.websocket_login(sock, None, "wrongpw1", TIMEOUT)
+    finally:
+        server.close()
+
+
+def test_websocket_login_on_a_missing_unix_socket(tmp_path: Path) -> None:
+    sock = tmp_path / "websockify.sock"
+    with pytest.raises(ProbeError, match=rf"WebSocket on {sock}: "):
+        probes.websocket_login(sock, None, "s3cretpw", TIMEOUT)
 
 
 def test_websocket_login_with_a_wrong_password(ws: RFBServer) -> None:
-    with pytest.raises(ProbeError, match=rf"WebSocket on web port {ws.port}: authentication"):
+    with pytest.raises(ProbeError, match=rf"WebSocket on port {ws.port}: authentication"):
         probes.websocket_login("127.0.0.1", ws.port, "wrongpw1", TIMEOUT)
     assert ws.results == [1]
 
@@ -499,7 +593,7 @@ def test_websocket_login_with_a_bad_accept_key() -> None:
 def test_websocket_login_without_an_answer(mode: str) -> None:
     server = RFBServer(transport="ws", mode=mode)
     try:
-        with pytest.raises(ProbeError, match=f"WebSocket on web port {server.port}"):
+        with pytest.raises(ProbeError, match=f"WebSocket on port {server.port}"):
             probes.websocket_login("127.0.0.1", server.port, "s3cretpw", 0.2)
     finally:
         server.close()
@@ -507,7 +601,7 @@ def test_websocket_login_without_an_answer(mode: str) -> None:
 
 def test_websocket_login_on_a_closed_port() -> None:
     port = _closed_port()
-    with pytest.raises(ProbeError, match=f"WebSocket on web port {port}"):
+    with pytest.raises(ProbeError, match=f"WebSocket on port {port}"):
         probes.websocket_login("127.0.0.1", port, "s3cretpw", TIMEOUT)
 
 
@@ -517,12 +611,101 @@ def test_websocket_login_to_a_plain_vnc_port(rfb: RFBServer) -> None:
         probes.websocket_login("127.0.0.1", rfb.port, "s3cretpw", 0.5)
 
 
+# -- the sign-in service's answer to whaletopd's own checks ------------------------------
+
+class SignInService:
+    """An HTTP server on a UNIX socket answering /auth/check like webauth: 204 for the
+    probe token, 401 otherwise (or `status` for every request)."""
+
+    def __init__(self, path: Path, token: str = "0123abcd", status: int | None = None) -> None:
+        self.path, self.token, self.status = path, token, status
+        self.requests: list[bytes] = []
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(str(path))
+        self._sock.listen(8)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head and (chunk := conn.recv(1024)):
+                    head += chunk
+                self.requests.append(head)
+                status = self.status or (
+                    204 if f"{probes.PROBE_HEADER}: {self.token}".encode() in head else 401)
+                conn.sendall(f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n".encode())
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def test_sign_in_check_passes_with_the_probe_token(tmp_path: Path) -> None:
+    service = SignInService(tmp_path / "auth.sock")
+    try:
+        probes.sign_in_check(tmp_path / "auth.sock", "0123abcd", TIMEOUT)
+        assert service.requests[0].startswith(b"GET /auth/check HTTP/1.1\r\n")
+    finally:
+        service.close()
+
+
+def test_sign_in_check_fails_when_the_service_says_no(tmp_path: Path) -> None:
+    sock = tmp_path / "auth.sock"
+    service = SignInService(sock)
+    try:
+        with pytest.raises(ProbeError, match=rf"sign-in service {sock}: /auth/check answered "
+                                             r"'HTTP/1.1 401 X'"):
+            probes.sign_in_check(sock, "another", TIMEOUT)
+    finally:
+        service.close()
+
+
+def test_sign_in_check_wants_exactly_204(tmp_path: Path) -> None:
+    """200 would be a page (a sign-in form), not "let it through"."""
+    sock = tmp_path / "auth.sock"
+    service = SignInService(sock, status=200)
+    try:
+        with pytest.raises(ProbeError, match="200"):
+            probes.sign_in_check(sock, "0123abcd", TIMEOUT)
+    finally:
+        service.close()
+
+
+def test_sign_in_check_without_the_service(tmp_path: Path) -> None:
+    sock = tmp_path / "auth.sock"
+    with pytest.raises(ProbeError, match=str(sock)):
+        probes.sign_in_check(sock, "0123abcd", TIMEOUT)
+
+
 # -- all of them, as the desktop runs them ----------------------------------------------
+# nginx on the web port (here: one server standing for the whole path nginx ->
+# websockify -> Xvnc), websockify and Xvnc on their UNIX sockets behind it.
+
+TOKEN = "0123abcd"
+
 
 @pytest.fixture
-def websockify() -> Iterator[RFBServer]:
-    """Like websockify: serves noVNC's page and VNC over a WebSocket on one port."""
+def front() -> Iterator[RFBServer]:
+    """Like nginx in front of it all: noVNC's page and VNC over a WebSocket on one port."""
     server = RFBServer(transport="ws", pages={"/vnc.html": b"<title>noVNC</title>"})
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def xvnc(tmp_path: Path) -> Iterator[RFBServer]:
+    server = RFBServer(unix=tmp_path / "vnc.sock")
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def websockify(tmp_path: Path) -> Iterator[RFBServer]:
+    server = RFBServer(transport="ws", unix=tmp_path / "websockify.sock")
     yield server
     server.close()
 
@@ -539,42 +722,125 @@ def x_socket(tmp_path: Path) -> Iterator[str]:
 BLAME = blame(PROGRAMS)
 
 
-def _checks(vnc_port: int, web_port: int, x_path: str, password: str) -> list[Probe]:
-    return probes.desktop_probes(Target(vnc_port, web_port, x_path, password, TIMEOUT), BLAME)
+def _checks(tmp_path: Path, web_port: int, x_path: str, password: str = "s3cretpw",
+            sign_in: bool = False) -> list[Probe]:
+    return probes.desktop_probes(Target(
+        web_port, x_path, tmp_path / "vnc.sock", tmp_path / "websockify.sock", password,
+        TIMEOUT, TOKEN, auth_socket=tmp_path / "auth.sock" if sign_in else None), BLAME)
 
 
-def test_desktop_probes_pass_when_everything_answers(rfb: RFBServer, websockify: RFBServer,
-                                                     x_socket: str) -> None:
-    checks = _checks(rfb.port, websockify.port, x_socket, "s3cretpw")
+def test_desktop_probes_pass_when_everything_answers(
+        tmp_path: Path, front: RFBServer, xvnc: RFBServer, websockify: RFBServer,
+        x_socket: str) -> None:
+    checks = _checks(tmp_path, front.port, x_socket)
     assert [(p.name, p.part) for p in checks] == [
-        ("x_display", "xvnc"), ("websocket_login", "websockify"),
-        ("novnc_page", "websockify")]
+        ("x_display", "xvnc"), ("web_login", "nginx"), ("novnc_page", "nginx")]
     assert probes.run_all(checks) is None
-    assert websockify.results == [0]
-    assert rfb.results == [], "the direct VNC login only diagnoses a failed WebSocket login"
+    assert front.results == [0]
+    # The hops behind nginx are asked only to diagnose a failed login.
+    assert xvnc.results == []
+    assert websockify.results == []
+    # Both checks through nginx carry the probe header (never limited, never logged).
+    assert len(front.ws_requests) == 2
+    for request in front.ws_requests:
+        assert f"\r\nX-Whaletop-Probe: {TOKEN}\r\n".encode() in request
 
 
-def test_desktop_probes_blame_xvnc_for_a_wrong_password(rfb: RFBServer, websockify: RFBServer,
-                                                        x_socket: str) -> None:
-    checks = _checks(rfb.port, websockify.port, x_socket, "otherpw1")
-    assert probes.run_all(checks) == (f"VNC port {rfb.port}: authentication failed", "xvnc")
+def test_desktop_probes_blame_xvnc_for_a_wrong_password(
+        tmp_path: Path, front: RFBServer, xvnc: RFBServer, websockify: RFBServer,
+        x_socket: str) -> None:
+    checks = _checks(tmp_path, front.port, x_socket, password="otherpw1")
+    assert probes.run_all(checks) == (
+        f"VNC on {tmp_path / 'vnc.sock'}: authentication failed", "xvnc")
 
 
-def test_desktop_probes_blame_websockify_when_the_web_port_is_down(
-        rfb: RFBServer, x_socket: str) -> None:
+def test_desktop_probes_blame_nginx_when_the_web_port_is_down(
+        tmp_path: Path, xvnc: RFBServer, websockify: RFBServer, x_socket: str) -> None:
     port = _closed_port()
-    checks = _checks(rfb.port, port, x_socket, "s3cretpw")
-    reason, part = probes.run_all(checks) or ("", "")
+    reason, part = probes.run_all(_checks(tmp_path, port, x_socket)) or ("", "")
+    assert part == "nginx"
+    assert f"port {port}" in reason
+    assert xvnc.results == [0], "Xvnc answered: not its fault"
+    assert websockify.results == [0], "websockify answered: not its fault"
+
+
+def test_desktop_probes_blame_websockify_when_its_socket_does_not_answer(
+        tmp_path: Path, xvnc: RFBServer, x_socket: str) -> None:
+    # A stale socket file: websockify died and left it behind.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+        dead.bind(str(tmp_path / "websockify.sock"))
+    reason, part = probes.run_all(_checks(tmp_path, _closed_port(), x_socket)) or ("", "")
     assert part == "websockify"
-    assert f"web port {port}" in reason
+    assert str(tmp_path / "websockify.sock") in reason
+
+
+def test_desktop_probes_blame_websockify_before_asking_nginx_when_its_socket_is_missing(
+        tmp_path: Path, front: RFBServer, xvnc: RFBServer, x_socket: str) -> None:
+    """Until websockify listens, asking nginx would only fill its error log."""
+    reason, part = probes.run_all(_checks(tmp_path, front.port, x_socket)) or ("", "")
+    assert part == "websockify"
+    assert str(tmp_path / "websockify.sock") in reason
+    assert front.ws_requests == [], "nginx was not asked"
+
+
+def test_desktop_probes_blame_xvnc_when_its_socket_is_gone(
+        tmp_path: Path, websockify: RFBServer, x_socket: str) -> None:
+    reason, part = probes.run_all(_checks(tmp_path, _closed_port(), x_socket)) or ("", "")
+    assert part == "xvnc"
+    assert reason.startswith(f"VNC on {tmp_path / 'vnc.sock'}")
 
 
 def test_desktop_probes_blame_xvnc_when_the_display_is_gone(
-        rfb: RFBServer, websockify: RFBServer, tmp_path: Path) -> None:
-    checks = _checks(rfb.port, websockify.port, str(tmp_path / "X1"), "s3cretpw")
+        tmp_path: Path, front: RFBServer, xvnc: RFBServer, websockify: RFBServer) -> None:
+    checks = _checks(tmp_path, front.port, str(tmp_path / "X1"))
     reason, part = probes.run_all(checks) or ("", "")
     assert part == "xvnc"
     assert reason.startswith("X display")
+
+
+def test_desktop_probes_blame_the_sign_in_service_when_it_refuses_whaletopd(
+        tmp_path: Path, xvnc: RFBServer, websockify: RFBServer, x_socket: str) -> None:
+    service = SignInService(tmp_path / "auth.sock", token="another")
+    try:
+        checks = _checks(tmp_path, _closed_port(), x_socket, sign_in=True)
+        reason, part = probes.run_all(checks) or ("", "")
+    finally:
+        service.close()
+    assert part == "webauth"
+    assert "/auth/check answered 'HTTP/1.1 401" in reason
+
+
+def test_desktop_probes_blame_the_sign_in_service_when_its_socket_is_missing(
+        tmp_path: Path, front: RFBServer, xvnc: RFBServer, websockify: RFBServer,
+        x_socket: str) -> None:
+    checks = _checks(tmp_path, front.port, x_socket, sign_in=True)
+    reason, part = probes.run_all(checks) or ("", "")
+    assert part == "webauth"
+    assert str(tmp_path / "auth.sock") in reason
+
+
+def test_desktop_probes_blame_nginx_when_everything_behind_it_answers(
+        tmp_path: Path, xvnc: RFBServer, websockify: RFBServer, x_socket: str) -> None:
+    service = SignInService(tmp_path / "auth.sock")
+    try:
+        port = _closed_port()
+        reason, part = probes.run_all(_checks(tmp_path, port, x_socket, sign_in=True)) or (
+            "", "")
+        assert service.requests, "the sign-in service was asked"
+    finally:
+        service.close()
+    assert part == "nginx"
+    assert f"port {port}" in reason
+
+
+def test_desktop_probes_with_sign_in_pass_when_everything_answers(
+        tmp_path: Path, front: RFBServer, xvnc: RFBServer, websockify: RFBServer,
+        x_socket: str) -> None:
+    service = SignInService(tmp_path / "auth.sock")
+    try:
+        assert probes.run_all(_checks(tmp_path, front.port, x_socket, sign_in=True)) is None
+    finally:
+        service.close()
 
 
 def test_run_all_reports_the_first_failure_and_stops() -> None:

@@ -3,8 +3,6 @@ which child each health check blames."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from whaletopd import probes
@@ -13,10 +11,13 @@ from whaletopd.paths import Paths
 from whaletopd.programs import (
     DISPLAY,
     PROGRAMS,
+    WEBSOCKIFY_CHATTER,
     Launch,
     Program,
     blame,
+    nginx_argv,
     session_argv,
+    webauth_argv,
     websockify_argv,
     xvnc_argv,
 )
@@ -41,15 +42,28 @@ def test_xvnc_argv(paths: Paths) -> None:
     assert _after(argv, "-displayfd") == "17"
     assert _after(argv, "-geometry") == "1920x1080"
     assert _after(argv, "-depth") == "16"
-    assert _after(argv, "-rfbport") == "5999"
     assert _after(argv, "-PasswordFile") == str(paths.vnc_auth)
     assert _after(argv, "-SecurityTypes") == "VncAuth"
-    assert _after(argv, "-localhost") == "1", "raw VNC reachable from outside by default"
+    # RFB only on the UNIX socket websockify connects to, readable by the user only.
+    assert _after(argv, "-rfbunixpath") == str(paths.vnc_socket)
+    assert _after(argv, "-rfbunixmode") == "0600"
+    assert _after(argv, "-rfbport") == "-1", "raw VNC on TCP without --expose-vnc"
+    assert "-localhost" not in argv
+    assert "5999" not in argv
 
 
-def test_xvnc_listens_on_all_interfaces_only_with_expose_vnc(paths: Paths) -> None:
-    argv = xvnc_argv(Launch(Config(expose_vnc=True), paths, ready_fd=3))
+def test_xvnc_blacklists_no_address(paths: Paths) -> None:
+    """Every web client reaches Xvnc through one socket: its per-address blacklist would
+    lock everyone out (health checks too) for one guesser.  nginx limits per address."""
+    argv = xvnc_argv(Launch(Config(), paths, ready_fd=3))
+    assert "-UseBlacklist=0" in argv
+
+
+def test_xvnc_listens_on_tcp_on_all_interfaces_only_with_expose_vnc(paths: Paths) -> None:
+    argv = xvnc_argv(Launch(Config(expose_vnc=True, vnc_port=5999), paths, ready_fd=3))
+    assert _after(argv, "-rfbport") == "5999"
     assert _after(argv, "-localhost") == "0"
+    assert _after(argv, "-rfbunixpath") == str(paths.vnc_socket), "websockify needs it too"
 
 
 def test_xvnc_listens_on_no_x_socket_but_its_own(paths: Paths) -> None:
@@ -65,26 +79,96 @@ def test_every_xvnc_argument_is_a_string(paths: Paths) -> None:
 
 # -- websockify ----------------------------------------------------------------------------
 
-def test_websockify_without_tls(paths: Paths) -> None:
-    argv = websockify_argv(Launch(Config(web_port=9443, vnc_port=5999), paths))
+def test_websockify_between_two_unix_sockets(paths: Paths) -> None:
+    argv = websockify_argv(Launch(Config(web_port=9443, vnc_port=5999, enable_tls=True),
+                                  paths))
     assert argv[0] == "websockify"
-    assert "--cert" not in argv
-    assert "--ssl-only" not in argv
-    assert _after(argv, "--web") == str(paths.novnc_dir)
-    assert argv[-2:] == ["0.0.0.0:9443", "127.0.0.1:5999"]
+    assert _after(argv, "--unix-listen") == str(paths.websockify_socket)
+    assert _after(argv, "--unix-target") == str(paths.vnc_socket)
+    # nginx's workers run as another account.
+    assert _after(argv, "--unix-listen-mode") == "0666"
+    # No TCP, no TLS, no files of its own: nginx does all that.
+    for flag in ("--cert", "--ssl-only", "--web", "--key"):
+        assert flag not in argv
+    assert not any(":9443" in arg or ":5999" in arg for arg in argv)
 
 
-def test_websockify_with_tls_serves_https_only(paths: Paths, tmp_path: Path) -> None:
-    pem = tmp_path / "websockify.pem"
-    argv = websockify_argv(Launch(Config(web_port=9443, vnc_port=5999), paths, web_pem=pem))
-    assert _after(argv, "--cert") == str(pem)
-    assert "--ssl-only" in argv
-    assert argv[-2:] == ["0.0.0.0:9443", "127.0.0.1:5999"]
+# websockify >= 0.12 names a UNIX socket client by the listening socket's path.
+SOCK = "/run/whaletop/desktop/websockify.sock"
+
+
+@pytest.mark.parametrize("line", [
+    f"{SOCK} - - [29/Nov/2026 21:34:00] {SOCK}: Plain non-SSL (ws://) WebSocket connection",
+    f"{SOCK} - - [29/Nov/2026 21:34:00] {SOCK}: Path: '/websockify'",
+    f"{SOCK} - - [29/Nov/2026 21:34:00] connecting to unix socket: /run/whaletop/desktop/"
+    "vnc.sock",
+])
+def test_websockify_s_per_connection_chatter_is_quiet(line: str) -> None:
+    program = _program("websockify")
+    assert program.quiet is WEBSOCKIFY_CHATTER
+    assert WEBSOCKIFY_CHATTER.search(line)
+
+
+@pytest.mark.parametrize("line", [
+    "WebSocket server settings:",
+    "  - Listen on unix socket /run/whaletop/desktop/websockify.sock",
+    f"{SOCK} - - [29/Nov/2026 21:34:00] code 400, message Bad request syntax",
+    f"{SOCK}: handler exception: [Errno 111] Connection refused",
+    "handler exception: [Errno 111] Connection refused",
+    "Traceback (most recent call last):",
+])
+def test_websockify_s_errors_and_settings_are_not_quiet(line: str) -> None:
+    assert not WEBSOCKIFY_CHATTER.search(line)
 
 
 def test_websockify_needs_no_readiness_pipe(paths: Paths) -> None:
     assert websockify_argv(Launch(Config(), paths, ready_fd=9)) == websockify_argv(
         Launch(Config(), paths))
+
+
+# -- nginx, the sign-in service ------------------------------------------------------------
+
+def test_nginx_argv_runs_in_the_foreground_with_whaletopd_s_configuration(paths: Paths) -> None:
+    argv = nginx_argv(Launch(Config(), paths))
+    assert argv[0] == "nginx"
+    assert _after(argv, "-c") == str(paths.nginx_conf)
+    assert _after(argv, "-p") == str(paths.nginx_dir)
+    assert _after(argv, "-e") == "stderr", "its early errors reach whaletopd's log"
+
+
+def test_nginx_s_row() -> None:
+    nginx = _program("nginx")
+    assert nginx.account == "root", "its master reads the key, then drops to the web account"
+    assert nginx.json_lines, "its access log is JSON whose fields are kept"
+    assert nginx.restart is not None
+    assert nginx.enabled(Config())
+    assert nginx.enabled(Config(enable_tls=True))
+
+
+def test_webauth_argv(paths: Paths) -> None:
+    argv = webauth_argv(Launch(Config(web_password_from_env=True), paths))
+    assert argv[:3] == ["python3", "-m", "whaletopd.webauth"]
+    assert _after(argv, "--socket") == str(paths.auth_socket)
+    assert _after(argv, "--settings") == str(paths.web_dir / "auth.json")
+
+
+def test_webauth_runs_only_with_sign_in_and_as_the_web_account() -> None:
+    webauth = _program("webauth")
+    assert webauth.account == "web"
+    assert webauth.json_lines
+    assert webauth.restart is not None
+    assert not webauth.enabled(Config())
+    assert webauth.enabled(Config(web_password_from_env=True, web_password="x" * 8))
+    assert webauth.enabled(Config(web_users="/data/users"))
+
+
+def test_the_desktop_s_programs_run_as_the_desktop_user_and_log_plain_lines() -> None:
+    """Programs of the desktop (the user's own) cannot forge log fields."""
+    for name in ("xvnc", "websockify", "session"):
+        program = _program(name)
+        assert program.account == "desktop", name
+        assert not program.json_lines, name
+        assert program.enabled(Config()), name
 
 
 def test_session_argv(paths: Paths) -> None:
@@ -95,7 +179,7 @@ def test_session_argv(paths: Paths) -> None:
 
 def test_the_table_names_each_program_once_and_waits_only_for_programs_it_has() -> None:
     names = [p.name for p in PROGRAMS]
-    assert sorted(names) == ["session", "websockify", "xvnc"]
+    assert sorted(names) == ["nginx", "session", "webauth", "websockify", "xvnc"]
     assert len(set(names)) == len(names)
     assert all(p.after is None or p.after in names for p in PROGRAMS)
 
@@ -104,7 +188,9 @@ def test_xvnc_is_ready_when_it_says_so_and_the_session_waits_for_it() -> None:
     assert _program("xvnc").ready == "displayfd"
     assert _program("xvnc").after is None
     assert _program("session").after == "xvnc"
-    assert _program("websockify").after is None, "websockify needs only the port number"
+    assert _program("websockify").after is None, "websockify needs no running Xvnc"
+    assert _program("nginx").after is None
+    assert _program("webauth").after is None
 
 
 def test_every_program_builds_its_command_line(paths: Paths) -> None:
@@ -115,30 +201,36 @@ def test_every_program_builds_its_command_line(paths: Paths) -> None:
         assert all(isinstance(arg, str) for arg in argv), program.name
 
 
-def test_only_websockify_is_restartable() -> None:
-    assert [p.name for p in PROGRAMS if p.restart is not None] == ["websockify"]
+def test_only_the_web_side_is_restartable() -> None:
+    """Xvnc's and the session's deaths lose the user's windows: no restart repairs them."""
+    assert sorted(p.name for p in PROGRAMS if p.restart is not None) == [
+        "nginx", "webauth", "websockify"]
 
 
-def test_websockify_s_restart_policy() -> None:
-    restart = _program("websockify").restart
+@pytest.mark.parametrize("name", ["websockify", "nginx", "webauth"])
+def test_restart_policy_of_the_web_side(name: str) -> None:
+    restart = _program(name).restart
     assert restart is not None
     assert restart.attempts >= 1
     assert 0 < restart.first_delay <= restart.max_delay
 
 
-def test_stop_order_is_session_then_websockify_then_xvnc() -> None:
+def test_stop_order_is_nginx_first_and_xvnc_last() -> None:
+    """No new connections first; the session before the display it draws on."""
     orders = [p.stop_order for p in PROGRAMS]
     assert len(set(orders)) == len(orders), "two programs share a stop order"
     assert [p.name for p in sorted(PROGRAMS, key=lambda p: p.stop_order)] == [
-        "session", "websockify", "xvnc"]
+        "nginx", "webauth", "session", "websockify", "xvnc"]
 
 
 # -- blame ---------------------------------------------------------------------------------
 
 @pytest.fixture
-def target() -> probes.Target:
-    return probes.Target(vnc_port=5901, web_port=8080, x_socket="/tmp/.X11-unix/X1",
-                         password="secret12", timeout=1.0)
+def target(paths: Paths) -> probes.Target:
+    return probes.Target(web_port=8080, x_socket="/tmp/.X11-unix/X1",
+                         vnc_socket=paths.vnc_socket,
+                         websockify_socket=paths.websockify_socket,
+                         password="secret12", timeout=1.0, probe_token="0123abcd")
 
 
 def test_blame_names_a_program_for_every_probe_the_desktop_runs(target: probes.Target) -> None:
@@ -146,15 +238,22 @@ def test_blame_names_a_program_for_every_probe_the_desktop_runs(target: probes.T
     # desktop_probes looks each of its checks up in the table: a missing one raises.
     checks = probes.desktop_probes(target, table)
     names = {p.name for p in PROGRAMS}
-    assert [c.name for c in checks] == ["x_display", "websocket_login", "novnc_page"]
+    assert [c.name for c in checks] == ["x_display", "web_login", "novnc_page"]
     for check in checks:
         assert table[check.name] in names
         assert check.part == table[check.name]
 
 
 def test_blame_points_each_check_at_its_child() -> None:
-    assert blame(PROGRAMS) == {"x_display": "xvnc", "websocket_login": "websockify",
-                               "novnc_page": "websockify"}
+    assert blame(PROGRAMS) == {"x_display": "xvnc", "websockify_login": "websockify",
+                               "web_login": "nginx", "novnc_page": "nginx",
+                               "sign_in_check": "webauth"}
+
+
+def test_blame_of_the_table_without_sign_in_names_no_sign_in_service() -> None:
+    table = [p for p in PROGRAMS if p.enabled(Config())]
+    assert "sign_in_check" not in blame(table)
+    assert {"x_display", "websockify_login", "web_login", "novnc_page"} <= set(blame(table))
 
 
 def test_blame_of_a_custom_table() -> None:

@@ -503,6 +503,40 @@ def test_the_obfuscated_file_is_the_users_and_holds_the_password(
     assert _owner(paths.vnc_auth) == (RUN_AS.uid, RUN_AS.gid)
     assert password[:6].encode() not in data, "the password is in clear text"
     assert _vnc_decrypt(data[:8]) == checked
+    # One password: no view-only one (a second block would let its holder in too).
+    assert len(data) == 8
+    assert not paths.vnc_view_only_passwd.exists()
+
+
+@needs_root
+@needs_vncpasswd
+def test_a_view_only_password_is_the_second_block_and_differs(paths: Paths) -> None:
+    """vncpasswd -f: the full password, then the view-only one.  Feeding it the full
+    password twice made the view-only password equal to the full one."""
+    provision.prepare_dirs(paths)
+    provision.write_password("hunter22", paths, RUN_AS, view_only="watcher1")
+    data = paths.vnc_auth.read_bytes()
+    assert len(data) == 16
+    assert _vnc_decrypt(data[:8]) == b"hunter22"
+    assert _vnc_decrypt(data[8:]) == b"watcher1"
+    assert _owner(paths.vnc_auth) == (RUN_AS.uid, RUN_AS.gid)
+    assert b"watcher" not in data, "the password is in clear text"
+    # For root (docker exec), like the full password.
+    assert paths.vnc_view_only_passwd.read_text() == "watcher1\n"
+    assert _mode(paths.vnc_view_only_passwd) == 0o600
+    assert _owner(paths.vnc_view_only_passwd) == (0, 0)
+
+
+@needs_root
+@needs_vncpasswd
+def test_a_view_only_password_dropped_at_the_next_start_is_gone(paths: Paths) -> None:
+    provision.prepare_dirs(paths)
+    provision.write_password("hunter22", paths, RUN_AS, view_only="watcher1")
+    provision.write_password("second22", paths, RUN_AS)
+    data = paths.vnc_auth.read_bytes()
+    assert len(data) == 8, "the old view-only password would still let its holder watch"
+    assert _vnc_decrypt(data) == b"second22"
+    assert not paths.vnc_view_only_passwd.exists()
 
 
 @needs_root
@@ -556,6 +590,9 @@ def test_provision_logs_each_step_and_the_generated_password(
     assert len(account.password) == 8
     assert paths.vnc_passwd.read_text() == account.password + "\n"
     assert _vnc_decrypt(paths.vnc_auth.read_bytes()[:8]) == account.password.encode()
+    assert len(paths.vnc_auth.read_bytes()) == 8, "no view-only password without sign-in"
+    assert account.view_only_password is None
+    assert not paths.vnc_view_only_passwd.exists()
     assert _owner(paths.vnc_auth) == (1000, 1000)
     assert paths.sudoers_file.read_text() == f"{NAME} ALL=(ALL:ALL) NOPASSWD: ALL\n"
     assert account.run_as == RunAs(uid=1000, gid=1000, groups=(), home=str(_home(paths)))
@@ -571,6 +608,39 @@ def test_a_supplied_password_is_never_logged(
     assert not any(line["event"].startswith("vnc_password") for line in lines), lines
     assert password not in repr(lines)
     assert paths.vnc_passwd.read_text() == password + "\n"
+
+
+@needs_vncpasswd
+def test_with_sign_in_a_view_only_password_is_generated_and_never_logged(
+        sandbox: Sandbox[Any], paths: Paths) -> None:
+    """Viewers get it from the sign-in service, never typed: nobody needs to read it."""
+    config = Config(username=NAME, web_password_from_env=True, web_password="correct horse")
+    account, lines = sandbox(_provisioning(paths, config))
+    view_only = account.view_only_password
+    assert view_only is not None
+    assert len(view_only) == 8
+    assert view_only != account.password
+    assert view_only not in repr(lines)
+    data = paths.vnc_auth.read_bytes()
+    assert len(data) == 16
+    assert _vnc_decrypt(data[:8]) == account.password.encode()
+    assert _vnc_decrypt(data[8:]) == view_only.encode()
+    assert paths.vnc_view_only_passwd.read_text() == view_only + "\n"
+
+
+@needs_vncpasswd
+def test_a_supplied_view_only_password_is_used_and_never_logged(
+        sandbox: Sandbox[Any], paths: Paths) -> None:
+    config = Config(username=NAME, view_only_password="watcher1")
+    account, lines = sandbox(_provisioning(paths, config))
+    assert account.view_only_password == "watcher1"
+    assert "watcher1" not in repr(lines)
+    data = paths.vnc_auth.read_bytes()
+    assert len(data) == 16
+    assert _vnc_decrypt(data[8:]) == b"watcher1"
+    # The generated full password is still announced, as without a view-only one.
+    assert [line["password"] for line in lines if line["event"] == "vnc_password"] == [
+        account.password]
 
 
 @needs_vncpasswd

@@ -1,5 +1,5 @@
 """TLS files: a user's certificate checked with one clear line per problem, the self-signed
-certificate kept and renewed, the websockify copy, and the expiry warning schedule.
+certificate kept and renewed, the copy nginx serves, and the expiry warning schedule.
 
 Every certificate is made here with cryptography, at a fixed `now`; nothing depends on the
 clock or on how long anything takes.
@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from whaletopd import tls
+from whaletopd import certs, tls
 from whaletopd.tls import TLSError
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -184,7 +184,7 @@ def test_load_decrypts_an_encrypted_key(tmp_path: Path, ec_key: ec.EllipticCurve
     bundle = tls.load(_write(tmp_path, _cert_pem(good), key_pem), PASSWORD, now=NOW)
     assert _spki(bundle.key) == _spki(ec_key)
     assert b"ENCRYPTED" not in bundle.combined_pem()
-    # What websockify gets loads without any password.
+    # What nginx gets loads without any password (it could not ask for one).
     plain = tls.load(_write(tmp_path, bundle.combined_pem(), name="plain.pem"), now=NOW)
     assert plain.fingerprint == bundle.fingerprint
 
@@ -547,11 +547,11 @@ def test_load_or_create_restores_the_key_file_mode(tmp_path: Path) -> None:
     assert _mode(tmp_path / "self_signed.pem") == 0o600
 
 
-# -- the copy websockify reads ------------------------------------------------------------
+# -- the copy nginx reads -----------------------------------------------------------------
 
 def test_install_writes_a_private_combined_file(tmp_path: Path) -> None:
     bundle = tls.generate_self_signed("desk.example", now=NOW)
-    dest = tmp_path / "websockify.pem"
+    dest = tmp_path / certs.SERVED_PEM
     dest.write_bytes(b"old")
     dest.chmod(0o644)
     tls.install(bundle, dest, os.getuid(), os.getgid())
@@ -561,13 +561,13 @@ def test_install_writes_a_private_combined_file(tmp_path: Path) -> None:
     loaded = tls.load(dest, now=NOW)
     assert loaded.fingerprint == bundle.fingerprint
     assert _spki(loaded.key) == _spki(bundle.key)
-    assert os.listdir(tmp_path) == ["websockify.pem"]
+    assert os.listdir(tmp_path) == [certs.SERVED_PEM]
 
 
 def test_install_decrypts_an_encrypted_key(tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey,
                                            good: x509.Certificate) -> None:
     source = _write(tmp_path, _cert_pem(good), _key_pem(ec_key, TRADITIONAL, PASSWORD))
-    dest = tmp_path / "websockify.pem"
+    dest = tmp_path / certs.SERVED_PEM
     tls.install(tls.load(source, PASSWORD, now=NOW), dest, os.getuid(), os.getgid())
     assert b"ENCRYPTED" not in dest.read_bytes()
     assert tls.load(dest, now=NOW).cert == good
@@ -575,7 +575,7 @@ def test_install_decrypts_an_encrypted_key(tmp_path: Path, ec_key: ec.EllipticCu
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file away")
 def test_install_gives_the_file_to_its_owner(tmp_path: Path) -> None:
-    dest = tmp_path / "websockify.pem"
+    dest = tmp_path / certs.SERVED_PEM
     tls.install(tls.generate_self_signed("d", now=NOW), dest, 4321, 8765)
     assert (dest.stat().st_uid, dest.stat().st_gid) == (4321, 8765)
     assert _mode(dest) == 0o600

@@ -1,4 +1,4 @@
-"""The web front's TLS with real certificate files: validation, the files websockify and
+"""The web front's TLS with real certificate files: validation, the files nginx and
 users read, the watch on the certificate's folder, rotation, and expiry on a made-up
 clock (the `now` seam for dates, a fake monotonic clock for the deadline)."""
 
@@ -17,8 +17,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from whaletopd import certs, tls, watch
-from whaletopd.certs import WEBSOCKIFY_PEM
-from whaletopd.children import RunAs
+from whaletopd.certs import SERVED_PEM
 from whaletopd.config import Config
 from whaletopd.deadlines import Deadlines
 from whaletopd.events import (
@@ -69,16 +68,6 @@ def q() -> EventQueue:
 
 
 @pytest.fixture
-def run_as(tmp_path: Path) -> RunAs:
-    """As root, someone else, so that the websockify file's owner is seen to be set."""
-    home = tmp_path / "child-home"
-    home.mkdir()
-    if os.geteuid() == 0:
-        return RunAs(uid=54321, gid=54322, groups=(), home=str(home))
-    return RunAs(uid=os.getuid(), gid=os.getgid(), groups=(), home=str(home))
-
-
-@pytest.fixture
 def tls_paths(paths: Paths) -> Paths:
     paths.run_dir.mkdir()  # provisioning makes it before install()
     return paths
@@ -125,13 +114,13 @@ def make(tls_paths: Paths, q: EventQueue, deadlines: Deadlines,
             pytest.fail("WebFront.stop() hung")
 
 
-def _installed(make: Make, cert_file: Path, run_as: RunAs,
+def _installed(make: Make, cert_file: Path,
                bundle: tls.Bundle | None = None) -> tuple[WebFront, tls.Bundle]:
     bundle = bundle or _bundle()
     _put(cert_file, bundle.combined_pem())
     front = make(Config(tls_certificate=str(cert_file)))
     front.validate()
-    front.install(run_as)
+    front.install()
     return front, bundle
 
 
@@ -148,11 +137,11 @@ def _events(q: EventQueue) -> list[object]:
 
 # -- without TLS ---------------------------------------------------------------------------
 
-def test_without_tls_nothing_happens(make: Make, tls_paths: Paths, run_as: RunAs,
+def test_without_tls_nothing_happens(make: Make, tls_paths: Paths,
                                      deadlines: Deadlines, q: EventQueue) -> None:
     front = make(Config())
     front.validate()
-    front.install(run_as)
+    front.install()
     front.check_expiry()
     assert front.describe() is None
     assert front.pin is None
@@ -183,7 +172,7 @@ def test_validate_a_good_file(make: Make, cert_file: Path) -> None:
     step = [e for e in logs if e["event"] == "step"]
     assert [(e["step"], e["fingerprint_sha256"]) for e in step] == [
         ("tls_validate", bundle.fingerprint)]
-    assert front.pem is None, "validate() alone wrote websockify's file"
+    assert front.pem is None, "validate() alone wrote nginx's file"
 
 
 def test_validate_a_bad_file_raises(make: Make, cert_file: Path) -> None:
@@ -195,41 +184,41 @@ def test_validate_a_bad_file_raises(make: Make, cert_file: Path) -> None:
     assert front.describe() is None
 
 
-def test_install_writes_both_files_and_arms_the_check(make: Make, cert_file: Path,
-                                                      run_as: RunAs, tls_paths: Paths,
+def test_install_writes_both_files_and_arms_the_check(make: Make, cert_file: Path, tls_paths: Paths,
                                                       deadlines: Deadlines) -> None:
-    front, bundle = _installed(make, cert_file, run_as)
+    front, bundle = _installed(make, cert_file)
     public = tls_paths.state_dir / tls.PUBLIC_CERT_NAME
     assert public.read_bytes() == bundle.cert_pem()
     assert b"PRIVATE KEY" not in public.read_bytes()
     assert _mode(public) == 0o644
-    assert front.pem == tls_paths.run_dir / WEBSOCKIFY_PEM
+    assert front.pem == tls_paths.run_dir / SERVED_PEM == tls_paths.tls_pem
     assert front.pem.read_bytes() == bundle.combined_pem()
+    # The key: for nginx's master (whaletopd's own user), never the desktop user's.
     assert _mode(front.pem) == 0o600
     st = front.pem.stat()
-    assert (st.st_uid, st.st_gid) == (run_as.uid, run_as.gid)
+    assert (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid())
     # 40 days left: the first threshold is 10 days away, so the check is an hour away.
     assert deadlines.names() == [CHECK]
     assert deadlines.timeout() == pytest.approx(MAX_CHECK_DELAY + MARGIN)
 
 
 def test_a_change_in_the_certificate_folder_posts_certificate_changed(
-        make: Make, cert_file: Path, run_as: RunAs, q: EventQueue) -> None:
-    _installed(make, cert_file, run_as)
+        make: Make, cert_file: Path, q: EventQueue) -> None:
+    _installed(make, cert_file)
     _put(cert_file, _bundle().combined_pem())
     assert q.get(timeout=WAIT) == CertificateChanged()
 
 
-def test_stop_ends_the_watch(make: Make, cert_file: Path, run_as: RunAs) -> None:
+def test_stop_ends_the_watch(make: Make, cert_file: Path) -> None:
     before = set(threading.enumerate())
-    front, _ = _installed(make, cert_file, run_as)
+    front, _ = _installed(make, cert_file)
     assert set(threading.enumerate()) - before, "no watcher thread was started"
     front.stop()
     assert set(threading.enumerate()) - before == set(), "a watcher thread is still running"
 
 
 def test_a_self_signed_certificate_is_written_and_not_watched(
-        make: Make, run_as: RunAs, tls_paths: Paths, deadlines: Deadlines,
+        make: Make, tls_paths: Paths, deadlines: Deadlines,
         monkeypatch: pytest.MonkeyPatch) -> None:
     def no_watcher(*args: object, **kwargs: object) -> None:
         raise AssertionError("a self-signed certificate has no file of the user's to watch")
@@ -240,7 +229,7 @@ def test_a_self_signed_certificate_is_written_and_not_watched(
     described = front.describe()
     assert described is not None
     assert "localhost" in described["names"]
-    front.install(run_as)
+    front.install()
     described = front.describe()
     assert described is not None
     assert described["source"] == "self-signed"
@@ -257,8 +246,8 @@ def test_a_self_signed_certificate_is_written_and_not_watched(
 
 # -- rotation ------------------------------------------------------------------------------
 
-def test_an_unchanged_file_is_no_candidate(make: Make, cert_file: Path, run_as: RunAs) -> None:
-    front, bundle = _installed(make, cert_file, run_as)
+def test_an_unchanged_file_is_no_candidate(make: Make, cert_file: Path) -> None:
+    front, bundle = _installed(make, cert_file)
     with capture_logs() as logs:
         os.utime(cert_file)  # touched
         assert not front.candidate_valid()
@@ -268,9 +257,9 @@ def test_an_unchanged_file_is_no_candidate(make: Make, cert_file: Path, run_as: 
 
 
 def test_a_new_valid_file_is_a_candidate_put_in_service(make: Make, cert_file: Path,
-                                                        run_as: RunAs, tls_paths: Paths,
+                                                        tls_paths: Paths,
                                                         deadlines: Deadlines) -> None:
-    front, old = _installed(make, cert_file, run_as)
+    front, old = _installed(make, cert_file)
     new = _bundle(days=3)
     _put(cert_file, new.combined_pem())
     assert front.candidate_valid()
@@ -278,7 +267,7 @@ def test_a_new_valid_file_is_a_candidate_put_in_service(make: Make, cert_file: P
     assert front.pem is not None
     assert front.pem.read_bytes() == old.combined_pem()
     with capture_logs() as logs:
-        front.put_candidate_in_service(run_as)
+        front.put_candidate_in_service()
     assert front.pin == new.fingerprint
     described = front.describe()
     assert described is not None
@@ -299,27 +288,26 @@ def test_a_new_valid_file_is_a_candidate_put_in_service(make: Make, cert_file: P
 
 
 def test_a_candidate_that_cannot_be_installed_leaves_the_old_one_in_service(
-        make: Make, cert_file: Path, run_as: RunAs, tls_paths: Paths) -> None:
+        make: Make, cert_file: Path, tls_paths: Paths) -> None:
     """The files are written first: when that fails, what is served and what the probes
     pin stay the old certificate, and the daemon goes on."""
-    front, old = _installed(make, cert_file, run_as)
+    front, old = _installed(make, cert_file)
     _put(cert_file, _bundle(days=90).combined_pem())
     assert front.candidate_valid()
-    websockify_pem = tls_paths.run_dir / "websockify.pem"
+    served = tls_paths.run_dir / SERVED_PEM
     shutil.rmtree(tls_paths.run_dir)
     tls_paths.run_dir.write_bytes(b"")  # not a folder any more: the write fails
     with capture_logs() as logs:
-        assert not front.put_candidate_in_service(run_as)
+        assert not front.put_candidate_in_service()
     assert front.pin == old.fingerprint
     refused = [e for e in logs if e["event"] == "certificate_refused"]
     assert [e["in_service"] for e in refused] == [old.fingerprint]
     assert "cannot install it" in refused[0]["reason"]
-    assert front.pem == websockify_pem
+    assert front.pem == served
 
 
-def test_a_bad_file_is_refused_once_and_the_old_one_stays(make: Make, cert_file: Path,
-                                                          run_as: RunAs) -> None:
-    front, old = _installed(make, cert_file, run_as)
+def test_a_bad_file_is_refused_once_and_the_old_one_stays(make: Make, cert_file: Path) -> None:
+    front, old = _installed(make, cert_file)
     _put(cert_file, b"-----BEGIN CERTIFICATE-----\ngarbage\n")
     with capture_logs() as logs:
         assert not front.candidate_valid()
@@ -337,8 +325,8 @@ def test_a_bad_file_is_refused_once_and_the_old_one_stays(make: Make, cert_file:
     assert front.candidate_valid()
 
 
-def test_a_deleted_file_is_refused(make: Make, cert_file: Path, run_as: RunAs) -> None:
-    front, old = _installed(make, cert_file, run_as)
+def test_a_deleted_file_is_refused(make: Make, cert_file: Path) -> None:
+    front, old = _installed(make, cert_file)
     cert_file.unlink()
     with capture_logs() as logs:
         assert not front.candidate_valid()
@@ -346,10 +334,10 @@ def test_a_deleted_file_is_refused(make: Make, cert_file: Path, run_as: RunAs) -
     assert front.pin == old.fingerprint
 
 
-def test_put_in_service_needs_a_candidate(make: Make, cert_file: Path, run_as: RunAs) -> None:
-    front, _ = _installed(make, cert_file, run_as)
+def test_put_in_service_needs_a_candidate(make: Make, cert_file: Path) -> None:
+    front, _ = _installed(make, cert_file)
     with pytest.raises(AssertionError, match="candidate_valid"):
-        front.put_candidate_in_service(run_as)
+        front.put_candidate_in_service()
 
 
 def test_defer_and_take_deferred(make: Make) -> None:
@@ -367,10 +355,10 @@ def _warnings(logs: list[dict[str, object]]) -> list[object]:
     return [e["within_days"] for e in logs if e["event"] == "certificate_expires_soon"]
 
 
-def test_expiry_warnings_come_once_each(make: Make, cert_file: Path, run_as: RunAs,
+def test_expiry_warnings_come_once_each(make: Make, cert_file: Path,
                                         now: Now, deadlines: Deadlines) -> None:
     with capture_logs() as logs:
-        front, bundle = _installed(make, cert_file, run_as)
+        front, bundle = _installed(make, cert_file)
     assert _warnings(logs) == []
     end = bundle.not_after
     for at, expected in ((end - 30 * DAY, [30]), (end - 29 * DAY, []),
@@ -388,9 +376,9 @@ def test_expiry_warnings_come_once_each(make: Make, cert_file: Path, run_as: Run
     assert _warnings(logs) == [], "warned again after the clock went back"
 
 
-def test_a_warning_names_the_certificate(make: Make, cert_file: Path, run_as: RunAs,
+def test_a_warning_names_the_certificate(make: Make, cert_file: Path,
                                          now: Now) -> None:
-    front, bundle = _installed(make, cert_file, run_as)
+    front, bundle = _installed(make, cert_file)
     now.at = bundle.not_after - 7 * DAY
     with capture_logs() as logs:
         front.check_expiry()
@@ -402,10 +390,9 @@ def test_a_warning_names_the_certificate(make: Make, cert_file: Path, run_as: Ru
          "warning")]
 
 
-def test_the_check_deadline_is_the_next_threshold(make: Make, cert_file: Path,
-                                                  run_as: RunAs, now: Now,
+def test_the_check_deadline_is_the_next_threshold(make: Make, cert_file: Path, now: Now,
                                                   deadlines: Deadlines) -> None:
-    front, bundle = _installed(make, cert_file, run_as)
+    front, bundle = _installed(make, cert_file)
     now.at = bundle.not_after - 7 * DAY - timedelta(seconds=100)
     front.check_expiry()
     assert deadlines.timeout() == pytest.approx(100 + MARGIN)
@@ -415,9 +402,9 @@ def test_the_check_deadline_is_the_next_threshold(make: Make, cert_file: Path,
 
 
 def test_the_check_deadline_posts_certificate_check_due(make: Make, cert_file: Path,
-                                                        run_as: RunAs, clock: FakeClock,
+                                                        clock: FakeClock,
                                                         deadlines: Deadlines) -> None:
-    _installed(make, cert_file, run_as)
+    _installed(make, cert_file)
     assert deadlines.pop_due() is None
     timeout = deadlines.timeout()
     assert timeout is not None
@@ -426,9 +413,9 @@ def test_the_check_deadline_posts_certificate_check_due(make: Make, cert_file: P
 
 
 def test_expiry_posts_certificate_expired_and_cancels_the_check(
-        make: Make, cert_file: Path, run_as: RunAs, now: Now, deadlines: Deadlines,
+        make: Make, cert_file: Path, now: Now, deadlines: Deadlines,
         q: EventQueue) -> None:
-    front, bundle = _installed(make, cert_file, run_as)
+    front, bundle = _installed(make, cert_file)
     assert deadlines.armed(CHECK)
     assert not front.expired_now()
     now.at = bundle.not_after - timedelta(seconds=1)
