@@ -107,6 +107,9 @@ def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
         # backreference compares the two; no Origin is not a browser, and passes).
         *_block('map "$whaletop_origin_host|$http_host" $whaletop_cross_origin',
                 ['"~^(\\|.*|([^|]+)\\|\\2)$" 0;', "default 1;"]),
+        # The path as the client asked for it, without its query: noVNC's ?password=...
+        # never reaches the log.
+        *_block("map $request_uri $whaletop_path", ['"~^(?<asked>[^?]*)" $asked;']),
         f"limit_req_zone $whaletop_client zone=connections:1m rate={rate}r/m;",
         "limit_req_zone $whaletop_client zone=signin:1m rate=30r/m;",
         "limit_conn_zone $whaletop_client zone=open:1m;",
@@ -114,9 +117,8 @@ def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
         "limit_conn_status 429;",
         "limit_req_log_level warn;",
         "limit_conn_log_level warn;",
-        # The path without its query: noVNC's ?password=... never reaches the log.
         "log_format whaletop escape=json '{\"event\":\"request\",\"level\":\"info\","
-        "\"client\":\"$remote_addr\",\"method\":\"$request_method\",\"path\":\"$uri\","
+        "\"client\":\"$remote_addr\",\"method\":\"$request_method\",\"path\":\"$whaletop_path\","
         "\"status\":$status,\"bytes\":$body_bytes_sent,\"seconds\":$request_time,"
         "\"user\":\"$whaletop_user\",\"user_agent\":\"$http_user_agent\"}';",
         "access_log /dev/stdout whaletop if=$whaletop_loggable;",
