@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,7 +13,7 @@ import psutil
 import pytest
 from structlog.testing import capture_logs
 
-from whaletopd import children
+from whaletopd import children, programs
 from whaletopd.children import Child, RunAs
 from whaletopd.events import ChildExited, EventQueue
 
@@ -140,6 +141,124 @@ def test_passed_fd_reaches_the_child(run_as: RunAs, q: EventQueue) -> None:
             os.close(write_fd)
         assert pipe.readline() == b"1\n"
     assert _next_exit(q).returncode == 0
+
+
+# -- JSON lines and quiet lines ---------------------------------------------------------
+
+def _say(name: str, lines: Sequence[str], run_as: RunAs, q: EventQueue, tmp_path: Path,
+         timeout: float = WAIT, **how: Any) -> list[Mapping[str, Any]]:
+    """Spawn a child that prints `lines` then "done"; the log entries of its output."""
+    script = tmp_path / f"{name}.out"
+    script.write_text("".join(line + "\n" for line in [*lines, "done"]))
+    with capture_logs() as logs:
+        children.spawn(name, ["cat", str(script)], run_as, ENV, q, **how)
+        _next_exit(q)
+        wait_for(lambda: "done" in _lines(logs, name), "the last line", timeout)
+    return [e for e in logs if e.get("source") == name]
+
+
+def test_json_lines_keep_their_fields(run_as: RunAs, q: EventQueue, tmp_path: Path) -> None:
+    """nginx's access log and the sign-in service write JSON objects: their fields stay
+    fields of whaletopd's own line, with the child's `source`."""
+    entries = _say("nginx", [
+        '{"event":"request","level":"info","client":"203.0.113.9","method":"GET",'
+        '"path":"/vnc.html","status":200,"bytes":1234,"seconds":0.001,"user":""}',
+        '{"event":"sign_in_failed","level":"warning","client":"198.51.100.7"}',
+        '{"event":"sign_in_locked","level":"error","client":"198.51.100.7"}',
+        '{"client":"192.0.2.1"}',
+    ], run_as, q, tmp_path, json_lines=True)
+    request = entries[0]
+    assert request["event"] == "request"
+    assert request["log_level"] == "info"
+    assert (request["client"], request["path"], request["status"], request["bytes"]) == (
+        "203.0.113.9", "/vnc.html", 200, 1234)
+    assert request["source"] == "nginx"
+    assert "level" not in request
+    assert [(e["event"], e["log_level"]) for e in entries[1:3]] == [
+        ("sign_in_failed", "warning"), ("sign_in_locked", "error")]
+    assert (entries[3]["event"], entries[3]["client"]) == ("output", "192.0.2.1")
+
+
+def test_json_lines_cannot_pass_for_another_source(run_as: RunAs, q: EventQueue,
+                                                   tmp_path: Path) -> None:
+    entries = _say("webauth", [
+        '{"event":"child_started","source":"whaletopd","pid":1,'
+        '"timestamp":"2000-01-01T00:00:00Z","level":"critical!"}',
+    ], run_as, q, tmp_path, json_lines=True)
+    child = entries[0]
+    assert child["source"] == "webauth"
+    assert child["pid"] != 1
+    assert "timestamp" not in child, "whaletopd stamps its own lines"
+    assert child["log_level"] == "info", "an unknown level is info"
+
+
+def test_other_lines_of_a_json_child_are_logged_as_text(run_as: RunAs, q: EventQueue,
+                                                        tmp_path: Path) -> None:
+    """Broken JSON lines, and JSON that is no object, are text."""
+    lines = ['{"event": "cut short', "[1, 2, 3]", '"a string"', "42", "plain words"]
+    entries = _say("nginx", lines, run_as, q, tmp_path, json_lines=True)
+    assert [e["event"] for e in entries] == [*lines, "done"]
+    assert all(e["log_level"] == "info" for e in entries)
+
+
+def test_nginx_s_error_log_lines_keep_their_level(run_as: RunAs, q: EventQueue,
+                                                  tmp_path: Path) -> None:
+    """nginx's error log is text on the same stream: its level becomes the line's, and
+    its date and process ids (whaletopd stamps its own) are dropped."""
+    entries = _say("nginx", [
+        "2026/11/29 21:47:26 [warn] 12#12: *3 limiting requests, excess: 20.000 by zone "
+        '"connections", client: 127.0.0.1',
+        "2026/11/29 21:47:27 [crit] 12#12: *4 connect() to unix:/run/whaletop/desktop/"
+        "websockify.sock failed (2: No such file or directory)",
+        "2026/11/29 21:47:28 [emerg] 1#1: bind() to 0.0.0.0:8080 failed (98: Address in use)",
+        "2026/11/29 21:47:29 [notice] 1#1: signal process started",
+    ], run_as, q, tmp_path, json_lines=True)
+    assert [(e["log_level"], e["event"][:22]) for e in entries[:4]] == [
+        ("warning", "*3 limiting requests, "), ("error", "*4 connect() to unix:/"),
+        ("critical", "bind() to 0.0.0.0:8080"), ("info", "signal process started")]
+
+
+def test_a_desktop_program_cannot_forge_log_fields(run_as: RunAs, q: EventQueue,
+                                                   tmp_path: Path) -> None:
+    """The desktop user's programs write what they like: a JSON object from them is
+    one line of text, not fields (no forged `"event":"healthy"` or `"level":"error"`)."""
+    forged = '{"event":"transition","dest":"HEALTHY","level":"error","source":"whaletopd"}'
+    entries = _say("session", [forged], run_as, q, tmp_path)
+    assert entries[0]["event"] == forged
+    assert entries[0]["log_level"] == "info"
+    assert "dest" not in entries[0]
+    assert entries[0]["source"] == "session"
+
+
+def test_quiet_lines_are_dropped(run_as: RunAs, q: EventQueue, tmp_path: Path) -> None:
+    sock = "/run/whaletop/desktop/websockify.sock"
+    entries = _say("websockify", [
+        f"{sock} - - [29/Nov/2026 21:34:00] {sock}: Plain non-SSL (ws://) WebSocket "
+        "connection",
+        f"{sock} - - [29/Nov/2026 21:34:00] {sock}: Path: '/websockify'",
+        f"{sock} - - [29/Nov/2026 21:34:00] connecting to unix socket: /run/vnc.sock",
+        "handler exception: [Errno 111] Connection refused",
+    ], run_as, q, tmp_path, quiet=programs.WEBSOCKIFY_CHATTER)
+    assert [e["event"] for e in entries] == [
+        "handler exception: [Errno 111] Connection refused", "done"]
+
+
+def test_quiet_applies_to_json_children_too(run_as: RunAs, q: EventQueue,
+                                            tmp_path: Path) -> None:
+    entries = _say("chatty", ['{"event":"tick"}', '{"event":"request","status":200}'],
+                   run_as, q, tmp_path, json_lines=True, quiet=re.compile('"tick"'))
+    assert [e["event"] for e in entries] == ["request", "done"]
+
+
+@pytest.mark.xfail(strict=True, reason="children._pump_output passes a JSON object's keys "
+                   "as keyword arguments: a key named 'self' raises TypeError and ends the "
+                   "thread that reads the child's output")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_json_line_with_any_key_does_not_stop_the_output(run_as: RunAs, q: EventQueue,
+                                                           tmp_path: Path) -> None:
+    entries = _say("webauth", ['{"event":"odd","self":1}', "after"], run_as, q, tmp_path,
+                   timeout=1.0, json_lines=True)
+    assert "after" in [e["event"] for e in entries]
 
 
 # -- stopping ---------------------------------------------------------------------------

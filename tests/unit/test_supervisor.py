@@ -4,10 +4,13 @@ readiness, stale exits, the restart budget, replacing children, stop order."""
 from __future__ import annotations
 
 import os
+import re
+import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -191,6 +194,119 @@ def test_a_program_that_cannot_start_raises_and_leaks_no_pipe(q: EventQueue, run
 def test_use_comes_before_launch(q: EventQueue, launch: Launch) -> None:
     with pytest.raises(AssertionError, match="use"):
         Supervisor(TABLE, q).launch(launch)
+
+
+# -- accounts, output -----------------------------------------------------------------------
+
+def _uid(pid: int) -> int:
+    return int(psutil.Process(pid).uids().real)
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+
+
+def test_each_program_runs_as_its_account_with_its_environment(
+        q: EventQueue, launch: Launch) -> None:
+    """The desktop's programs as the desktop user; nginx's master as root (it reads the
+    key, then drops to the web account); the sign-in service as the web account."""
+    root = os.geteuid() == 0
+    desktop = RunAs(uid=54321 if root else os.getuid(), gid=54322 if root else os.getgid(),
+                    groups=(), home="/")
+    web = RunAs(uid=33 if root else os.getuid(), gid=33 if root else os.getgid(),
+                groups=(), home="/")
+    me = RunAs(uid=os.geteuid(), gid=os.getegid(), groups=(), home="/")
+    table = (Program("session", _sleep),
+             Program("nginx", _sleep, account="root", stop_order=1),
+             Program("webauth", _sleep, account="web", stop_order=2))
+    sup = Supervisor(table, q)
+    sup.use(desktop, {**ENV, "DISPLAY": ":1", "WHO": "desktop"})
+    sup.use(me, {**ENV, "WHO": "root"}, "root")
+    sup.use(web, {**ENV, "WHO": "web"}, "web")
+    try:
+        assert sup.launch(launch)
+        pids = {c.name: c.pid for c in sup.children()}
+        assert {name: _uid(pid) for name, pid in pids.items()} == {
+            "session": desktop.uid, "nginx": me.uid, "webauth": web.uid}
+        environs = {name: _environ(pid) for name, pid in pids.items()}
+        assert {name: env["WHO"] for name, env in environs.items()} == {
+            "session": "desktop", "nginx": "root", "webauth": "web"}
+        assert "DISPLAY" not in environs["nginx"], "the desktop's environment leaked"
+        assert "DISPLAY" not in environs["webauth"]
+    finally:
+        sup.stop_all()
+
+
+def test_a_program_whose_account_is_unknown_is_not_started(q: EventQueue, run_as: RunAs,
+                                                           launch: Launch) -> None:
+    table = (Program("session", _sleep), Program("webauth", _sleep, account="web"))
+    with _supervisor(table, q, run_as) as sup, pytest.raises(AssertionError, match="'web'"):
+        sup.launch(launch)
+
+
+def test_the_table_s_output_settings_reach_the_children(q: EventQueue, run_as: RunAs,
+                                                        launch: Launch) -> None:
+    """json_lines and quiet from the table, for both kinds of readiness."""
+    chatter = re.compile(r"^chatter")
+
+    def talks(ready_fd: int | None = None) -> list[str]:
+        ready = f"echo 1 >/dev/fd/{ready_fd}; " if ready_fd is not None else ""
+        return ["sh", "-c", f"{ready}echo chatter; echo '{{\"event\":\"request\","
+                "\"status\":200}'; echo kept; exec sleep 60"]
+
+    table = (Program("x", lambda launch: talks(launch.ready_fd), ready="displayfd",
+                     quiet=chatter),
+             Program("web", lambda launch: talks(), json_lines=True, quiet=chatter))
+    with capture_logs() as logs, _supervisor(table, q, run_as) as sup:
+        sup.launch(launch)
+
+        def said(name: str) -> list[Any]:
+            return [e for e in logs if e.get("source") == name]
+
+        wait_for(lambda: len(said("x")) >= 2 and len(said("web")) >= 2, "their lines")
+    assert [e["event"] for e in said("x")] == ['{"event":"request","status":200}', "kept"]
+    assert [(e["event"], e.get("status")) for e in said("web")] == [
+        ("request", 200), ("kept", None)]
+
+
+# -- signals -------------------------------------------------------------------------------
+
+def test_signal_reaches_a_running_child(q: EventQueue, run_as: RunAs, launch: Launch,
+                                        tmp_path: Path) -> None:
+    """nginx reloads its certificate on SIGHUP: the same process, no restart."""
+    marker = tmp_path / "hup"
+
+    def reloads(launch: Launch) -> list[str]:
+        return ["sh", "-c", f"trap 'echo hup >> {marker}' HUP; echo ready; "
+                "while :; do sleep 0.01; done"]
+
+    table = (Program("nginx", reloads, restart=WEB_RESTART),)
+    with capture_logs() as logs, _supervisor(table, q, run_as) as sup:
+        sup.launch(launch)
+        wait_for(lambda: any(e.get("source") == "nginx" for e in logs), "the HUP trap")
+        pid = _running(sup, "nginx")
+        assert sup.signal("nginx", signal.SIGHUP) is True
+        wait_for(marker.exists, "the child to get SIGHUP")
+        assert marker.read_text() == "hup\n"
+        assert _running(sup, "nginx") == pid
+        assert q.get(timeout=0.05) is None, "no exit, nothing to tell the machine"
+
+
+def test_signal_to_a_child_that_is_not_running(q: EventQueue, run_as: RunAs,
+                                               launch: Launch) -> None:
+    table = (Program("nginx", lambda launch: ["sh", "-c", "exit 0"], restart=WEB_RESTART),
+             Program("webauth", _sleep, after="nginx-never"))
+    with _supervisor(table, q, run_as) as sup:
+        assert sup.signal("nginx", signal.SIGHUP) is False, "not started yet"
+        sup.launch(launch)
+        _next(q, ChildExited)
+        nginx = sup.child("nginx")
+        assert nginx is not None
+        wait_for(lambda: nginx.returncode is not None, "the exit status to be collected")
+        assert sup.signal("nginx", signal.SIGHUP) is False, "it exited"
+        assert sup.signal("webauth", signal.SIGHUP) is False
+        assert sup.signal("nobody", signal.SIGHUP) is False
 
 
 # -- stale exits ---------------------------------------------------------------------------
