@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import bench
+from bench.browser import find_browser
 from bench.containers import BenchError, Launcher, docker
 from bench.cpu import QUIET_BUSY
 from bench.figures import GROUPS
@@ -46,8 +47,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet-wait", type=float,
                    help="seconds to wait before each container for the host to be idle "
                         f"(< {QUIET_BUSY * 100:.0f}%% CPU for 2 s; default 60, quick 10, 0: never)")
-    p.add_argument("--web-port", type=int, default=8280)
-    p.add_argument("--vnc-port", type=int, default=5921)
+    p.add_argument("--web-port", type=int, default=8280,
+                   help="the desktop's only TCP port (nginx), on 127.0.0.1 (default 8280)")
+    p.add_argument("--playwright-python", metavar="PYTHON",
+                   help="an interpreter with Playwright for the browser figures (default: "
+                        "this one if it has Playwright, else .tox/e2e/bin/python; without "
+                        "one they are skipped)")
+    p.add_argument("--chromium", default="/usr/bin/chromium",
+                   help="the browser Playwright drives (default Debian's /usr/bin/chromium; "
+                        "none is ever downloaded)")
     p.add_argument("--render", type=Path, metavar="RESULTS_JSON",
                    help="only re-render results.md and timeline.png from a results.json")
     return p
@@ -81,8 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                        else HERE)
     workdir = Path(tempfile.mkdtemp(prefix="whaletop-bench-"))
     quiet_wait = args.quiet_wait if args.quiet_wait is not None else (10 if args.quick else 60)
-    launcher = Launcher(args.image, args.web_port, args.vnc_port, workdir, quiet_wait)
-    runner = Bench(launcher, runs, args.quick)
+    launcher = Launcher(args.image, args.web_port, workdir, quiet_wait)
+    browser = (find_browser(args.playwright_python, args.chromium) if "browser" in groups
+               else None)
+    runner = Bench(launcher, runs, args.quick, browser=browser)
 
     def on_signal(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # the same clean-up as Ctrl-C: no container left behind

@@ -88,11 +88,13 @@ class Running:
         self.proc.wait(timeout=30)
         return t
 
-    def script_argv(self, script: Path, *args: str) -> list[str]:
+    def script_argv(self, script: Path, *args: str, stdin: bool = False) -> list[str]:
         """`docker exec` of one of the package's in-container scripts with the image's
         python3.  Its source goes on the command line: no mount added to the measured
-        containers, and the image's python3 needs nothing from the checkout."""
-        return ["docker", "exec", self.name, "python3", "-c", script.read_text(), *args]
+        containers, and the image's python3 needs nothing from the checkout.  `stdin`:
+        the runner talks to it (docker exec -i)."""
+        return ["docker", "exec", *(["-i"] if stdin else []), self.name, "python3", "-c",
+                script.read_text(), *args]
 
     def run_script(self, script: Path, *args: str, timeout: float = 180,
                    check: bool = True) -> str:
@@ -104,26 +106,26 @@ class Running:
 class Launcher:
     """Starts the bench's containers, one at a time, each once the shared host is quiet."""
 
-    def __init__(self, image: str, web_port: int, vnc_port: int, workdir: Path,
+    def __init__(self, image: str, web_port: int, workdir: Path,
                  quiet_wait: float = 0.0) -> None:
         self.image = image
         self.web_port = web_port
-        self.vnc_port = vnc_port
         self.workdir = workdir
         self.quiet_wait = quiet_wait
         self.live: set[str] = set()
         self.host: list[dict[str, Any]] = []  # how busy the host was before each container
         self.quiet = True  # whether the host was quiet when the current container started
 
-    def ports_free(self) -> None:
+    def port_free(self) -> None:
+        """The web port is the desktop's only TCP listener (nginx; Xvnc and websockify
+        are on UNIX sockets inside the container)."""
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            busy = [p for p in (self.web_port, self.vnc_port) if port_listening(p)]
-            if not busy:
+            if not port_listening(self.web_port):
                 return
             time.sleep(0.2)
-        raise BenchError(f"127.0.0.1 port(s) {busy} are in use: another desktop runs there; "
-                         "choose others with --web-port/--vnc-port")
+        raise BenchError(f"127.0.0.1 port {self.web_port} is in use: another desktop runs "
+                         "there; choose another with --web-port")
 
     def wait_quiet(self, tag: str) -> None:
         """Other people's builds and desktops share these cores: wait (at most quiet_wait
@@ -152,7 +154,7 @@ class Launcher:
                   volumes: Sequence[str] = ()) -> Iterator[Running]:
         if self.live:
             raise BenchError(f"a bench container still runs: {sorted(self.live)}")
-        self.ports_free()
+        self.port_free()
         self.wait_quiet(tag)
         state = Path(tempfile.mkdtemp(prefix=f"state-{tag}-", dir=self.workdir))
         name = f"{NAME_PREFIX}{tag}-{uuid.uuid4().hex[:6]}"
@@ -160,8 +162,7 @@ class Launcher:
                 "-v", f"{state}:/opt/whaletop"]
         for vol in volumes:
             argv += ["-v", vol]
-        argv += [self.image, "/start.py", f"--web-port={self.web_port}",
-                 f"--vnc-port={self.vnc_port}", *flags]
+        argv += [self.image, "/start.py", f"--web-port={self.web_port}", *flags]
         self.live.add(name)
         t_run = time.time()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -16,9 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import cgroups
-from bench.containers import BenchError, Launcher, docker
+from bench.browser import Browser, load_page, nginx_answers
+from bench.containers import BenchError, Launcher, Running, docker
 from bench.cpu import idle_figures
-from bench.figures import GROUPS
+from bench.figures import GROUPS, SESSIONS
 from bench.log import log
 from bench.net import page_served, served_fingerprint
 from bench.results import Results
@@ -36,6 +37,7 @@ CERTGEN = HERE / "certgen.py"
 KILL_XVNC = HERE / "in_container" / "kill_xvnc.py"
 SNAPSHOT = HERE / "in_container" / "snapshot.py"
 WATCH_APP = HERE / "in_container" / "watch_app.py"
+VNC_SESSIONS = HERE / "in_container" / "vnc_sessions.py"
 USER_HOME = "/home/user"
 
 APP_ENTRY = """[Desktop Entry]
@@ -48,7 +50,8 @@ Categories=Utility;
 
 
 class Bench:
-    def __init__(self, launcher: Launcher, runs: int, quick: bool) -> None:
+    def __init__(self, launcher: Launcher, runs: int, quick: bool,
+                 browser: Browser | None = None) -> None:
         self.launcher = launcher
         self.container = launcher.container
         self.image = launcher.image
@@ -58,6 +61,7 @@ class Bench:
         self.quick = quick
         self.results = Results()
         self.certs: dict[str, str] = {}  # file name in workdir/certs -> fingerprint
+        self.browser = browser or Browser(None, "", "no browser was looked for")
 
     def settle(self, seconds: float) -> None:
         time.sleep(seconds / (3 if self.quick else 1))
@@ -151,7 +155,9 @@ class Bench:
     def fig_http(self, i: int) -> None:
         with self.container(f"http{i}") as c:
             t = c.wait("noVNC page (HTTP 200)", lambda: page_served(self.web_port))
-            self.record("start_http", t - c.t_run)
+            self.record("start_http", t - c.t_run,
+                        "GET /vnc.html, a static file nginx serves as soon as it runs; "
+                        "the VNC login behind it is what HEALTHY proves")
             c.wait_healthy()
             log(f"http {i + 1}/{self.runs}: page served after {t - c.t_run:.3f} s")
 
@@ -181,6 +187,34 @@ class Bench:
                 events, c.t_run, created, started, seen["healthy"])))
             log(f"tls {i + 1}/{self.runs}: HTTPS page after {seen['page'] - c.t_run:.3f} s, "
                 f"HEALTHY after {seen['healthy'] - c.t_run:.3f} s")
+
+    def fig_browser(self, i: int) -> None:
+        with self.container(f"browser{i}") as c:
+            c.wait_healthy()
+            self.settle(3)  # the LXDE session finishes starting
+            profile = Path(tempfile.mkdtemp(prefix="chromium-", dir=self.workdir))
+            try:
+                res = load_page(self.browser, self.web_port, profile)
+            except (RuntimeError, subprocess.SubprocessError) as exc:
+                raise BenchError(str(exc)) from None
+            finally:
+                shutil.rmtree(profile, ignore_errors=True)
+            if c.word() != "HEALTHY":
+                raise BenchError(f"the desktop left HEALTHY while the page loaded: {c.word()}")
+            events = parse_log(c.logs())
+            for visit in ("cold", "warm"):
+                res[visit]["nginx"] = nginx_answers(events, res[visit]["t_begin"],
+                                                    res[visit]["t_end"])
+            cold, warm = res["cold"], res["warm"]
+            self.record("page_cold", cold["total_ms"] / 1000)
+            self.record("page_warm", warm["total_ms"] / 1000)
+            self.record("page_bytes", cold["transferred_bytes"] / 1000)
+            self.results.detail.setdefault("browser", []).append(res)
+            self.results.detail["chromium_host"] = self.browser.version
+            log(f"browser {i + 1}/{self.runs}: loaded after {cold['total_ms']:.0f} ms "
+                f"({cold['resources']} resources, {cold['transferred_bytes'] / 1000:.0f} kB), "
+                f"again after {warm['total_ms']:.0f} ms (nginx: "
+                f"{warm['nginx']['statuses']})")
 
     def fig_kill(self, i: int) -> None:
         with self.container(f"kill{i}") as c:
@@ -285,34 +319,75 @@ class Bench:
                 c.wait_healthy()
                 if served_fingerprint(self.web_port)[0] != self.certs[first]:
                     raise BenchError("HEALTHY but not serving the mounted certificate")
-                self.settle(1)
-                old_since = c.detail()["since"]
-                tmp = certs / ".tls.pem.new"
-                shutil.copy2(pool / second, tmp)
-                t_write = time.time()
-                os.replace(tmp, certs / "tls.pem")
-                want = self.certs[second]
-                deadline = time.monotonic() + 30
-                t_served = None
-                while time.monotonic() < deadline:
-                    served, at = served_fingerprint(self.web_port, timeout=1.0)
-                    if served == want:
-                        t_served = at
-                        break
-                    time.sleep(0.005)
-                if t_served is None:
-                    raise BenchError("the new certificate was not served within 30 s")
-
-                def again() -> bool:
-                    doc = c.detail()
-                    return doc.get("state") == "HEALTHY" and doc.get("since") != old_since
-                t_healthy = c.wait("HEALTHY after the rotation", again)
-                self.record("cert_served", t_served - t_write)
-                self.record("cert_healthy", t_healthy - t_write)
-                log(f"cert {i + 1}/{self.runs}: served after {t_served - t_write:.3f} s, "
-                    f"HEALTHY again after {t_healthy - t_write:.3f} s")
+                # VNC sessions through nginx, kept open (and reading) across the rotation
+                sessions = subprocess.Popen(
+                    c.script_argv(VNC_SESSIONS, str(self.web_port), str(SESSIONS), "--tls",
+                                  stdin=True),
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    text=True)
+                try:
+                    self.rotate(c, i, certs, second, sessions)
+                finally:
+                    if sessions.poll() is None:
+                        sessions.kill()
+                        sessions.communicate()
         finally:
             shutil.rmtree(certs, ignore_errors=True)
+
+    def rotate(self, c: Running, i: int, certs: Path, second: str,
+               sessions: subprocess.Popen[str]) -> None:
+        """The certificate replaced under a HEALTHY desktop with VNC sessions open: when
+        it is served, when HEALTHY again, and how many sessions it dropped."""
+        assert sessions.stdin is not None
+        assert sessions.stdout is not None
+        ready = sessions.stdout.readline()
+        if not ready.startswith("{"):
+            err = sessions.stderr.read() if sessions.stderr else ""
+            raise BenchError(f"the VNC sessions did not open: {ready!r} {err.strip()[-500:]}")
+        opened = json.loads(ready)
+        pool = self.workdir / "certs"
+        self.settle(1)
+        old_since = c.detail()["since"]
+        tmp = certs / ".tls.pem.new"
+        shutil.copy2(pool / second, tmp)
+        t_write = time.time()
+        os.replace(tmp, certs / "tls.pem")
+        want = self.certs[second]
+        deadline = time.monotonic() + 30
+        t_served = None
+        while time.monotonic() < deadline:
+            served, at = served_fingerprint(self.web_port, timeout=1.0)
+            if served == want:
+                t_served = at
+                break
+            time.sleep(0.005)
+        if t_served is None:
+            raise BenchError("the new certificate was not served within 30 s")
+
+        def again() -> bool:
+            doc = c.detail()
+            return doc.get("state") == "HEALTHY" and doc.get("since") != old_since
+        t_healthy = c.wait("HEALTHY after the rotation", again)
+        sessions.stdin.write("check\n")
+        sessions.stdin.flush()
+        out, err = sessions.communicate(timeout=60)
+        lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+        if not lines:
+            raise BenchError(f"the VNC sessions said nothing after the rotation: "
+                             f"{err.strip()[-500:]}")
+        kept = json.loads(lines[-1])
+        self.record("cert_served", t_served - t_write,
+                    f"with {SESSIONS} VNC sessions open through nginx")
+        self.record("cert_healthy", t_healthy - t_write)
+        self.record("cert_dropped", kept["dropped"])
+        self.results.require("cert_dropped", kept["dropped"] == 0)
+        self.results.detail.setdefault("cert_sessions", []).append({
+            **kept, "t_check_after_write_s": round(kept["t_check"] - t_write, 3),
+            "nginx_workers_before": opened["nginx_workers"]})
+        log(f"cert {i + 1}/{self.runs}: served after {t_served - t_write:.3f} s, "
+            f"HEALTHY again after {t_healthy - t_write:.3f} s; VNC sessions kept "
+            f"{kept['alive']} of {kept['opened']} (nginx workers: "
+            f"{kept['nginx_workers']})")
 
     def make_home(self, files: int) -> Path:
         home = self.workdir / "home-big"
@@ -374,7 +449,11 @@ class Bench:
         per_run: dict[str, Callable[[int], None]] = {
             "start": self.fig_start, "http": self.fig_http, "tls": self.fig_tls,
             "kill": self.fig_kill, "apps": self.fig_apps, "cert": self.fig_cert,
-            "idle": self.fig_idle}
+            "idle": self.fig_idle, "browser": self.fig_browser}
+        if group == "browser" and self.browser.missing:
+            log(f"browser: skipped: {self.browser.missing}")
+            self.results.skip(GROUPS[group], self.browser.missing)
+            return
         try:
             if group == "image":
                 self.fig_image()

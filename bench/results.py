@@ -6,8 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.browser import browser_notes
 from bench.cpu import QUIET_BUSY, idle_note
 from bench.figures import FIGURES, summarize, verdict
+from bench.in_container.vnc_sessions import CHECK_LIMIT
 from bench.timeline import Timeline
 
 
@@ -31,6 +33,7 @@ class Results:
         default_factory=lambda: {f.key: [] for f in FIGURES})
     notes: dict[str, list[str]] = field(default_factory=lambda: {f.key: [] for f in FIGURES})
     errors: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # not measurable here: why
     conditions: dict[str, bool] = field(default_factory=dict)  # the exit-code requirements
     busy_runs: dict[str, int] = field(default_factory=dict)
     timelines: list[tuple[float, Timeline]] = field(default_factory=list)  # (HEALTHY s, tl)
@@ -56,10 +59,26 @@ class Results:
         for key in keys:
             self.errors.setdefault(key, error)
 
+    def skip(self, keys: Sequence[str], reason: str) -> None:
+        """The figures cannot be measured on this machine (no browser): not an error."""
+        for key in keys:
+            self.skipped.setdefault(key, reason)
+
     def _notes(self, key: str, home_files: int) -> list[str]:
         notes = list(dict.fromkeys(self.notes[key]))
         if key == "stop" and "stop_exit_codes" in self.detail:
             notes.append(f"exit codes {self.detail['stop_exit_codes']}")
+        if key in ("page_cold", "page_warm", "page_bytes") and self.detail.get("browser"):
+            note = browser_notes(self.detail["browser"]).get(key)
+            if note:
+                notes.append(note)
+        if key == "cert_dropped" and self.detail.get("cert_sessions"):
+            runs = self.detail["cert_sessions"]
+            notes.append(f"dropped per run {[r['dropped'] for r in runs]}; a session is kept "
+                         "when, after the rotation and HEALTHY again, it asks for a full "
+                         f"screen update and gets one (within {CHECK_LIMIT:g} s)")
+        if key in self.skipped:
+            notes.append(f"skipped: {self.skipped[key]}")
         if key == "kill_exited" and "kill" in self.detail:
             notes.append(f"exit codes {[k['exit_code'] for k in self.detail['kill']]}; "
                          "from the in-container kill to State.FinishedAt")
@@ -87,7 +106,8 @@ class Results:
                 "condition": fig.condition or None, "original": fig.original or None,
                 **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in s.items()},
                 "values": [round(v, 6) for v in vals],
-                "met": verdict(fig, s["median"], self.conditions.get(fig.key, True), error),
+                "met": verdict(fig, s["median"], self.conditions.get(fig.key, True), error,
+                               self.skipped.get(fig.key)),
                 "note": "; ".join(self._notes(fig.key, home_files)) or None, "error": error})
         doc: dict[str, Any] = {"figures": figures}
         if self.timelines:

@@ -8,16 +8,21 @@ The measurements themselves need real containers: `tox -e bench` runs them once.
 from __future__ import annotations
 
 import ast
+import base64
+import contextlib
+import hashlib
 import io
 import json
 import os
 import signal
+import socket
 import ssl
+import struct
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,10 +31,23 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from bench import certgen, cgroups, cli, cpu, figures, render, report, results, timeline
+from bench import (
+    browser,
+    certgen,
+    cgroups,
+    cli,
+    cpu,
+    figures,
+    page_load,
+    render,
+    report,
+    results,
+    timeline,
+)
+from bench.browser import PAGE_LOAD
 from bench.containers import BenchError, Running
-from bench.in_container import kill_xvnc, snapshot, watch_app
-from bench.measure import CERTGEN, KILL_XVNC, SNAPSHOT, WATCH_APP
+from bench.in_container import kill_xvnc, snapshot, vnc_sessions, watch_app
+from bench.measure import CERTGEN, KILL_XVNC, SNAPSHOT, VNC_SESSIONS, WATCH_APP
 from bench.net import http_get, page_served, served_fingerprint
 from bench.timeline import Timeline
 
@@ -525,7 +543,7 @@ def test_served_fingerprint_is_the_certificate_certgen_made(
 
 # -- the scripts run in the container --------------------------------------------------------
 
-SCRIPTS = [CERTGEN, KILL_XVNC, SNAPSHOT, WATCH_APP]
+SCRIPTS = [CERTGEN, KILL_XVNC, SNAPSHOT, WATCH_APP, VNC_SESSIONS]
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
@@ -717,3 +735,347 @@ def test_certgen_pool_as_the_bench_runs_it(tmp_path: Path) -> None:
 
 def test_certgen_usage_error() -> None:
     assert certgen.main(["only-one"]) == 2
+
+
+# -- the front door: figures, skips, the browser and the VNC sessions -------------------------
+
+
+def test_a_rotation_must_drop_no_session_in_any_run() -> None:
+    fig = figures.BY_KEY["cert_dropped"]
+    assert figures.format_target(fig) == "0 sessions, every run"
+    assert figures.verdict(fig, 0.0) == "yes"
+    assert figures.verdict(fig, 0.0, conditions_ok=False) == "no"  # one run dropped one
+    assert figures.verdict(fig, 1.0) == "no"
+    assert str(figures.SESSIONS) in fig.label
+
+
+def test_skipped_figures_are_not_errors_and_say_why() -> None:
+    res = results.Results()
+    res.skip(figures.GROUPS["browser"], "Playwright is not installed")
+    doc = res.doc(["page_cold", "start_healthy"], 100_000)
+    start, page = doc["figures"]  # in the table's order
+    assert page["met"] == "skipped"
+    assert page["note"] == "skipped: Playwright is not installed"
+    assert page["error"] is None
+    assert start["met"] == "no data"
+    assert not res.errors
+    md = render.render_markdown(doc)
+    assert "| report | skipped |" in md
+
+
+def test_a_session_figure_notes_every_runs_drops() -> None:
+    res = results.Results()
+    for dropped in (0, 1, 0):
+        res.record("cert_dropped", dropped)
+        res.require("cert_dropped", dropped == 0)
+        res.detail.setdefault("cert_sessions", []).append({"dropped": dropped})
+    entry = res.doc(["cert_dropped"], 100_000)["figures"][0]
+    assert (entry["median"], entry["met"]) == (0, "no")
+    assert entry["note"].startswith("dropped per run [0, 1, 0]")
+
+
+def test_the_bench_needs_no_vnc_port() -> None:
+    """nginx's web port is the desktop's only TCP listener: the runner passes no
+    --vnc-port and checks only the web port."""
+    assert "--vnc-port" not in cli.parser().format_help()
+    source = (BENCH / "containers.py").read_text()
+    assert "vnc_port" not in source
+    assert "--vnc-port" not in source
+
+
+def test_script_argv_with_stdin_is_interactive() -> None:
+    running = Running("whaletop-bench-x", Path("/nonexistent"), 0.0,
+                      subprocess.Popen(["true"]))
+    running.proc.wait()
+    argv = running.script_argv(VNC_SESSIONS, "8280", "3", stdin=True)
+    assert argv[:4] == ["docker", "exec", "-i", "whaletop-bench-x"]
+    assert argv[-2:] == ["8280", "3"]
+
+
+def _request_event(clock: str, path: str, status: int, sent: int,
+                   source: str = "nginx") -> dict[str, Any]:
+    return {"source": source, "event": "request", "path": path, "status": status,
+            "bytes": sent, "timestamp": f"2026-11-18T08:53:{clock}Z"}
+
+
+def test_nginx_answers_count_a_visits_requests_by_status() -> None:
+    events = [
+        _request_event("20.0", "/vnc.html", 200, 100),  # before the visit
+        _request_event("21.0", "/index.html", 200, 600),
+        _request_event("21.1", "/app/ui.js", 304, 0),
+        _request_event("21.2", "/auth/session", 404, 181),
+        _request_event("21.3", "/websockify", 101, 36),  # not a page request
+        _request_event("21.4", "/app/x.js", 200, 5, source="xvnc"),
+        {"source": "nginx", "event": "child_started", "timestamp": "2026-11-18T08:53:21.5Z"},
+        _request_event("23.0", "/vnc.html", 304, 0),  # the next visit
+    ]
+    answers = browser.nginx_answers(events, _at("21.0"), _at("22.0"))
+    assert answers == {"statuses": {"200": 1, "304": 1, "404": 1}, "bytes": 781}
+
+
+def _visit(total: float, resources: int, statuses: dict[str, int]) -> dict[str, Any]:
+    return {"total_ms": total, "load_ms": total - 50, "redirect_ms": 70.0,
+            "resources": resources, "transferred_bytes": 35_000, "decoded_bytes": 1_130_000,
+            "nginx": {"statuses": statuses, "bytes": 0}}
+
+
+def test_browser_notes_give_the_medians_of_the_runs() -> None:
+    runs = [{"cold": _visit(v, 91, {"200": 88, "404": 3}),
+             "warm": _visit(v, 89, {"304": 87, "404": n})} for v, n in ((700, 2), (800, 2),
+                                                                          (900, 1))]
+    notes = browser.browser_notes(runs)
+    assert notes["page_cold"].startswith("91 resources (2 documents")
+    assert "load event at 750 ms" in notes["page_cold"]
+    assert "nginx answered 200 to 88, 404 to 3" in notes["page_cold"]
+    assert "nginx answered 304 to 87, 404 to 2" in notes["page_warm"]
+    assert "1130 kB uncompressed" in notes["page_bytes"]
+    assert browser.browser_notes([]) == {}
+
+
+def _executable(path: Path, text: str) -> str:
+    path.write_text("#!/bin/sh\n" + text)
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_find_browser_never_downloads_and_says_what_is_missing(tmp_path: Path) -> None:
+    none = browser.find_browser(None, str(tmp_path / "no-chromium"))
+    assert none.python is None
+    assert "no browser at" in none.missing
+    chromium = _executable(tmp_path / "chromium", 'echo "Chromium 1.2.3 built on Debian"\n')
+    without = browser.find_browser(_executable(tmp_path / "py", "exit 1\n"), chromium)
+    assert without.python is None
+    assert "Playwright is not installed for" in without.missing
+    found = browser.find_browser(_executable(tmp_path / "py3", "exit 0\n"), chromium)
+    assert (found.python, found.missing) == (str(tmp_path / "py3"), "")
+    assert found.version == "Chromium 1.2.3 built on Debian"
+    assert not browser.has_playwright(str(tmp_path / "nonexistent"))
+
+
+def test_page_load_times_from_the_web_roots_navigation_start() -> None:
+    t0 = 1_800_000_000_000.0  # ms since the epoch
+    entries = [
+        {"name": "http://127.0.0.1:8280/", "type": "navigation", "start": t0, "end": t0 + 5,
+         "load_end": t0 + 8, "transfer": 900, "encoded": 600, "decoded": 600},
+        {"name": "http://127.0.0.1:8280/vnc.html?autoconnect=true", "type": "navigation",
+         "start": t0 + 70, "end": t0 + 80, "load_end": t0 + 650, "transfer": 5000,
+         "encoded": 4700, "decoded": 17000},
+        {"name": "http://127.0.0.1:8280/app/images/info.svg", "type": "resource",
+         "start": t0 + 600, "end": t0 + 700, "load_end": None, "transfer": 400,
+         "encoded": 300, "decoded": 900},
+    ]
+    visit = page_load.summarize({"t0": t0, "origin": t0 + 70, "now": t0 + 1300,
+                                 "entries": entries})
+    assert visit["total_ms"] == 700.0  # the last asset, after the load event
+    assert (visit["load_ms"], visit["redirect_ms"]) == (650.0, 70.0)
+    assert (visit["resources"], visit["documents"]) == (3, 2)
+    assert (visit["transferred_bytes"], visit["decoded_bytes"]) == (6300, 18500)
+    assert visit["t_begin"] == pytest.approx(t0 / 1000)
+    assert visit["t_end"] == pytest.approx(t0 / 1000 + 1.3)
+    assert visit["slowest"][0] == {"name": "app/images/info.svg", "ms": 100.0}
+    with pytest.raises(ValueError, match=r"vnc\.html was never loaded"):
+        page_load.summarize({"t0": t0, "origin": t0, "now": t0, "entries": entries[:1]})
+
+
+def test_page_load_script_runs_without_the_bench_package() -> None:
+    """Run by another interpreter (tox's e2e one): the standard library and Playwright."""
+    tree = ast.parse(PAGE_LOAD.read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+                if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module}
+    assert imported - {"playwright"} <= set(sys.stdlib_module_names)
+    assert "/usr/bin/chromium" in PAGE_LOAD.read_text()
+
+
+class FakeVnc:
+    """A WebSocket + RFB server as nginx, websockify and Xvnc look to a client: VNC
+    authentication, a 100x80 screen, a FramebufferUpdate for each non-incremental
+    request (incremental ones wait for a change, which never comes).  drop() ends a
+    connection, as a restart of the server would."""
+
+    PASSWORD = "s3cret!x"
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.tls = tls
+        self.conns: list[socket.socket] = []
+        self.errors: list[str] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def drop(self, n: int) -> None:
+        self.conns[n].shutdown(socket.SHUT_RDWR)
+        self.conns[n].close()
+
+    def close(self) -> None:
+        self.server.close()
+        for conn in self.conns:
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    @staticmethod
+    def _des(challenge: bytes, password: str) -> bytes:
+        from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+        from cryptography.hazmat.primitives.ciphers import Cipher, modes
+
+        key = bytes(int(f"{b:08b}"[::-1], 2) for b in password.encode()[:8].ljust(8, b"\0"))
+        enc = Cipher(TripleDES(key * 3), modes.ECB()).encryptor()
+        return enc.update(challenge) + enc.finalize()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            self.conns.append(conn)
+            reader = conn.makefile("rb")
+            head = b""
+            while not head.endswith(b"\r\n\r\n"):
+                head += reader.read(1)
+            key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"sec-websocket-key:"))
+            accept = base64.b64encode(hashlib.sha1(key + vnc_sessions.WS_GUID).digest())
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                         b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept
+                         + b"\r\n\r\n")
+            buffer = b""
+
+            def recv(size: int) -> bytes:
+                nonlocal buffer
+                while len(buffer) < size:
+                    head = reader.read(2)
+                    if len(head) < 2:
+                        raise EOFError  # the client closed: the end of the session
+                    length = head[1] & 0x7F
+                    if length == 126:
+                        length = struct.unpack("!H", reader.read(2))[0]
+                    mask = reader.read(4)
+                    payload = reader.read(length)
+                    buffer += bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+                data, buffer = buffer[:size], buffer[size:]
+                return data
+
+            def send(data: bytes) -> None:
+                size = len(data)
+                head = (bytes([0x82, size]) if size < 126
+                        else bytes([0x82, 126]) + struct.pack("!H", size))
+                conn.sendall(head + data)
+
+            send(b"RFB 003.008\n")
+            assert recv(12) == b"RFB 003.008\n"
+            send(b"\x01\x02")
+            assert recv(1) == b"\x02"
+            challenge = os.urandom(16)
+            send(challenge)
+            ok = recv(16) == self._des(challenge, self.PASSWORD)
+            send(struct.pack("!I", 0 if ok else 1))
+            if not ok:
+                return
+            assert recv(1) == b"\x01"  # shared
+            pixel_format = bytes([32, 24, 0, 1]) + bytes(12)
+            send(struct.pack("!HH", 100, 80) + pixel_format + struct.pack("!I", 4) + b"fake")
+            while True:
+                kind = recv(1)[0]
+                if kind == 2:  # SetEncodings
+                    count = struct.unpack("!xH", recv(3))[0]
+                    assert struct.unpack(f"!{count}i", recv(4 * count)) == (0,)
+                elif kind == 3:
+                    incremental, x, y, w, h = struct.unpack("!BHHHH", recv(9))
+                    if not incremental:
+                        send(b"\x02")  # a bell first: a client skips it
+                        send(struct.pack("!BxH", 0, 1) + struct.pack("!HHHHi", x, y, w, h, 0)
+                             + bytes(w * h * 4))
+                else:
+                    raise AssertionError(f"unexpected client message {kind}")
+        except EOFError:
+            pass
+        except (OSError, ValueError, AssertionError) as exc:
+            self.errors.append(repr(exc))
+
+
+def _sessions(server: FakeVnc, count: int, tls: bool,
+              between: Callable[[], None] = lambda: None) -> tuple[dict[str, Any], str]:
+    """vnc_sessions.run against the fake server; `between` runs once all are ready."""
+    read_end, write_end = os.pipe()
+    out = io.StringIO()
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        with os.fdopen(read_end) as stdin:
+            result.update(vnc_sessions.run(server.port, count, tls, FakeVnc.PASSWORD,
+                                           stdin=stdin, out=out, limit=2.0))
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while "ready" not in out.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    between()
+    os.write(write_end, b"check\n")
+    os.close(write_end)
+    thread.join(timeout=20)
+    return result, out.getvalue()
+
+
+def test_vnc_sessions_log_in_and_stay_through_a_change() -> None:
+    server = FakeVnc()
+    try:
+        result, out = _sessions(server, 3, tls=False)
+        errors = list(server.errors)  # before close() ends the server's side
+    finally:
+        server.close()
+    ready = json.loads(out.splitlines()[0])
+    assert (ready["ready"], ready["screen"]) == (3, [100, 80])
+    assert (result["opened"], result["alive"], result["dropped"]) == (3, 3, 0)
+    assert all(s["updates"] == 2 and s["error"] is None for s in result["sessions"])
+    assert json.loads(out.splitlines()[1])["alive"] == 3
+    assert not errors
+
+
+def test_vnc_sessions_count_a_dropped_connection_over_tls(tmp_path: Path) -> None:
+    cert, key = certgen.make(cn="localhost", names=("127.0.0.1",))
+    (tmp_path / "tls.pem").write_bytes(certgen.pem(cert, key))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "tls.pem")
+    server = FakeVnc(tls=context)
+    try:
+        result, _ = _sessions(server, 2, tls=True, between=lambda: server.drop(1))
+    finally:
+        server.close()
+    assert (result["alive"], result["dropped"]) == (1, 1)
+    assert result["sessions"][0]["alive"]
+    assert result["sessions"][1]["error"]
+
+
+def test_vnc_sessions_refuse_a_wrong_password() -> None:
+    server = FakeVnc()
+    try:
+        with pytest.raises(vnc_sessions.SessionError, match="authentication failed"):
+            vnc_sessions.open_session("127.0.0.1", server.port, "wrong", tls=False)
+    finally:
+        server.close()
+
+
+def test_ws_frames_are_masked_with_the_right_length() -> None:
+    for size, head in ((5, 2), (300, 4), (70_000, 10)):
+        frame = vnc_sessions.ws_frame(b"x" * size)
+        assert frame[0] == 0x82
+        assert frame[1] & 0x80
+        assert len(frame) == head + 4 + size
+
+
+def test_nginx_workers_lists_the_workers_by_their_title(tmp_path: Path) -> None:
+    _files(tmp_path, {"7/cmdline": "nginx: master process nginx -c x\0",
+                      "8/cmdline": "nginx: worker process\0",
+                      "9/cmdline": "nginx: worker process is shutting down\0",
+                      "10/cmdline": "python3\0-m\0whaletopd\0",
+                      "self/cmdline": "nginx: worker process\0"})
+    assert vnc_sessions.nginx_workers(tmp_path) == [
+        "nginx: worker process", "nginx: worker process is shutting down"]
