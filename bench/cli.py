@@ -92,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     launcher = Launcher(args.image, args.web_port, workdir, quiet_wait)
     browser = (find_browser(args.playwright_python, args.chromium) if "browser" in groups
                else None)
+    if browser is not None:
+        log(f"browser figures: skipped ({browser.missing})" if browser.missing else
+            f"browser figures: {browser.version or browser.chromium}, Playwright of "
+            f"{browser.python}")
     runner = Bench(launcher, runs, args.quick, browser=browser)
 
     def on_signal(signum: int, frame: object) -> None:
@@ -99,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     t_begin = time.monotonic()
     try:
-        needs_container = [g for g in groups if g != "image"]
+        skipped = {"browser"} if browser is not None and browser.missing else set()
+        needs_container = [g for g in groups if g != "image" and g not in skipped]
         if needs_container:
             try:
                 runner.warm_up()
@@ -107,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log(f"warm-up: ERROR {exc}")
                 for g in needs_container:
                     runner.results.fail(GROUPS[g], f"warm-up failed: {exc}")
-                groups = [g for g in groups if g == "image"]
+                groups = [g for g in groups if g == "image" or g in skipped]
         for group in groups:
             log(f"--- {group}")
             runner.run_group(group, args.home_files)
