@@ -2,6 +2,10 @@
 
 The state directory /opt/whaletop is bind-mounted to a host folder, as the README
 suggests users do, so tests read the status file the way a user's script would.
+
+Only nginx listens on TCP (the web port); Xvnc listens on a UNIX socket inside the
+container.  A raw VNC client reaches it through a small TCP bridge the tests start in the
+container (vnc_bridge): on 127.0.0.1, which is the host's own with host networking.
 """
 
 from __future__ import annotations
@@ -23,6 +27,89 @@ ROOT = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("WHALETOP_IMAGE", "whaletop:test")
 WEB = "http://127.0.0.1:8080"
 STATUS_WORDS = {"STARTING", "STARTED", "HEALTHY", "UNHEALTHY", "STOPPING", "STOPPED", "FAILED"}
+VNC_SOCKET = "/run/whaletop/desktop/vnc.sock"
+
+# A TCP -> UNIX socket bridge, run inside the container (python3 is in the image): it
+# listens on 127.0.0.1 on a port the kernel picks, writes that port to a file, and
+# pipes each connection to Xvnc's socket.  It runs as root (docker exec's default),
+# which may open the desktop user's 0600 socket.
+BRIDGE = r"""
+import os, socket, sys, threading
+target, port_file = sys.argv[1], sys.argv[2]
+server = socket.create_server(("127.0.0.1", 0))
+with open(port_file + ".tmp", "w") as f:
+    f.write(str(server.getsockname()[1]))
+os.replace(port_file + ".tmp", port_file)
+
+def pipe(src, dst):
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for sock in (src, dst):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+while True:
+    client, _ = server.accept()
+    upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        upstream.connect(target)
+    except OSError:
+        client.close()
+        upstream.close()
+        continue
+    for a, b in ((client, upstream), (upstream, client)):
+        threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+"""
+
+# The TCP sockets in LISTEN state that the container's own processes hold.  With host
+# networking /proc/net/tcp{,6} lists the host's listeners too, so a socket counts only
+# when its inode is an open file of a process in the container (/proc/PID/fd).  Root in
+# a container (no CAP_SYS_PTRACE) cannot read another account's fds: the script says
+# whose it could not read, and runs again as each of those accounts.
+LISTENERS = r"""
+import json, os, socket
+sockets, unreadable = {}, {}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        comm = open(f"/proc/{pid}/comm").read().strip()
+        uid = os.stat(f"/proc/{pid}").st_uid
+        links = []
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            except FileNotFoundError:
+                pass  # closed meanwhile
+    except FileNotFoundError:
+        continue  # gone meanwhile
+    except PermissionError:
+        unreadable[pid] = uid
+        continue
+    for link in links:
+        if link.startswith("socket:["):
+            sockets.setdefault(link[8:-1], []).append(comm)
+
+def address(hexaddr):
+    raw = bytes.fromhex(hexaddr)
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, words)
+
+listening = []
+for table in ("tcp", "tcp6"):
+    with open(f"/proc/net/{table}") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                host, port = fields[1].rsplit(":", 1)
+                listening.append({"inode": fields[9], "address": address(host),
+                                  "port": int(port, 16)})
+print(json.dumps({"sockets": sockets, "unreadable": unreadable, "listening": listening}))
+"""
 
 
 def docker(*args: str, check: bool = True,
@@ -41,6 +128,41 @@ def wait_until(predicate: Callable[[], object], what: str, timeout: float = 20) 
     raise AssertionError(f"never: {what}")
 
 
+def vnc_bridge(container: str, timeout: float = 20) -> int:
+    """Start a TCP bridge to Xvnc's UNIX socket in `container`; its port on 127.0.0.1."""
+    port_file = f"/tmp/whaletop-test-vnc-bridge-{uuid.uuid4().hex[:8]}"
+    docker("exec", "-d", container, "python3", "-c", BRIDGE, VNC_SOCKET, port_file)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = docker("exec", container, "cat", port_file, check=False).stdout.strip()
+        if out.isdigit():
+            return int(out)
+        time.sleep(0.05)
+    raise AssertionError(f"the VNC bridge in {container} never listened")
+
+
+def tcp_listeners(container: str) -> list[dict[str, Any]]:
+    """The container's processes' listening TCP sockets: address, port, programs."""
+    def scan(user: str) -> dict[str, Any]:
+        out = docker("exec", "-u", user, container, "python3", "-c", LISTENERS, check=False)
+        assert out.returncode == 0, out.stderr
+        found: dict[str, Any] = json.loads(out.stdout)
+        return found
+
+    first = scan("0")
+    sockets: dict[str, list[str]] = dict(first["sockets"])
+    unread = dict(first["unreadable"])
+    for uid in sorted(set(first["unreadable"].values())):
+        again = scan(str(uid))
+        for inode, comms in again["sockets"].items():
+            sockets.setdefault(inode, []).extend(comms)
+        unread = {pid: u for pid, u in unread.items() if pid in again["unreadable"]}
+    assert not unread, f"processes whose sockets nobody could read: {unread}"
+    return [{"address": entry["address"], "port": entry["port"],
+             "programs": sorted(set(sockets[entry["inode"]]))}
+            for entry in first["listening"] if entry["inode"] in sockets]
+
+
 @pytest.fixture(scope="session")
 def image() -> str:
     if docker("image", "inspect", IMAGE, check=False).returncode != 0:
@@ -53,6 +175,7 @@ class Container:
     name: str
     state_dir: Path
     started: float = field(default_factory=time.monotonic)
+    _bridge: tuple[str, int] | None = None  # (the container's StartedAt, the bridge's port)
 
     # -- what a user reads -----------------------------------------------------------
     def status(self) -> str:
@@ -108,6 +231,17 @@ class Container:
 
     def password(self) -> str:
         return (self.state_dir / "vnc_passwd").read_text().strip()
+
+    def vnc_port(self) -> int:
+        """A port on 127.0.0.1 that reaches the real Xvnc (through its UNIX socket).
+        One bridge per run of the container: a restart ends it, and a new one starts."""
+        started = docker("inspect", "-f", "{{.State.StartedAt}}", self.name).stdout.strip()
+        if self._bridge is None or self._bridge[0] != started:
+            self._bridge = (started, vnc_bridge(self.name))
+        return self._bridge[1]
+
+    def listeners(self) -> list[dict[str, Any]]:
+        return tcp_listeners(self.name)
 
 
 @pytest.fixture

@@ -9,15 +9,28 @@ import urllib.request
 import pytest
 
 from tests.e2e import vnc
-from tests.e2e.conftest import STATUS_WORDS, WEB, Container, docker
+from tests.e2e.conftest import STATUS_WORDS, WEB, Container, docker, wait_until
 
 pytestmark = pytest.mark.e2e
+WEB_PORT = 8080
 
 
 def _children_users(c: Container) -> dict[str, str]:
     pids = {name: info["pid"] for name, info in c.status_json()["children"].items()}
     return {name: c.exec("ps", "-o", "user=", "-p", str(pid)).stdout.strip()
             for name, pid in pids.items()}
+
+
+def _assert_accounts(c: Container, desktop_user: str) -> None:
+    """The desktop's children are the desktop user's; nginx's master is root (it reads
+    the key and binds the port), its workers, which talk to clients, are www-data."""
+    users = _children_users(c)
+    assert users == {"xvnc": desktop_user, "websockify": desktop_user,
+                     "session": desktop_user, "nginx": "root"}, users
+    master = c.status_json()["children"]["nginx"]["pid"]
+    workers = c.exec("ps", "-o", "user=", "--ppid", str(master)).stdout.split()
+    assert workers, "nginx has a worker"
+    assert set(workers) == {"www-data"}, workers
 
 
 def test_default_start_reaches_healthy_and_a_vnc_client_logs_in(desktop, tmp_path):
@@ -36,42 +49,89 @@ def test_default_start_reaches_healthy_and_a_vnc_client_logs_in(desktop, tmp_pat
     assert len(c.password()) == 8
     assert oct((c.state_dir / "vnc_passwd").stat().st_mode & 0o777) == "0o600"
 
-    ok = vnc.capture(c.password(), tmp_path / "first.png")
-    assert ok.returncode == 0, ok.stderr  # logging in works as soon as HEALTHY
+    # Logging in works as soon as HEALTHY: through the web port, as noVNC does ...
+    web = vnc.WebVNC(WEB_PORT, c.password())
+    assert (web.width, web.height) == (1280, 800)
+    assert len(web.framebuffer_update()) == 4
+    web.close()
+    # ... and with a real VNC client on Xvnc itself (through its UNIX socket).
+    ok = vnc.capture(c.password(), tmp_path / "first.png", c.vnc_port())
+    assert ok.returncode == 0, ok.stderr
     shot = tmp_path / "desktop.png"
-    assert vnc.capture_drawn(c.password(), shot), "the LXDE desktop (wallpaper, panel) is drawn"
-    wrong = vnc.capture("wrongpw1" if c.password() != "wrongpw1" else "wrongpw2",
-                        tmp_path / "no.png")
+    assert vnc.capture_drawn(c.password(), shot, c.vnc_port()), \
+        "the LXDE desktop (wallpaper, panel) is drawn"
+    wrong_password = "wrongpw1" if c.password() != "wrongpw1" else "wrongpw2"
+    wrong = vnc.capture(wrong_password, tmp_path / "no.png", c.vnc_port())
     assert wrong.returncode != 0
+    with pytest.raises(PermissionError):
+        vnc.WebVNC(WEB_PORT, wrong_password)
+    # Wrong passwords lock nobody out (Xvnc's per-address blacklist is off: every web
+    # client reaches it through one socket); the right one still works at once.
+    for _ in range(6):
+        with pytest.raises(PermissionError):
+            vnc.WebVNC(WEB_PORT, wrong_password)
+    vnc.WebVNC(WEB_PORT, c.password()).close()
 
-    # Nothing the desktop runs is root; the session is the desktop user's.
-    assert set(_children_users(c).values()) == {"user"}
+    _assert_accounts(c, "user")
     detail = c.status_json()
     assert detail["state"] == "HEALTHY"
     assert detail["reason"]
+    assert sorted(detail["children"]) == ["nginx", "session", "websockify", "xvnc"]
     assert all(info["running"] for info in detail["children"].values())
 
 
-def test_browser_page_and_raw_vnc_on_localhost_only(desktop):
+def _get(path: str) -> tuple[int, str]:
+    with urllib.request.urlopen(WEB + path, timeout=10) as resp:
+        return resp.status, resp.read().decode()
+
+
+def test_browser_page_and_only_the_web_port_listens(desktop):
     c = desktop()
     c.wait_status("HEALTHY")
-    with urllib.request.urlopen(WEB + "/", timeout=10) as resp:
-        assert resp.status == 200
-        assert "vnc.html" in resp.read().decode()
-    with urllib.request.urlopen(WEB + "/vnc.html", timeout=10) as resp:
-        assert "noVNC" in resp.read().decode()
-    # /proc/net/tcp inside the container: 5901 (0x170D) listens on 127.0.0.1 only.
-    listeners = [line.split()[1] for line in c.exec("cat", "/proc/net/tcp").stdout.splitlines()[1:]
-                 if line.split()[3] == "0A"]
-    assert "0100007F:170D" in listeners
-    assert "00000000:170D" not in listeners
-    assert "00000000:1F90" in listeners  # the web port is for everyone
+    # The root page sends the browser on to noVNC (with JavaScript; a link without).
+    status, root = _get("/")
+    assert status == 200
+    assert "whaletop-start.js" in root
+    assert 'href="vnc.html?autoconnect=true&amp;resize=remote&amp;reconnect=true"' in root
+    assert 'http-equiv="refresh"' not in root.lower()
+    status, start = _get("/whaletop-start.js")
+    assert status == 200
+    assert "vnc.html?" in start
+    status, page = _get("/vnc.html")
+    assert status == 200
+    assert "noVNC" in page
+    # Nothing but nginx on the web port listens on TCP, for everyone; Xvnc listens on
+    # its UNIX socket only, the desktop user's alone.
+    assert c.listeners() == [{"address": "0.0.0.0", "port": WEB_PORT, "programs": ["nginx"]}]
+    assert c.exec("stat", "-c", "%a %U %F", "/run/whaletop/desktop/vnc.sock").stdout.split() == [
+        "600", "user", "socket"]
+    detail = c.status_json()
+    assert detail["vnc_port"] is None
+    assert detail["listening"] == [f"tcp {WEB_PORT} (nginx)"]
+
+
+def test_expose_vnc_listens_on_every_address_and_a_vnc_client_logs_in(desktop, tmp_path):
+    c = desktop("--expose-vnc")
+    c.wait_status("HEALTHY")
+    listeners = c.listeners()
+    vnc_listeners = [entry for entry in listeners if entry["port"] == 5901]
+    assert {entry["port"] for entry in listeners} == {WEB_PORT, 5901}, listeners
+    assert vnc_listeners
+    assert all(entry["programs"] == ["Xvnc"] for entry in vnc_listeners)
+    assert all(entry["address"] in ("0.0.0.0", "::") for entry in vnc_listeners), listeners
+    detail = c.status_json()
+    assert detail["vnc_port"] == 5901
+    assert f"tcp {WEB_PORT} (nginx)" in detail["listening"]
+    assert "tcp 5901 (Xvnc)" in detail["listening"]
+    ok = vnc.capture(c.password(), tmp_path / "exposed.png", 5901)
+    assert ok.returncode == 0, ok.stderr
+    assert vnc.capture("x" + c.password()[1:], tmp_path / "no.png", 5901).returncode != 0
 
 
 def test_username_flag_makes_bob_own_the_session(desktop):
     c = desktop("--username=bob")
     c.wait_status("HEALTHY")
-    assert set(_children_users(c).values()) == {"bob"}
+    _assert_accounts(c, "bob")
     assert c.exec("stat", "-c", "%U", "/home/bob").stdout.strip() == "bob"
     assert c.exec("sudo", "-n", "true", user="bob", check=False).returncode == 0
 
@@ -84,6 +144,7 @@ def test_no_sudo_flag_and_env_twin(desktop):
                       "WHALETOP_VNC_PORT": "5902"})
     c2.wait_status("HEALTHY")
     assert c2.exec("sudo", "-n", "true", user="user", check=False).returncode != 0
+    assert [e["port"] for e in c2.listeners()] == [8081], "the VNC port only with --expose-vnc"
 
 
 def test_password_from_env_is_used_and_never_logged(desktop, tmp_path):
@@ -93,7 +154,8 @@ def test_password_from_env_is_used_and_never_logged(desktop, tmp_path):
     assert secret not in c.logs()
     assert secret[:8] not in c.logs()
     assert any(e.get("event") == "vnc_password_truncated" for e in c.log_lines())
-    assert vnc.capture(secret[:8], tmp_path / "s.png").returncode == 0
+    assert vnc.capture(secret[:8], tmp_path / "s.png", c.vnc_port()).returncode == 0
+    vnc.WebVNC(WEB_PORT, secret[:8]).close()
     assert c.password() == secret
 
 
@@ -124,7 +186,8 @@ def test_docker_stop_stops_children_in_reverse_and_exits_0(desktop):
     assert c.wait_exit() == 0
     assert c.status() == "STOPPED\n"
     stopped = [e["child"] for e in c.log_lines() if e.get("event") == "child_stopped"]
-    assert stopped == ["session", "websockify", "xvnc"]
+    # nginx first (no new connections), Xvnc last.
+    assert stopped == ["nginx", "session", "websockify", "xvnc"]
     assert c.transitions()[-2:] == ["STOPPING", "STOPPED"]
 
 
@@ -137,7 +200,8 @@ def test_docker_restart_comes_back_healthy_with_home_intact(desktop, tmp_path):
     c.wait_status("HEALTHY")
     assert c.status_json()["since"] != first_since, "HEALTHY again, written by the new start"
     assert c.exec("cat", "/home/user/notes.txt").stdout == "keep\n"
-    assert vnc.capture(c.password(), tmp_path / "r.png").returncode == 0
+    assert vnc.capture(c.password(), tmp_path / "r.png", c.vnc_port()).returncode == 0
+    vnc.WebVNC(WEB_PORT, c.password()).close()
 
 
 def test_mounted_home_keeps_owner_and_files(desktop, tmp_path):
@@ -188,9 +252,23 @@ def test_docker_healthcheck_reports_healthy(desktop):
 def test_every_stdout_line_is_json(desktop):
     c = desktop()
     c.wait_status("HEALTHY")
-    lines = c.log_lines()  # raises on the first non-JSON line
+    # A browser's visit: the page with noVNC's password parameter, and its WebSocket.
+    assert _get("/vnc.html?password=" + c.password())[0] == 200
+    vnc.WebVNC(WEB_PORT, c.password()).close()
+
+    def requests() -> list[dict[str, object]]:
+        return [e for e in c.log_lines()  # raises on the first non-JSON line
+                if e.get("source") == "nginx" and e.get("event") == "request"]
+
+    # nginx logs a WebSocket once it is closed.
+    wait_until(lambda: len(requests()) >= 2, "two requests in nginx's access log")
+    # One line per request, without the query (no password in it), and none for
+    # whaletopd's own health checks (one every probe interval since the start).
+    assert [(e["client"], e["path"], e["status"]) for e in requests()] == [
+        ("127.0.0.1", "/vnc.html", 200), ("127.0.0.1", "/websockify", 101)], requests()
+    lines = c.log_lines()
     sources = {e.get("source") for e in lines}
-    assert {"xvnc", "websockify", "session"} <= sources
+    assert {"xvnc", "websockify", "session", "nginx"} <= sources
     steps = {e["step"] for e in lines if e.get("event") == "step"}
     assert {"ensure_user", "vnc_password", "launch_xvnc", "launch_session"} <= steps
     assert all("duration_ms" in e for e in lines if e.get("event") == "step")

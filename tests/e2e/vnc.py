@@ -1,7 +1,14 @@
-"""A real VNC client (vncdotool) for the e2e tests."""
+"""VNC clients for the e2e tests: a real one (vncdotool) on a raw VNC port, and noVNC's
+connection without the browser (a WebSocket to /websockify, VNC through it)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import os
+import socket
+import ssl
+import struct
 import subprocess
 import sys
 import time
@@ -12,17 +19,19 @@ from PIL import Image
 VNCDO = str(Path(sys.executable).parent / "vncdo")
 
 
-def capture(password: str, out: Path, port: int = 5901) -> subprocess.CompletedProcess[str]:
-    """Log in with `password` and save the screen; returncode 0 only on success."""
+def capture(password: str, out: Path, port: int) -> subprocess.CompletedProcess[str]:
+    """Log in on 127.0.0.1:`port` with `password` and save the screen; returncode 0 only
+    on success.  The desktop has no TCP VNC port unless --expose-vnc: pass
+    Container.vnc_port() (a bridge to Xvnc's UNIX socket) otherwise."""
     return subprocess.run(
         [VNCDO, "-s", f"127.0.0.1::{port}", "-p", password, "capture", str(out)],
         capture_output=True, text=True, timeout=60, check=False)
 
 
-def capture_drawn(password: str, out: Path, attempts: int = 40) -> bool:
+def capture_drawn(password: str, out: Path, port: int, attempts: int = 40) -> bool:
     """HEALTHY means a client can log in; the session paints a moment later: retry."""
     for _ in range(attempts):
-        if capture(password, out).returncode == 0 and looks_drawn(out):
+        if capture(password, out, port).returncode == 0 and looks_drawn(out):
             return True
         time.sleep(0.5)
     return False
@@ -36,3 +45,122 @@ def looks_drawn(png: Path) -> bool:
         panel = rgb.crop((0, rgb.height - 30, rgb.width, rgb.height))
         panel_colours = panel.getcolors(maxcolors=1 << 16) or []
     return len(colours) > 200 and len(panel_colours) > 10
+
+
+def _des_response(password: str, challenge: bytes) -> bytes:
+    """VNC authentication: the challenge DES-encrypted with the bit-reversed password."""
+    from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+    from cryptography.hazmat.primitives.ciphers import Cipher, modes
+
+    key = bytes(int(f"{b:08b}"[::-1], 2) for b in password.encode("latin-1")[:8].ljust(8, b"\0"))
+    encryptor = Cipher(TripleDES(key * 3), modes.ECB()).encryptor()  # 3 equal keys: DES
+    return encryptor.update(challenge) + encryptor.finalize()
+
+
+class WebVNC:
+    """What noVNC does on 127.0.0.1:`port`: open the WebSocket /websockify (over TLS when
+    `tls`), log in to VNC through it, and keep the connection for framebuffer updates."""
+
+    def __init__(self, port: int, password: str, tls: bool = False,
+                 timeout: float = 10) -> None:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if tls:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            self.sock: socket.socket = context.wrap_socket(raw)
+            self.certificate = hashlib.sha256(
+                self.sock.getpeercert(binary_form=True) or b"").hexdigest()
+        else:
+            self.sock = raw
+            self.certificate = ""
+        self._buffer = b""
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((
+            f"GET /websockify HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            f"Sec-WebSocket-Protocol: binary\r\nSec-WebSocket-Key: {key}\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(1)
+            if not chunk:
+                raise ConnectionError(f"closed during the WebSocket handshake: {head!r}")
+            head += chunk
+        if b" 101 " not in head.split(b"\r\n", 1)[0] + b" ":
+            raise ConnectionError(f"no WebSocket upgrade: {head!r}")
+        self._login(password)
+
+    # -- the WebSocket's binary stream -------------------------------------------------
+
+    def _read_socket(self, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = self.sock.recv(size - len(data))
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            data += chunk
+        return data
+
+    def recv(self, size: int) -> bytes:
+        while len(self._buffer) < size:
+            head = self._read_socket(2)
+            opcode, length = head[0] & 0x0F, head[1] & 0x7F
+            if length == 126:
+                length = struct.unpack("!H", self._read_socket(2))[0]
+            elif length == 127:
+                length = struct.unpack("!Q", self._read_socket(8))[0]
+            payload = self._read_socket(length) if length else b""
+            if opcode == 0x8:
+                raise ConnectionError("the server closed the WebSocket")
+            if opcode in (0x0, 0x2):
+                self._buffer += payload
+        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+    def send(self, data: bytes) -> None:
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+        assert len(data) < 126
+        self.sock.sendall(bytes([0x82, 0x80 | len(data)]) + mask + masked)
+
+    # -- RFB ---------------------------------------------------------------------------
+
+    def _login(self, password: str) -> None:
+        if not self.recv(12).startswith(b"RFB "):
+            raise ConnectionError("no RFB banner")
+        self.send(b"RFB 003.008\n")
+        types = self.recv(self.recv(1)[0])
+        if 2 not in types:
+            raise ConnectionError(f"no VNC authentication offered: {list(types)}")
+        self.send(b"\x02")
+        self.send(_des_response(password, self.recv(16)))
+        if self.recv(4) != b"\0\0\0\0":
+            raise PermissionError("VNC authentication failed")
+        self.send(b"\x01")  # ClientInit: shared
+        self.width, self.height = struct.unpack("!HH", self.recv(4))
+        self.bits_per_pixel = self.recv(16)[0]
+        self.name = self.recv(struct.unpack("!I", self.recv(4))[0]).decode()
+
+    def framebuffer_update(self) -> bytes:
+        """Ask for the top-left pixel (raw encoding, the default) and return it."""
+        self.send(struct.pack("!BBHHHH", 3, 0, 0, 0, 1, 1))
+        while True:
+            kind = self.recv(1)[0]
+            if kind == 0:
+                self.recv(1)
+                pixels = b""
+                for _ in range(struct.unpack("!H", self.recv(2))[0]):
+                    _x, _y, w, h, encoding = struct.unpack("!HHHHi", self.recv(12))
+                    assert encoding == 0, encoding
+                    pixels += self.recv(w * h * self.bits_per_pixel // 8)
+                return pixels
+            if kind == 2:  # Bell
+                continue
+            if kind == 3:  # ServerCutText
+                self.recv(3)
+                self.recv(struct.unpack("!I", self.recv(4))[0])
+                continue
+            raise ConnectionError(f"unexpected server message {kind}")
+
+    def close(self) -> None:
+        self.sock.close()
