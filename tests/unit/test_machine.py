@@ -548,6 +548,16 @@ def test_exit_codes_end_the_loop_with_each_final_state(table_in: Callable[..., T
     assert codes == {STOPPED: 0, FAILED: 2, UNHEALTHY: 3}
 
 
+def test_status_names_the_vnc_port_only_when_it_listens(
+        table_in: Callable[..., Table]) -> None:
+    """Without --expose-vnc, Xvnc is on a UNIX socket: no VNC port to tell anyone."""
+    t = table_in(HEALTHY, Config(expose_vnc=True, vnc_port=5999, web_port=8443,
+                                 enable_tls=True))
+    _, doc = _status(t.paths)
+    assert (doc["web_port"], doc["vnc_port"]) == (8443, 5999)
+    assert doc["listening"] == ["tcp 8443 (nginx, TLS)", "tcp 5999 (Xvnc)"]
+
+
 def test_probe_pass_does_not_revive_unhealthy_when_exiting_on_failure(
         table_in: Callable[..., Table]) -> None:
     t = table_in(UNHEALTHY)
