@@ -613,7 +613,10 @@ def test_kill_xvnc_kills_and_times_the_status_change(tmp_path: Path) -> None:
     def daemon() -> None:  # as whaletopd would: notice the exit, write the new word
         xvnc.wait()
         time.sleep(0.02)
-        (state / "status").write_text("UNHEALTHY\n")
+        # Renamed into place, as StatusFile does: write_text() would let the watcher
+        # read an empty file between truncating and writing.
+        (state / "status.new").write_text("UNHEALTHY\n")
+        (state / "status.new").replace(state / "status")
     thread = threading.Thread(target=daemon)
     thread.start()
     try:
