@@ -65,17 +65,24 @@ def _pump_output(name: str, proc: subprocess.Popen[bytes],
         line = raw[:MAX_LINE].decode("utf-8", errors="replace").rstrip()
         if not line or (quiet is not None and quiet.search(line)):
             continue
-        fields = _json_object(line) if json_lines else None
+        if not json_lines:
+            clog.info(line)
+            continue
+        fields = _json_object(line)
         if fields is None:
             level, text = _leveled(line)
             getattr(clog, level)(text)
             continue
         level = fields.pop("level", "info")
         event = str(fields.pop("event", "output"))
-        for key in ("source", "pid", "timestamp"):
-            fields.pop(key, None)
-        method = level if level in LEVELS else "info"
-        getattr(clog, method)(event, **fields)
+        # Whaletopd's own fields win; a key that is a parameter name of the logger's
+        # methods ("self") or not a name at all is renamed, never fatal to this thread.
+        kept = {(k if k.isidentifier() and k != "self" else f"field_{k}"): v
+                for k, v in fields.items() if k not in ("source", "pid", "timestamp")}
+        try:
+            getattr(clog, level if level in LEVELS else "info")(event, **kept)
+        except TypeError:
+            clog.info(line)
     proc.stdout.close()
 
 
@@ -85,12 +92,25 @@ _NGINX_LEVELS = {"debug": "debug", "info": "info", "notice": "info", "warn": "wa
                  "error": "error", "crit": "error", "alert": "critical", "emerg": "critical"}
 
 
+# nginx names the request in its error lines, query included: noVNC's ?password=...
+_QUERY_IN_NGINX_LINE = re.compile(r'((?:request|referrer): "[^"?]*)\?[^" ]*')
+
+
+def nginx_message(line: str) -> str:
+    """An nginx error line without its date and pid#tid, and without any query."""
+    match = _NGINX_ERROR.match(line)
+    text = f"[{match.group(1)}] {match.group(2)}" if match else line
+    return _QUERY_IN_NGINX_LINE.sub(r"\1", text)
+
+
 def _leveled(line: str) -> tuple[str, str]:
-    """A line's level where the program says it (nginx's error log), else info."""
+    """A structured child's text line (nginx's error log): its level, and the message
+    without date, pid or query."""
     match = _NGINX_ERROR.match(line)
     if match is None:
         return "info", line
-    return _NGINX_LEVELS.get(match.group(1), "info"), match.group(2)
+    text = _QUERY_IN_NGINX_LINE.sub(r"\1", match.group(2))
+    return _NGINX_LEVELS.get(match.group(1), "info"), text
 
 
 def _json_object(line: str) -> dict[str, Any] | None:

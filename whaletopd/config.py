@@ -209,6 +209,10 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Conf
     if values["view_only_password_from_env"]:
         values["view_only_password"] = _password_from_env(
             env, VIEW_ONLY_PASSWORD_ENV, "--view-only-password-from-env")
+        if values["view_only_password"][:8] == (values.get("vnc_password") or "")[:8]:
+            # VNC compares only 8 characters: it would be the full-access password.
+            raise ConfigError(f"{VIEW_ONLY_PASSWORD_ENV} must differ from {VNC_PASSWORD_ENV} "
+                              "in its first 8 characters")
     if values["web_password_from_env"]:
         values["web_password"] = _web_password_from_env(env)
     # Only for an encrypted private key; never logged, never written.

@@ -93,8 +93,8 @@ class Desktop:
         table = [p for p in seams.programs if p.enabled(config)]
         self.children = Supervisor(table, events)
         self.web = WebFront(config, self.paths, events, deadlines)
-        self._web_account = seams.web_account()
-        self.front = FrontDoor(config, self.paths, events, self._web_account)
+        self._web_account = seams.web_account  # resolved at provisioning
+        self.front = FrontDoor(config, self.paths, events)
         # The front door's files are made when its server is in the table (tests run
         # tables without nginx).
         self._serves_web = any(p.name == "nginx" for p in table)
@@ -169,6 +169,8 @@ class Desktop:
         # First: a bad certificate or users file fails before anything is touched.
         self.web.validate()
         self.front.users_valid()
+        web = self._web_account()
+        self.front.use_web_account(web)
         self.account = account = self._provisioner(self.config, self.paths, DISPLAY)
         self.web.install()
         if self._serves_web:
@@ -176,7 +178,7 @@ class Desktop:
                                account.view_only_password)
             self.front.watch()
         self.children.use(account.run_as, account.env)
-        self.children.use(self._web_account or frontdoor.root_account(),
+        self.children.use(web or frontdoor.root_account(),
                           frontdoor.web_env(), "web")
         self.children.use(frontdoor.root_account(), frontdoor.web_env(), "root")
         self.events.post(Provisioned())

@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from whaletopd import logs, nginx_conf, webusers
+from whaletopd import children, logs, nginx_conf, webusers
 from whaletopd.children import RunAs
 from whaletopd.config import Config
 from whaletopd.events import EventQueue, WebUsersChanged
@@ -43,7 +43,11 @@ def web_account() -> RunAs | None:
     everything runs as whaletopd's own user)."""
     if os.geteuid() != 0:
         return None
-    entry = pwd.getpwnam(WEB_ACCOUNT)
+    try:
+        entry = pwd.getpwnam(WEB_ACCOUNT)
+    except KeyError:
+        raise FrontDoorError(f"the image has no {WEB_ACCOUNT!r} account for nginx's worker "
+                             "and the sign-in service") from None
     return RunAs(uid=entry.pw_uid, gid=entry.pw_gid, groups=(), home="/")
 
 
@@ -81,6 +85,10 @@ class FrontDoor:
         self._users: dict[str, webusers.WebUser] = {}
         self._users_digest: str | None = None
         self._watcher: Watcher | None = None
+
+    def use_web_account(self, web: RunAs | None) -> None:
+        """The account of nginx's worker and the sign-in service (None: whaletopd's)."""
+        self._web = web
 
     @property
     def users_file(self) -> Path:
@@ -162,7 +170,7 @@ class FrontDoor:
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise FrontDoorError(f"nginx -t: {exc}") from None
         if result.returncode != 0:
-            lines = [line.removeprefix("nginx: ").strip()
+            lines = [children.nginx_message(line.removeprefix("nginx: ").strip())
                      for line in result.stderr.decode(errors="replace").splitlines()]
             reason = next((line for line in lines if "[emerg]" in line), None) or (
                 lines[0] if lines else f"exit {result.returncode}")

@@ -61,7 +61,7 @@ def _block(header: str, body: list[str], indent: str = "    ") -> list[str]:
 
 def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
     token = spec.probe_token
-    if not token.isalnum():
+    if not (token.isascii() and token.isalnum()):
         raise ValueError("the probe token must be alphanumeric")
     tmp = paths.nginx_dir / "tmp"
     headers = _headers(config)
@@ -173,6 +173,10 @@ def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
         f"limit_conn open {CONNECTIONS_PER_ADDRESS};",
         *headers,
         "proxy_pass http://websockify;",
+        # websockify (the desktop user's) needs none of the credentials.
+        'proxy_set_header Cookie "";',
+        'proxy_set_header Authorization "";',
+        f'proxy_set_header {PROBE_HEADER} "";',
         "proxy_http_version 1.1;",
         "proxy_set_header Upgrade $http_upgrade;",
         'proxy_set_header Connection "upgrade";',

@@ -218,8 +218,6 @@ def test_nginx_s_error_log_lines_keep_their_level(run_as: RunAs, q: EventQueue,
         ("critical", "bind() to 0.0.0.0:8080"), ("info", "signal process started")]
 
 
-@pytest.mark.xfail(strict=True, reason="nginx's error log names the request with its query "
-                   "string (noVNC's ?password=...), and children._leveled keeps it")
 def test_nginx_s_error_lines_do_not_carry_the_query(run_as: RunAs, q: EventQueue,
                                                     tmp_path: Path) -> None:
     """The access log leaves the query out; the error log must not bring it back (as
@@ -266,10 +264,6 @@ def test_quiet_applies_to_json_children_too(run_as: RunAs, q: EventQueue,
     assert [e["event"] for e in entries] == ["request", "done"]
 
 
-@pytest.mark.xfail(strict=True, reason="children._pump_output passes a JSON object's keys "
-                   "as keyword arguments: a key named 'self' raises TypeError and ends the "
-                   "thread that reads the child's output")
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_json_line_with_any_key_does_not_stop_the_output(run_as: RunAs, q: EventQueue,
                                                            tmp_path: Path) -> None:
     entries = _say("webauth", ['{"event":"odd","self":1}', "after"], run_as, q, tmp_path,

@@ -241,6 +241,15 @@ def test_view_only_password_from_env_via_env_twin() -> None:
     assert cfg.view_only_password == "watch1"
 
 
+@pytest.mark.parametrize("view_only", ["secret12", "secret12-but-longer"])
+def test_a_view_only_password_equal_to_the_full_one_is_refused(view_only: str) -> None:
+    """VNC compares 8 characters: such a "view-only" password would give full access."""
+    with pytest.raises(ConfigError, match="VNC_VIEW_ONLY_PASSWORD must differ from "
+                                          "VNC_PASSWORD in its first 8 characters"):
+        parse(["--vnc-password-from-env", "--view-only-password-from-env"],
+              {"VNC_PASSWORD": "secret12", "VNC_VIEW_ONLY_PASSWORD": view_only})
+
+
 def test_view_only_password_env_ignored_without_the_flag() -> None:
     assert parse([], {"VNC_VIEW_ONLY_PASSWORD": "watch1"}).view_only_password is None
 

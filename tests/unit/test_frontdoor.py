@@ -234,9 +234,6 @@ def test_check_reports_the_emerg_line_of_a_damaged_file(
 
 
 @needs_nginx
-@pytest.mark.xfail(strict=True, reason="frontdoor.check() keeps the date and pid#tid nginx "
-                   "puts before [emerg]: the status reason reads 'nginx refused its "
-                   "configuration: 2026/11/29 21:47:26 [emerg] 2603#2603: ...'")
 def test_the_refusal_reads_as_nginx_s_message_alone(
         paths: Paths, q: EventQueue, web: RunAs | None, desktop: RunAs,
         doors: list[FrontDoor]) -> None:

@@ -30,7 +30,7 @@ import pytest
 from structlog.testing import capture_logs
 from transitions import EventData
 
-from whaletopd import frontdoor, loop, machine, tls, webusers
+from whaletopd import frontdoor, loop, machine, nginx_conf, tls, webusers
 from whaletopd.children import Child, RunAs
 from whaletopd.config import Config
 from whaletopd.deadlines import Deadlines
@@ -1105,15 +1105,25 @@ def test_lifecycle_a_configuration_nginx_refuses_exits_2_with_its_words(
         start: Callable[..., Run], paths: Paths, monkeypatch: pytest.MonkeyPatch) -> None:
     """`nginx -t` runs before any child starts: its [emerg] line is the reason."""
     run = start()
-    # An image whose web account is missing: nginx's `user` line names nobody.
-    monkeypatch.setattr(frontdoor, "WEB_ACCOUNT", "whaletop-nobody")
+    real = nginx_conf.render
+    monkeypatch.setattr(nginx_conf, "render", lambda *a: real(*a).replace(
+        "worker_processes 1;", "worker_processes 1;\nwhaletop_no_such_directive on;"))
     assert run.until_exit() == 2
     assert run.words == [STARTING, FAILED]
     assert run.desktop.children.children() == []
     reason = _status(paths)[1]["reason"]
-    assert reason.startswith("nginx refused its configuration: ")
-    assert "[emerg]" in reason
-    assert "whaletop-nobody" in reason
+    assert reason.startswith("nginx refused its configuration: [emerg] unknown directive")
+    assert "whaletop_no_such_directive" in reason
+
+
+def test_lifecycle_an_image_without_the_web_account_fails_naming_it(
+        start: Callable[..., Run], paths: Paths, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = start()
+    monkeypatch.setattr(frontdoor, "WEB_ACCOUNT", "whaletop-nobody")
+    assert run.until_exit() == 2
+    assert run.words == [STARTING, FAILED]
+    assert run.desktop.children.children() == []
+    assert "no 'whaletop-nobody' account" in _status(paths)[1]["reason"]
 
 
 def _pid_uid(child: Child) -> int:

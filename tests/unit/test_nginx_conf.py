@@ -731,9 +731,6 @@ def test_with_sign_in_the_health_checks_pass(start: StartDoor,
     probes.sign_in_check(door.paths.auth_socket, TOKEN, 5)
 
 
-@pytest.mark.xfail(strict=True, reason="nginx_conf.render: /websockify passes every request "
-                   "header on, so websockify (the desktop user's process) receives the "
-                   "session cookie, HTTP Basic credentials and the probe token")
 def test_with_sign_in_websockify_gets_no_credentials(start: StartDoor,
                                                      sign_in: SignInService) -> None:
     """websockify runs as the desktop user, whose programs can read its memory: the
