@@ -28,16 +28,13 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import collections
 import contextlib
-import hashlib
 import hmac
 import html
 import json
 import math
 import os
 import re
-import secrets
 import signal
 import socketserver
 import stat
@@ -53,13 +50,10 @@ from typing import Any, cast
 from urllib.parse import parse_qs, quote, urlsplit
 
 from whaletopd import webusers
-from whaletopd.files import atomic_write
-from whaletopd.webusers import WebUser, WebUsersError
+from whaletopd.webauth_state import Guard, Sessions, UsersFile, emit
+from whaletopd.webusers import WebUser
 
 MAX_BODY = 8 * 1024
-MAX_SESSIONS = 1000
-MAX_CLIENTS = 10_000
-MAX_DELAY = 3.0
 PROBE_USER = "(probe)"  # not a valid user name, so never mistaken for one
 TEMPLATE = Path(__file__).with_name("signin.html")
 
@@ -69,20 +63,10 @@ HTML_HEADERS = (
                                 "form-action 'self'; frame-ancestors 'none'"),
     ("X-Frame-Options", "DENY"),
 )
-_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 _ADDR_RE = re.compile(r"^[0-9A-Za-z:.%_-]{1,64}$")
 _COOKIE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _NEXT_RE = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@/?%#]*$")
 
-_emit_lock = threading.Lock()
-
-
-def emit(event: str, level: str = "info", **fields: object) -> None:
-    """One JSON object per line on stdout, flushed (whaletopd re-emits it)."""
-    line = json.dumps({"event": event, "level": level, **fields})
-    with _emit_lock, contextlib.suppress(OSError, ValueError):
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
 
 
 # -- what whaletopd tells us --------------------------------------------------------------
@@ -133,233 +117,6 @@ class Settings:
         if not _COOKIE_NAME_RE.match(s.cookie_name):
             raise ValueError(f"{path}: 'cookie_name' is not a valid cookie name")
         return s
-
-
-# -- parts that own their state -----------------------------------------------------------
-
-class UsersFile:
-    """The users file, re-read when its inode, mtime or size changes.  A file that is
-    refused is logged once and the users read before stay."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._key: object = None
-        self._users: dict[str, WebUser] = {}
-
-    def current(self) -> dict[str, WebUser]:
-        with self._lock:
-            try:
-                st = os.stat(self.path)
-                key: object = (st.st_ino, st.st_mtime_ns, st.st_size)
-            except OSError as e:
-                key = ("error", e.errno)
-            if key == self._key:
-                return self._users
-            self._key = key
-            try:
-                users = webusers.load(self.path)
-            except WebUsersError as e:
-                emit("users_refused", "error", reason=str(e), kept=len(self._users))
-                return self._users
-            self._users = users
-            emit("users_loaded", count=len(users),
-                 viewers=sum(u.role == "viewer" for u in users.values()))
-            return users
-
-
-def fingerprint(user: WebUser) -> str:
-    return hashlib.sha256(user.hash.encode("utf-8")).hexdigest()
-
-
-def _session_id(token: str) -> str:
-    return hashlib.sha256(token.encode("ascii")).hexdigest()
-
-
-@dataclass(frozen=True)
-class Session:
-    user: str
-    role: str
-    expires: float  # wall clock: it must mean the same after a restart
-    fingerprint: str
-    created: float
-
-
-class Sessions:
-    """Signed-in sessions by sha256(token): in memory, and saved (0600, atomically) on
-    every change so that a restart of the service keeps them."""
-
-    def __init__(self, path: Path, capacity: int = MAX_SESSIONS,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.path = path
-        self.capacity = capacity
-        self.clock = clock
-        self.lock = threading.Lock()
-        self._by_id: dict[str, Session] = {}
-        self._load()
-
-    def __len__(self) -> int:
-        return len(self._by_id)
-
-    def _load(self) -> None:
-        try:
-            doc = json.loads(self.path.read_text("utf-8"))
-            items = doc["sessions"]
-            loaded = sorted(
-                ((str(i["id"]), Session(str(i["user"]), str(i["role"]), float(i["expires"]),
-                                        str(i["fingerprint"]), float(i["created"])))
-                 for i in items),
-                key=lambda kv: kv[1].created)
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            emit("sessions_unreadable", "warning", path=str(self.path),
-                 reason=type(e).__name__)
-            return
-        now = self.clock()
-        self._by_id = {sid: s for sid, s in loaded[-self.capacity:] if s.expires > now}
-
-    def _save(self) -> None:
-        doc = {"version": 1, "sessions": [{"id": sid, **s.__dict__}
-                                          for sid, s in self._by_id.items()]}
-        try:
-            atomic_write(self.path, json.dumps(doc), mode=0o600)
-        except OSError as e:
-            emit("sessions_unsaved", "error", path=str(self.path), reason=e.strerror)
-
-    def create(self, user: WebUser, hours: float) -> str:
-        token = secrets.token_urlsafe(32)
-        now = self.clock()
-        with self.lock:
-            self._by_id = {sid: s for sid, s in self._by_id.items() if s.expires > now}
-            self._by_id[_session_id(token)] = Session(user.name, user.role,
-                                                      now + hours * 3600,
-                                                      fingerprint(user), now)
-            while len(self._by_id) > self.capacity:  # the oldest go first
-                del self._by_id[next(iter(self._by_id))]
-            self._save()
-        return token
-
-    def lookup(self, token: str, users: dict[str, WebUser]) -> WebUser | None:
-        """The user whose valid session `token` is; an invalid one is forgotten."""
-        if not _TOKEN_RE.match(token):
-            return None
-        sid = _session_id(token)
-        with self.lock:
-            s = self._by_id.get(sid)
-            if s is None:
-                return None
-            user = users.get(s.user)
-            if (s.expires > self.clock() and user is not None and user.role == s.role
-                    and hmac.compare_digest(fingerprint(user), s.fingerprint)):
-                return user
-            del self._by_id[sid]
-            self._save()
-            return None
-
-    def delete(self, token: str) -> Session | None:
-        if not _TOKEN_RE.match(token):
-            return None
-        with self.lock:
-            s = self._by_id.pop(_session_id(token), None)
-            if s is not None:
-                self._save()
-            return s
-
-
-@dataclass
-class _Client:
-    failures: collections.deque[float] = field(default_factory=collections.deque)
-    locked_until: float = 0.0
-    pending: int = 0  # sign-ins being checked now: they count toward the limit
-
-
-@dataclass(frozen=True)
-class Failure:
-    failures: int
-    delay: float  # seconds to wait before answering
-    locked_s: float  # > 0 when this failure locked the address
-
-
-class Guard:
-    """Failed sign-ins per client address within lockout_s: slower answers past half of
-    `attempts`, refusal for lockout_s at `attempts`.  Other addresses are unaffected; the
-    least recently seen addresses are forgotten beyond `capacity`."""
-
-    def __init__(self, attempts: int, lockout_s: float, capacity: int = MAX_CLIENTS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.attempts = attempts
-        self.lockout_s = lockout_s
-        self.capacity = capacity
-        self.clock = clock
-        self._lock = threading.Lock()
-        self._clients: collections.OrderedDict[str, _Client] = collections.OrderedDict()
-
-    def _get(self, addr: str, now: float, create: bool) -> _Client | None:
-        c = self._clients.get(addr)
-        if c is None:
-            if not create:
-                return None
-            c = self._clients[addr] = _Client()
-            while len(self._clients) > self.capacity:
-                self._clients.popitem(last=False)
-        self._clients.move_to_end(addr)
-        if c.locked_until and now >= c.locked_until:
-            c.locked_until = 0.0
-            c.failures.clear()
-        while c.failures and c.failures[0] <= now - self.lockout_s:
-            c.failures.popleft()
-        return c
-
-    def _remaining(self, c: _Client, now: float) -> float:
-        return max(0.0, c.locked_until - now) if c.locked_until else 0.0
-
-    def locked_for(self, addr: str) -> float:
-        """Seconds `addr` stays refused (0: it is not)."""
-        now = self.clock()
-        with self._lock:
-            c = self._get(addr, now, create=False)
-            return self._remaining(c, now) if c else 0.0
-
-    def begin(self, addr: str) -> float:
-        """0 when a sign-in from `addr` may be checked now (then failed() or succeeded()
-        must follow), else the seconds it is refused for."""
-        now = self.clock()
-        with self._lock:
-            c = self._get(addr, now, create=True)
-            assert c is not None
-            if c.locked_until:
-                return self._remaining(c, now)
-            if len(c.failures) + c.pending >= self.attempts:  # many at once from one place
-                return max(1.0, c.failures[0] + self.lockout_s - now) if c.failures else 1.0
-            c.pending += 1
-            return 0.0
-
-    def failed(self, addr: str) -> Failure:
-        now = self.clock()
-        with self._lock:
-            c = self._get(addr, now, create=True)
-            assert c is not None
-            c.pending = max(0, c.pending - 1)
-            c.failures.append(now)
-            n = len(c.failures)
-            locked = 0.0
-            if n >= self.attempts and not c.locked_until:
-                c.locked_until = now + self.lockout_s
-                locked = self.lockout_s
-            over = n - self.attempts // 2
-            delay = min(MAX_DELAY, 0.25 * 2 ** min(over - 1, 8)) if over > 0 else 0.0
-            return Failure(n, delay, locked)
-
-    def succeeded(self, addr: str) -> None:
-        with self._lock:
-            c = self._clients.get(addr)
-            if c is None:
-                return
-            c.pending = max(0, c.pending - 1)
-            c.failures.clear()
-            if c.pending == 0:
-                del self._clients[addr]
 
 
 # -- small pure rules ---------------------------------------------------------------------
