@@ -92,7 +92,7 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
         continue
     for link in links:
         if link.startswith("socket:["):
-            sockets.setdefault(link[8:-1], []).append(comm)
+            sockets.setdefault(link[8:-1], []).append([int(pid), comm])
 
 def address(hexaddr):
     raw = bytes.fromhex(hexaddr)
@@ -142,7 +142,8 @@ def vnc_bridge(container: str, timeout: float = 20) -> int:
 
 
 def tcp_listeners(container: str) -> list[dict[str, Any]]:
-    """The container's processes' listening TCP sockets: address, port, programs."""
+    """The container's processes' listening TCP sockets: address, port, programs (the
+    names of the processes that hold it) and pids (theirs, in the container)."""
     def scan(user: str) -> dict[str, Any]:
         out = docker("exec", "-u", user, container, "python3", "-c", LISTENERS, check=False)
         assert out.returncode == 0, out.stderr
@@ -150,7 +151,7 @@ def tcp_listeners(container: str) -> list[dict[str, Any]]:
         return found
 
     first = scan("0")
-    sockets: dict[str, list[str]] = dict(first["sockets"])
+    sockets: dict[str, list[list[Any]]] = dict(first["sockets"])
     unread = dict(first["unreadable"])
     for uid in sorted(set(first["unreadable"].values())):
         again = scan(str(uid))
@@ -159,7 +160,8 @@ def tcp_listeners(container: str) -> list[dict[str, Any]]:
         unread = {pid: u for pid, u in unread.items() if pid in again["unreadable"]}
     assert not unread, f"processes whose sockets nobody could read: {unread}"
     return [{"address": entry["address"], "port": entry["port"],
-             "programs": sorted(set(sockets[entry["inode"]]))}
+             "programs": sorted({comm for _, comm in sockets[entry["inode"]]}),
+             "pids": sorted({pid for pid, _ in sockets[entry["inode"]]})}
             for entry in first["listening"] if entry["inode"] in sockets]
 
 

@@ -1,12 +1,13 @@
-"""The TLS issue as a user meets it: HTTPS with the right certificate, plain HTTP refused,
-a certificate rotated under a live session, expiry, and every bad file refused clearly."""
+"""The TLS issue as a user meets it: HTTPS with the right certificate, plain HTTP sent on
+to HTTPS, a certificate rotated under a live session (nginx reloads: the session stays),
+expiry, and every bad file refused clearly."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import ssl
 import time
-import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from bench import certgen
+from tests.e2e import vnc
 from tests.e2e.conftest import Container, docker
 
 pytestmark = pytest.mark.e2e
@@ -30,12 +32,15 @@ def _https_page() -> str:
         return str(resp.read().decode())
 
 
-def _plain_http_refused() -> bool:
+def _plain_http_answer(path: str) -> tuple[int, str | None]:
+    """Plain HTTP to the HTTPS port: the status and the Location nginx answers with."""
+    conn = http.client.HTTPConnection("127.0.0.1", 8080, timeout=10)
     try:
-        urllib.request.urlopen("http://127.0.0.1:8080/vnc.html", timeout=10)
-    except (urllib.error.URLError, ConnectionError, OSError):
-        return True
-    return False
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.getheader("Location")
+    finally:
+        conn.close()
 
 
 def _wait_served(fp: str, timeout: float = 30) -> None:
@@ -65,7 +70,10 @@ def test_self_signed_is_served_kept_across_restart_and_published(desktop):
     cert = x509.load_pem_x509_certificate(public)
     assert certgen.served_fingerprint() == certgen.fingerprint(cert)
     assert "noVNC" in _https_page()
-    assert _plain_http_refused()
+    # A browser sent to http:// is sent on to https://, the same page and query; nothing
+    # is served in plain text.
+    assert _plain_http_answer("/vnc.html?autoconnect=true") == (
+        301, "https://127.0.0.1:8080/vnc.html?autoconnect=true")
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "localhost" in names.get_values_for_type(x509.DNSName)
     lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
@@ -81,18 +89,34 @@ def test_user_certificate_rotates_live_without_touching_the_session(desktop, cer
     c = desktop("--tls-certificate=/certs/tls.pem", volumes=(f"{certdir}:/certs:ro",))
     c.wait_status("HEALTHY")
     assert certgen.served_fingerprint() == certgen.fingerprint(first)
-    xvnc = c.status_json()["children"]["xvnc"]["pid"]
-    # The decrypted key lives only where websockify reads it, for the desktop user only.
-    mode = c.exec("stat", "-c", "%a %U", "/run/whaletop/websockify.pem").stdout.split()
-    assert mode == ["600", "user"]
+    before = c.status_json()["children"]
+    # The decrypted key lives only where nginx's master reads it: root's, mode 0600; the
+    # desktop user (who runs everything in the desktop) cannot read it.
+    mode = c.exec("stat", "-c", "%a %U", "/run/whaletop/tls.pem").stdout.split()
+    assert mode == ["600", "root"]
+    assert c.exec("cat", "/run/whaletop/tls.pem", user="user", check=False).returncode != 0
+    assert c.exec("find", "/run", "-name", "*.pem").stdout.split() == ["/run/whaletop/tls.pem"]
+    # A browser's session, connected before the rotation.
+    session = vnc.WebVNC(8080, c.password(), tls=True)
+    assert session.certificate == certgen.fingerprint(first)
 
     second, key2 = certgen.make(cn="renewed.test")
     certgen.write_atomically(certdir / "tls.pem", certgen.pem(second, key2))
     _wait_served(certgen.fingerprint(second))
     c.wait_status("HEALTHY")
-    assert c.status_json()["children"]["xvnc"]["pid"] == xvnc, "the X session was not touched"
-    assert "RELOADING_TLS" in c.transitions()
+    transitions = c.transitions()
+    assert transitions[transitions.index("RELOADING_TLS"):] == ["RELOADING_TLS", "HEALTHY"]
     assert c.status_json()["tls"]["fingerprint_sha256"] == certgen.fingerprint(second)
+    # nginx reloaded in place (SIGHUP): no child replaced, the connected session still
+    # works, and a new one gets the new certificate.
+    after = c.status_json()["children"]
+    assert {n: i["pid"] for n, i in after.items()} == {n: i["pid"] for n, i in before.items()}
+    assert len(session.framebuffer_update()) == 4
+    session.close()
+    renewed = vnc.WebVNC(8080, c.password(), tls=True)
+    assert renewed.certificate == certgen.fingerprint(second)
+    renewed.close()
+    assert c.status_json()["restarts"]["nginx"]["used"] == 0
 
     # A broken replacement is refused; the one in service stays.
     certgen.write_atomically(certdir / "tls.pem", b"not a certificate at all\n")
@@ -183,7 +207,7 @@ def test_each_bad_certificate_fails_with_its_message(desktop, certdir):
         assert len(errors) == 1, (case, errors)
         assert path in errors[0]["reason"], (case, errors[0])
         assert message.lower() in errors[0]["reason"].lower(), (case, errors[0])
-        assert not any(e.get("source") == "websockify" for e in c.log_lines()), case
+        assert not any(e.get("source") in ("websockify", "nginx") for e in c.log_lines()), case
         assert not (c.state_dir / "vnc_passwd").exists(), (case, "nothing else was touched")
         docker("rm", "-f", c.name)
 
