@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from whaletopd import children, logs, nginx_conf, webusers
+from whaletopd import children, logs, nginx_conf
 from whaletopd.children import RunAs
 from whaletopd.config import Config
 from whaletopd.events import EventQueue, WebUsersChanged
@@ -27,6 +27,7 @@ from whaletopd.logs import step
 from whaletopd.paths import Paths
 
 if TYPE_CHECKING:
+    from whaletopd import webusers
     from whaletopd.watch import Watcher
 
 log = logs.get("whaletopd")
@@ -112,6 +113,10 @@ class FrontDoor:
         """First of provisioning, with the certificate: a bad users file is FAILED before
         anything is touched.  Raises FrontDoorError."""
         cfg = self._config
+        if not cfg.sign_in:
+            return
+        from whaletopd import webusers  # ctypes and libcrypt: only with sign-in
+
         if cfg.web_users:
             path = Path(cfg.web_users)
             self._users_digest = _digest(path)
@@ -122,6 +127,8 @@ class FrontDoor:
 
     @staticmethod
     def _load(path: Path) -> dict[str, webusers.WebUser]:
+        from whaletopd import webusers
+
         try:
             return webusers.load(path)
         except webusers.WebUsersError as exc:
@@ -182,6 +189,8 @@ class FrontDoor:
         atomic_write(path, text, mode=0o600, owner=owner)
 
     def _write_users(self) -> None:
+        from whaletopd import webusers
+
         self._write_web(self.users_file, webusers.render(self._users))
         log.info("web_users", users=sorted(self._users),
                  viewers=sorted(n for n, u in self._users.items() if u.role == "viewer"))
@@ -228,6 +237,8 @@ class FrontDoor:
 
 def _digest(path: Path) -> str | None:
     import hashlib
+
+    from whaletopd import webusers
 
     try:
         with path.open("rb") as f:

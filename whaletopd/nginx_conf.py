@@ -187,6 +187,9 @@ def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
     ]
     server += _block("location = /websockify", websocket)
 
+    if not sign_in:
+        # The page asks whether sign-in is on; without it, a quiet no.
+        server += _block("location = /auth/session", ["access_log off;", "return 404;"])
     if sign_in:
         to_auth = ["proxy_pass http://webauth;",
                    "proxy_set_header Host $http_host;",
