@@ -75,8 +75,12 @@ class SubPathProxy:
                 return
             head += chunk
         if b"\nupgrade:" not in head.lower():
-            # One request per connection, so every request line passes through here.
-            head = head.replace(b"\r\n", b"\r\nConnection: close\r\n", 1)
+            # One request per connection, so every request line passes through here: the
+            # browser's own Connection header (keep-alive) replaced, or nginx keeps the
+            # connection open and the next request's path would not be rewritten.
+            lines = [line for line in head.split(b"\r\n")
+                     if not line.lower().startswith((b"connection:", b"keep-alive:"))]
+            head = b"\r\n".join([lines[0], b"Connection: close", *lines[1:]])
         method, path, rest = head.split(b" ", 2)
         if not path.startswith(self.prefix + b"/"):
             client.sendall(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n")

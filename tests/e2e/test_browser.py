@@ -47,6 +47,9 @@ def test_open_log_in_see_the_desktop_and_resize(desktop, tmp_path):
     c.wait_status("HEALTHY")
     with browser.browser(tmp_path) as page:
         browser.log_in(page, "http://127.0.0.1:8080/", c.password())
+        # The root page sent the browser on to noVNC with whaletop's defaults.
+        assert page.url == ("http://127.0.0.1:8080/vnc.html"
+                            "?autoconnect=true&resize=remote&reconnect=true")
         wait_until(lambda: _connected(page), "noVNC connected")
         # remote resize: the desktop takes the browser's size, no scaling
         wait_until(lambda: _screen_size(c) == "1200x760", "desktop resized to the window")
@@ -95,19 +98,39 @@ def test_clipboard_both_ways(desktop, tmp_path):
         wait_until(lambda: desktop_clipboard() == "from the browser", "noVNC's text in the desktop")
 
 
+def test_bookmarked_parameters_survive_the_root_page(desktop, tmp_path):
+    """A bookmark made for noVNC's own page (?password=...&view_only=1) still works on the
+    root address: the parameters reach vnc.html, whaletop's defaults are added."""
+    c = desktop()
+    c.wait_status("HEALTHY")
+    with browser.browser(tmp_path) as page:
+        page.goto(f"http://127.0.0.1:8080/?password={c.password()}&view_only=1")
+        page.wait_for_url("**/vnc.html*")
+        assert page.url == (f"http://127.0.0.1:8080/vnc.html?password={c.password()}"
+                            "&view_only=1&autoconnect=true&resize=remote&reconnect=true")
+        # No dialog: noVNC logged in with the bookmarked password.
+        wait_until(lambda: _connected(page), "noVNC connected with the address's password")
+        assert page.evaluate("() => document.getElementById('noVNC_setting_view_only')"
+                             ".checked") is True
+
+
 def test_https_and_reverse_proxy_sub_path(desktop, tmp_path):
     c = desktop("--enable-tls")
     c.wait_status("HEALTHY")
     with browser.browser(tmp_path) as page:
-        browser.log_in(page, "https://127.0.0.1:8080/", c.password())
+        # http:// is sent on to https:// by the desktop itself.
+        browser.log_in(page, "http://127.0.0.1:8080/", c.password())
+        assert page.url.startswith("https://127.0.0.1:8080/vnc.html?")
         wait_until(lambda: _connected(page), "noVNC connected over HTTPS")
-    c2 = desktop("--web-port=8081", "--vnc-port=5902")
+    c2 = desktop("--web-port=8081")
     c2.wait_status("HEALTHY")
     proxy = browser.SubPathProxy(upstream_port=8081)
     try:
         with browser.browser(tmp_path / "p") as page:
             browser.log_in(page, f"http://127.0.0.1:{proxy.port}/desk/", c2.password())
+            assert page.url.startswith(f"http://127.0.0.1:{proxy.port}/desk/vnc.html?")
             wait_until(lambda: _connected(page), "noVNC connected through /desk/")
         assert "/websockify" in proxy.rewritten, "the WebSocket went through the sub-path"
+        assert "/whaletop-start.js" in proxy.rewritten, "the root page's script, too"
     finally:
         proxy.close()

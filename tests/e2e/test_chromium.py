@@ -6,7 +6,7 @@ chrome.json keeps the rest of the desktop working and the rest of Docker's refus
 Chromium is asked itself: a small probe (PROBE below) starts it over
 --remote-debugging-pipe, reads chrome://sandbox's text and the renderers'
 /proc/PID/status and uid_map. Containers: --network none, except the full desktop
-(--network host on the ports set aside for this suite, 8380 and 5931).
+(--network host on the web port set aside for this suite, 8380: its only TCP port).
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ from typing import Any
 
 import pytest
 
+from tests.e2e import vnc
 from tests.e2e.conftest import ROOT, Container, docker
 
 pytestmark = pytest.mark.e2e
 
 PROFILE = ROOT / "chrome.json"
 LAUNCHER = ROOT / "docker" / "chromium-launcher"
-WEB_PORT, VNC_PORT = 8380, 5931
+WEB_PORT = 8380
 USER = "1000:1000"
 CHROME_JSON = ("--security-opt", f"seccomp={PROFILE}")
 UNCONFINED = ("--security-opt", "seccomp=unconfined")
@@ -293,7 +294,7 @@ def desktop_under_chrome_json(image: str, probe_dir: Path,
         docker("run", "-d", "--name", c.name, "--network", "host", "--shm-size", "512m",
                *CHROME_JSON, "-v", f"{state}:/opt/whaletop", "-v", f"{probe_dir}:/probe:ro",
                "-v", f"{LAUNCHER}:/usr/local/bin/chromium:ro", image,
-               "/start.py", f"--web-port={WEB_PORT}", f"--vnc-port={VNC_PORT}")
+               "/start.py", f"--web-port={WEB_PORT}")
         c.wait_status("HEALTHY", timeout=60)
         yield c
     finally:
@@ -301,9 +302,14 @@ def desktop_under_chrome_json(image: str, probe_dir: Path,
 
 
 def test_desktop_is_healthy_under_chrome_json(desktop_under_chrome_json: Container) -> None:
-    out = desktop_under_chrome_json.exec("whaletopd", "status", check=False)
+    c = desktop_under_chrome_json
+    out = c.exec("whaletopd", "status", check=False)
     assert out.returncode == 0, out
     assert out.stdout.startswith("HEALTHY")
+    # The browser's whole path (nginx, websockify, Xvnc) works under the profile.
+    session = vnc.WebVNC(WEB_PORT, c.password())
+    assert len(session.framebuffer_update()) == 4
+    session.close()
 
 
 def test_apt_and_python_work_under_chrome_json(desktop_under_chrome_json: Container) -> None:

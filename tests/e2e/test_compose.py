@@ -1,16 +1,21 @@
 """deploy/ for real: the Compose file's desktops, and the StatefulSet's container.
 
 Both with the real engine, host network, 127.0.0.1 only, on ports 8480/8481 (web) and
-5941/5942 (VNC), which nothing else on the machine may hold while these tests run.
+5941/5942 (VNC, opened only with --expose-vnc, which neither uses), which nothing else on
+the machine may hold while these tests run.
 
 - Compose: two desktops reach HEALTHY each on its own, with their own users, passwords
-  and ports; stopping one (STOPPED, exit 0) leaves the other's processes, state and
-  connections untouched; the stopped one comes back with its home (a named volume).
+  and web ports, and nothing else listening; stopping one (STOPPED, exit 0) leaves the
+  other's processes, state and connections untouched; the stopped one comes back with
+  its home (a named volume).
 - Kubernetes, without a cluster: the StatefulSet's container (its arguments, environment,
   memory limit, /dev/shm, seccomp profile) runs under Docker with the TLS secret folder
   laid out as the kubelet lays it; its probe commands answer as the kubelet needs; a
-  renewed certificate arrives by `..data` swap and is served without touching the
-  session; it stops well inside terminationGracePeriodSeconds.
+  renewed certificate arrives by `..data` swap and is served (nginx reloads) without
+  touching the session; it stops well inside terminationGracePeriodSeconds.
+
+A raw VNC client reaches each desktop's Xvnc through a bridge to its UNIX socket
+(conftest.vnc_bridge); a browser's path (WebSocket through nginx) is tried too.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import pytest
 
 from bench import certgen
 from tests.e2e import vnc
-from tests.e2e.conftest import ROOT, docker
+from tests.e2e.conftest import ROOT, docker, tcp_listeners, vnc_bridge
 from tests.unit import test_deploy as deploy
 
 pytestmark = pytest.mark.e2e
@@ -193,7 +198,7 @@ def _identity(doc: dict[str, Any]) -> tuple[Any, ...]:
     """What changes if anything in a desktop was restarted."""
     kids = doc["children"]
     return (doc["pid"], doc["since"], kids["xvnc"]["pid"], kids["websockify"]["pid"],
-            kids["session"]["pid"])
+            kids["nginx"]["pid"], kids["session"]["pid"])
 
 
 def test_compose_desktops_are_healthy_apart_and_stop_alone(project: Project,
@@ -208,11 +213,15 @@ def test_compose_desktops_are_healthy_apart_and_stop_alone(project: Project,
 
     for user, conf in USERS.items():
         doc = project.status(user)
-        assert (doc["username"], doc["web_port"], doc["vnc_port"]) == (
-            user, conf["web"], conf["vnc"])
+        assert (doc["username"], doc["web_port"], doc["vnc_port"]) == (user, conf["web"], None)
+        # Each desktop's only TCP listener is its own web port.
+        listeners = tcp_listeners(project.container(user))
+        assert [(e["port"], e["programs"]) for e in listeners] == [(conf["web"], ["nginx"])]
+        assert not _port_busy(int(conf["vnc"])), "no VNC port without --expose-vnc"
         assert "noVNC" in _page(int(conf["web"]))
+        vnc.WebVNC(int(conf["web"]), str(conf["password"])).close()
         shot = tmp_path / f"{user}.png"
-        login = vnc.capture(str(conf["password"]), shot, port=int(conf["vnc"]))
+        login = vnc.capture(str(conf["password"]), shot, vnc_bridge(project.container(user)))
         assert login.returncode == 0, f"{user}'s own password: {login.stderr}"
         home = docker("exec", project.container(user), "stat", "-c", "%U",
                       f"/home/{user}").stdout.strip()
@@ -228,13 +237,13 @@ def test_compose_desktops_are_healthy_apart_and_stop_alone(project: Project,
     assert project.exit_code("alice") == 0
     assert project.last_state("alice") == "STOPPED"
     assert _wait_port_closed(int(USERS["alice"]["web"]))
-    assert _wait_port_closed(int(USERS["alice"]["vnc"]))
     after = project.status("bob")
     assert after["state"] == "HEALTHY"
     assert _identity(after) == _identity(bob), "stopping alice touched bob"
     assert "noVNC" in _page(int(USERS["bob"]["web"]))
+    vnc.WebVNC(int(USERS["bob"]["web"]), str(USERS["bob"]["password"])).close()
     login = vnc.capture(str(USERS["bob"]["password"]), tmp_path / "bob2.png",
-                        port=int(USERS["bob"]["vnc"]))
+                        vnc_bridge(project.container("bob")))
     assert login.returncode == 0, login.stderr
     assert stop_s < 10, f"compose stop took {stop_s:.1f} s"
 
@@ -322,7 +331,11 @@ def test_statefulset_container_runs_with_a_kubelet_secret_volume(
     assert _probe(pod_container, container, "livenessProbe") == 0
     assert "tls" in docker("exec", pod_container, "whaletopd", "status", "--json").stdout
     assert certgen.served_fingerprint(web) == certgen.fingerprint(first)
-    assert vnc.capture("pod-pass", tmp_path / "pod.png", port=vnc_port).returncode == 0
+    assert [(e["port"], e["programs"]) for e in tcp_listeners(pod_container)] == [
+        (web, ["nginx"])], "only the web port (the Service's) listens"
+    assert vnc.capture("pod-pass", tmp_path / "pod.png",
+                       vnc_bridge(pod_container)).returncode == 0
+    session = vnc.WebVNC(web, "pod-pass", tls=True)  # a browser's, through the Ingress
 
     # Sized from the measurement: an idle desktop stays well under the request.
     requested = deploy._quantity(container["resources"]["requests"]["memory"])
@@ -330,7 +343,7 @@ def test_statefulset_container_runs_with_a_kubelet_secret_volume(
 
     # The kubelet renews the secret: new folder, ..data swapped, old folder removed.
     status = json.loads(docker("exec", pod_container, "whaletopd", "status", "--json").stdout)
-    xvnc = status["children"]["xvnc"]["pid"]
+    pids = {name: info["pid"] for name, info in status["children"].items()}
     second, key2 = certgen.make(cn="renewed.test")
     volume.write({cert_path.name: certgen.pem(second, key2)})
     deadline = time.monotonic() + 30
@@ -339,7 +352,7 @@ def test_statefulset_container_runs_with_a_kubelet_secret_volume(
             if certgen.served_fingerprint(web) == certgen.fingerprint(second):
                 break
         except OSError:
-            pass  # websockify is restarting
+            pass  # nginx is reloading
         assert time.monotonic() < deadline, "the renewed certificate was never served"
         time.sleep(0.05)
     deadline = time.monotonic() + 30
@@ -349,7 +362,10 @@ def test_statefulset_container_runs_with_a_kubelet_secret_volume(
         time.sleep(0.1)
     status = json.loads(docker("exec", pod_container, "whaletopd", "status", "--json").stdout)
     assert status["tls"]["fingerprint_sha256"] == certgen.fingerprint(second)
-    assert status["children"]["xvnc"]["pid"] == xvnc, "the X session was not touched"
+    assert {name: info["pid"] for name, info in status["children"].items()} == pids, \
+        "nginx reloaded in place; nothing restarted"
+    assert len(session.framebuffer_update()) == 4, "the connected session stayed"
+    session.close()
     events = [json.loads(line) for line in docker("logs", pod_container).stdout.splitlines()]
     assert "RELOADING_TLS" in [e["dest"] for e in events if e.get("event") == "transition"]
 
