@@ -114,8 +114,9 @@ class Supervisor:
         child = self._current.get(name)
         if child is not None:
             child.retired = True  # whatever it does from now on is expected
-            if child.returncode is None:
-                children.stop([child], deadline=REPLACE_DEADLINE)  # hung: its probe failed
+            # Hung (its probe failed): stopped.  Dead: what its group left behind goes
+            # too (nginx's worker outlives a killed master and keeps the port).
+            children.stop([child], deadline=REPLACE_DEADLINE)
 
     def schedule_restart(self, name: str, reason: str) -> float:
         """Give up the current child and count a restart; return its delay."""

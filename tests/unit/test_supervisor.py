@@ -397,18 +397,35 @@ def test_schedule_restart_stops_a_hung_child(q: EventQueue, run_as: RunAs,
         assert sup.stale("web", hung.pid)
 
 
-def test_schedule_restart_of_a_dead_child_kills_nothing(sup: Supervisor, launch: Launch,
-                                                        q: EventQueue) -> None:
-    _launched(sup, launch, q)
-    web = sup.child("web")
-    assert web is not None
-    os.kill(web.pid, 15)
-    _next(q, ChildExited)
-    wait_for(lambda: web.returncode is not None, "the exit status to be collected")
-    with capture_logs() as logs:
-        sup.schedule_restart("web", "web exited")
-    assert web.returncode == -15
-    assert not [e for e in logs if e["event"] in ("child_stopped", "child_kill")]
+def _master_and_worker(launch: Launch) -> list[str]:
+    """Like nginx: a master that leaves a worker in its process group."""
+    pid_file = launch.paths.run_dir / "worker.pid"
+    return ["sh", "-c", f"sleep 60 & echo $! > {pid_file}; exec sleep 60"]
+
+
+def test_schedule_restart_of_a_dead_child_ends_what_its_group_left(
+        q: EventQueue, run_as: RunAs, launch: Launch) -> None:
+    """nginx's worker outlives a killed master and keeps the port: a dead child's
+    process group is swept before its replacement starts."""
+    table = (Program("web", _master_and_worker, restart=WEB_RESTART),)
+    with _supervisor(table, q, run_as) as sup:
+        launch.paths.run_dir.mkdir(parents=True, exist_ok=True)
+        sup.launch(launch)
+        web = sup.child("web")
+        assert web is not None
+        pid_file = launch.paths.run_dir / "worker.pid"
+        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), "the worker")
+        worker = psutil.Process(int(pid_file.read_text()))
+        os.kill(web.pid, 9)
+        _next(q, ChildExited)
+        wait_for(lambda: web.returncode is not None, "the exit status to be collected")
+        assert worker.is_running(), "the worker outlived its master"
+        with capture_logs() as logs:
+            sup.schedule_restart("web", "web exited")
+        assert web.returncode == -9
+        wait_for(lambda: not worker.is_running() or worker.status() == "zombie",
+                 "the worker to be gone")
+        assert [e["returncode"] for e in logs if e["event"] == "child_stopped"] == [-9]
 
 
 def test_restart_replaces_the_child(sup: Supervisor, launch: Launch, q: EventQueue) -> None:
