@@ -93,7 +93,7 @@ class Desktop:
         table = [p for p in seams.programs if p.enabled(config)]
         self.children = Supervisor(table, events)
         self.web = WebFront(config, self.paths, events, deadlines)
-        self._web_account = seams.web_account  # resolved at provisioning
+        self._resolve_web_account = seams.web_account  # at provisioning: FAILED if missing
         self.front = FrontDoor(config, self.paths, events)
         # The front door's files are made when its server is in the table (tests run
         # tables without nginx).
@@ -169,7 +169,7 @@ class Desktop:
         # First: a bad certificate or users file fails before anything is touched.
         self.web.validate()
         self.front.users_valid()
-        web = self._web_account()
+        web = self._resolve_web_account()
         self.front.use_web_account(web)
         self.account = account = self._provisioner(self.config, self.paths, DISPLAY)
         self.web.install()
