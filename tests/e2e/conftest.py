@@ -83,10 +83,10 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
         for fd in os.listdir(f"/proc/{pid}/fd"):
             try:
                 links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
-            except FileNotFoundError:
+            except (FileNotFoundError, ProcessLookupError):
                 pass  # closed meanwhile
-    except FileNotFoundError:
-        continue  # gone meanwhile
+    except (FileNotFoundError, ProcessLookupError):
+        continue  # gone meanwhile (the session starts and ends short-lived programs)
     except PermissionError:
         unreadable[pid] = uid
         continue
