@@ -259,6 +259,14 @@ def sign_in_check(socket_path: Path, token: str, timeout: float) -> None:
         raise ProbeError(f"sign-in service {socket_path}: /auth/check answered {status!r}")
 
 
+def _listening(path: Path, timeout: float) -> bool:
+    try:
+        _connect(path, None, timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def x_display(socket_path: str, timeout: float) -> None:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -300,12 +308,13 @@ def desktop_probes(target: Target, blame: Mapping[str, str]) -> list[Probe]:
     headers = {PROBE_HEADER: t.probe_token}
 
     def login_through_the_front_door() -> None:
-        # Until the servers behind nginx listen, asking nginx only fills its error log.
+        # While a server behind nginx does not listen (starting, or dead: its socket
+        # file stays), asking nginx only fills nginx's error log, every round.  A bare
+        # connection is cheap and neither server logs it.
         for name, sock in (("websockify_login", t.websockify_socket),
                            ("sign_in_check", t.auth_socket)):
-            if sock is not None and not sock.exists():
-                raise ProbeError(f"{sock} is not there (not listening yet?)",
-                                 part=blame.get(name))
+            if sock is not None and not _listening(sock, t.timeout):
+                raise ProbeError(f"nothing listens on {sock}", part=blame.get(name))
         # The user's path, nginx -> websockify -> Xvnc, proves them all at once; only
         # when it fails do the checks of each hop behind it tell which one is at fault.
         try:

@@ -3,6 +3,7 @@ http.server serving a noVNC-like page, an AF_UNIX socket standing in for the X d
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import http.server
@@ -445,10 +446,14 @@ class SignInService:
                 head = b""
                 while b"\r\n\r\n" not in head and (chunk := conn.recv(1024)):
                     head += chunk
+                if not head:
+                    continue  # a bare connection (is anyone listening?), as webauth takes it
                 self.requests.append(head)
                 status = self.status or (
                     204 if f"{probes.PROBE_HEADER}: {self.token}".encode() in head else 401)
-                conn.sendall(f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n".encode())
+                with contextlib.suppress(OSError):
+                    conn.sendall(f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n"
+                                 .encode())
 
     def close(self) -> None:
         self._sock.close()
