@@ -21,7 +21,6 @@ import re
 import shutil
 import socket
 import ssl
-import struct
 import threading
 import time
 from base64 import b64encode
@@ -133,127 +132,6 @@ def ws_upgrade(headers: dict[str, str] | None = None, timeout: float = 10,
                 raise ConnectionError(f"closed before a status line: {head!r}")
             head += chunk
     return int(head.split(b" ", 2)[1])
-
-
-# -- a raw RFB client through the WebSocket (independent of whaletopd's own probes) ------
-
-def _vnc_response(password: str, challenge: bytes) -> bytes:
-    """VNC authentication: DES of the challenge, keyed by the bit-reversed password."""
-    from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
-    from cryptography.hazmat.primitives.ciphers import Cipher, modes
-
-    key = bytes(int(f"{b:08b}"[::-1], 2)
-                for b in password.encode("latin-1")[:8].ljust(8, b"\0"))
-    enc = Cipher(TripleDES(key * 3), modes.ECB()).encryptor()
-    return enc.update(challenge) + enc.finalize()
-
-
-class RfbOverWebSocket:
-    """What noVNC does, byte by byte: WebSocket upgrade, RFB 3.8, VNC authentication,
-    ClientInit (shared), then input events."""
-
-    def __init__(self, headers: dict[str, str], timeout: float = 10) -> None:
-        key = b64encode(os.urandom(16)).decode()
-        lines = ["GET /websockify HTTP/1.1", f"Host: {HOST}:{PORT}", "Upgrade: websocket",
-                 "Connection: Upgrade", "Sec-WebSocket-Version: 13",
-                 "Sec-WebSocket-Protocol: binary", f"Sec-WebSocket-Key: {key}",
-                 *(f"{k}: {v}" for k, v in headers.items())]
-        self.sock = socket.create_connection((HOST, PORT), timeout=timeout)
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = self.sock.recv(1)
-            if not chunk:
-                raise ConnectionError("closed during the WebSocket handshake")
-            head += chunk
-        status = head.split(b"\r\n", 1)[0]
-        if b" 101 " not in status + b" ":
-            self.sock.close()
-            raise ConnectionError(f"no WebSocket: {status.decode(errors='replace')}")
-        self._buffer = b""
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def _exact(self, size: int) -> bytes:
-        data = b""
-        while len(data) < size:
-            chunk = self.sock.recv(size - len(data))
-            if not chunk:
-                raise ConnectionError("the server hung up")
-            data += chunk
-        return data
-
-    def recv(self, size: int) -> bytes:
-        while len(self._buffer) < size:
-            head = self._exact(2)
-            opcode, length = head[0] & 0x0F, head[1] & 0x7F
-            if length == 126:
-                length = struct.unpack("!H", self._exact(2))[0]
-            elif length == 127:
-                length = struct.unpack("!Q", self._exact(8))[0]
-            payload = self._exact(length)
-            if opcode == 0x8:
-                raise ConnectionError("the server closed the WebSocket")
-            if opcode in (0x0, 0x2):
-                self._buffer += payload
-        data, self._buffer = self._buffer[:size], self._buffer[size:]
-        return data
-
-    def send(self, data: bytes) -> None:
-        mask = os.urandom(4)
-        length = (bytes([0x80 | len(data)]) if len(data) < 126
-                  else bytes([0x80 | 126]) + struct.pack("!H", len(data)))
-        self.sock.sendall(b"\x82" + length + mask
-                          + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
-
-    def log_in(self, password: str) -> tuple[int, int]:
-        """Authenticate and send ClientInit(shared); the screen's size from ServerInit."""
-        assert self.recv(12).startswith(b"RFB ")
-        self.send(b"RFB 003.008\n")
-        types = self.recv(self.recv(1)[0])
-        assert 2 in types, f"no VNC authentication offered: {list(types)}"
-        self.send(b"\x02")
-        self.send(_vnc_response(password, self.recv(16)))
-        result = struct.unpack("!I", self.recv(4))[0]
-        if result != 0:
-            reason = self.recv(struct.unpack("!I", self.recv(4))[0])
-            raise PermissionError(f"VNC authentication failed: {reason!r}")
-        self.send(b"\x01")  # ClientInit, shared: others stay connected
-        width, height = struct.unpack("!HH", self.recv(4))
-        self.bytes_per_pixel = self.recv(16)[0] // 8
-        self.recv(struct.unpack("!I", self.recv(4))[0])  # the desktop's name
-        return width, height
-
-    def pointer(self, x: int, y: int, buttons: int = 0) -> None:
-        self.send(b"\x05" + bytes([buttons]) + struct.pack("!HH", x, y))
-
-    def key(self, keysym: int) -> None:
-        for down in (1, 0):
-            self.send(b"\x04" + bytes([down]) + b"\0\0" + struct.pack("!I", keysym))
-
-    def round_trip(self) -> None:
-        """Ask for one pixel and wait for it: the server handles a client's messages in
-        order, so everything sent before has been dealt with."""
-        self.send(b"\x03\x00" + struct.pack("!HHHH", 0, 0, 1, 1))
-        while True:
-            kind = self.recv(1)[0]
-            if kind == 0:  # FramebufferUpdate, raw rectangles (no SetEncodings sent)
-                self.recv(1)
-                for _ in range(struct.unpack("!H", self.recv(2))[0]):
-                    _x, _y, w, h, _enc = struct.unpack("!HHHHi", self.recv(12))
-                    self.recv(w * h * self.bytes_per_pixel)
-                return
-            if kind == 1:  # SetColourMapEntries
-                self.recv(3)
-                self.recv(struct.unpack("!H", self.recv(2))[0] * 6)
-            elif kind == 2:  # Bell
-                continue
-            elif kind == 3:  # ServerCutText
-                self.recv(3)
-                self.recv(struct.unpack("!I", self.recv(4))[0])
-            else:
-                raise AssertionError(f"unexpected RFB message {kind}")
 
 
 # -- what the desktop says about itself -----------------------------------------------------
@@ -680,7 +558,7 @@ def test_a_viewers_input_does_not_reach_the_desktop(desktop, users_dir):
 
     move_pointer(c, 10, 10)
     cookie, doc = grants["bob"]
-    bob = RfbOverWebSocket({"Cookie": f"{COOKIE}={cookie}"})
+    bob = vnc.WebVNC(PORT, None, headers={"Cookie": f"{COOKIE}={cookie}"})
     try:
         width, height = bob.log_in(doc["vnc_password"])
         assert width > 300
@@ -689,25 +567,25 @@ def test_a_viewers_input_does_not_reach_the_desktop(desktop, users_dir):
         bob.pointer(200, 300, buttons=1)
         bob.pointer(200, 300)
         bob.key(0x61)  # "a"
-        bob.round_trip()
+        bob.framebuffer_update()  # a round trip: the events before it were handled
         time.sleep(0.5)
         assert pointer_at(c) == (10, 10), "the viewer's pointer did not move the desktop's"
     finally:
         bob.close()
 
     cookie, doc = grants["alice"]
-    alice = RfbOverWebSocket({"Cookie": f"{COOKIE}={cookie}"})
+    alice = vnc.WebVNC(PORT, None, headers={"Cookie": f"{COOKIE}={cookie}"})
     try:
         alice.log_in(doc["vnc_password"])
         alice.pointer(200, 300)
-        alice.round_trip()
+        alice.framebuffer_update()
         wait_until(lambda: pointer_at(c) == (200, 300), "alice's pointer moved the desktop's",
                    timeout=5)
     finally:
         alice.close()
     # Without the cookie the WebSocket is not even opened.
     with pytest.raises(ConnectionError, match="401"):
-        RfbOverWebSocket({})
+        vnc.WebVNC(PORT, None)
 
 
 # =============================================================================================

@@ -59,10 +59,12 @@ def _des_response(password: str, challenge: bytes) -> bytes:
 
 class WebVNC:
     """What noVNC does on 127.0.0.1:`port`: open the WebSocket /websockify (over TLS when
-    `tls`), log in to VNC through it, and keep the connection for framebuffer updates."""
+    `tls`, with extra request `headers` such as a sign-in cookie), log in to VNC through
+    it (at once when `password` is given, else with log_in()), and keep the connection
+    for input events and framebuffer updates."""
 
-    def __init__(self, port: int, password: str, tls: bool = False,
-                 timeout: float = 10) -> None:
+    def __init__(self, port: int, password: str | None, tls: bool = False,
+                 timeout: float = 10, headers: dict[str, str] | None = None) -> None:
         raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         if tls:
             context = ssl.create_default_context()
@@ -76,19 +78,23 @@ class WebVNC:
             self.certificate = ""
         self._buffer = b""
         key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall((
-            f"GET /websockify HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-            f"Sec-WebSocket-Protocol: binary\r\nSec-WebSocket-Key: {key}\r\n\r\n").encode())
+        lines = ["GET /websockify HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket",
+                 "Connection: Upgrade", "Sec-WebSocket-Version: 13",
+                 "Sec-WebSocket-Protocol: binary", f"Sec-WebSocket-Key: {key}",
+                 *(f"{k}: {v}" for k, v in (headers or {}).items())]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         head = b""
         while b"\r\n\r\n" not in head:
             chunk = self.sock.recv(1)
             if not chunk:
                 raise ConnectionError(f"closed during the WebSocket handshake: {head!r}")
             head += chunk
-        if b" 101 " not in head.split(b"\r\n", 1)[0] + b" ":
-            raise ConnectionError(f"no WebSocket upgrade: {head!r}")
-        self._login(password)
+        status = head.split(b"\r\n", 1)[0]
+        if b" 101 " not in status + b" ":
+            self.sock.close()
+            raise ConnectionError(f"no WebSocket upgrade: {status.decode(errors='replace')}")
+        if password is not None:
+            self.log_in(password)
 
     # -- the WebSocket's binary stream -------------------------------------------------
 
@@ -119,13 +125,16 @@ class WebVNC:
 
     def send(self, data: bytes) -> None:
         mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
-        assert len(data) < 126
-        self.sock.sendall(bytes([0x82, 0x80 | len(data)]) + mask + masked)
+        length = (bytes([0x80 | len(data)]) if len(data) < 126
+                  else bytes([0x80 | 126]) + struct.pack("!H", len(data)))
+        self.sock.sendall(b"\x82" + length + mask
+                          + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
 
     # -- RFB ---------------------------------------------------------------------------
 
-    def _login(self, password: str) -> None:
+    def log_in(self, password: str) -> tuple[int, int]:
+        """RFB 3.8, VNC authentication, ClientInit (shared: others stay connected); the
+        screen's size from ServerInit."""
         if not self.recv(12).startswith(b"RFB "):
             raise ConnectionError("no RFB banner")
         self.send(b"RFB 003.008\n")
@@ -135,14 +144,25 @@ class WebVNC:
         self.send(b"\x02")
         self.send(_des_response(password, self.recv(16)))
         if self.recv(4) != b"\0\0\0\0":
-            raise PermissionError("VNC authentication failed")
-        self.send(b"\x01")  # ClientInit: shared
+            reason = self.recv(struct.unpack("!I", self.recv(4))[0])
+            raise PermissionError(f"VNC authentication failed: {reason!r}")
+        self.send(b"\x01")
         self.width, self.height = struct.unpack("!HH", self.recv(4))
         self.bits_per_pixel = self.recv(16)[0]
         self.name = self.recv(struct.unpack("!I", self.recv(4))[0]).decode()
+        return self.width, self.height
+
+    def pointer(self, x: int, y: int, buttons: int = 0) -> None:
+        self.send(b"\x05" + bytes([buttons]) + struct.pack("!HH", x, y))
+
+    def key(self, keysym: int) -> None:
+        for down in (1, 0):
+            self.send(b"\x04" + bytes([down]) + b"\0\0" + struct.pack("!I", keysym))
 
     def framebuffer_update(self) -> bytes:
-        """Ask for the top-left pixel (raw encoding, the default) and return it."""
+        """Ask for the top-left pixel (raw encoding, the default) and return it.  The
+        server handles a client's messages in order: everything sent before this has
+        been dealt with once it returns."""
         self.send(struct.pack("!BBHHHH", 3, 0, 0, 0, 1, 1))
         while True:
             kind = self.recv(1)[0]
@@ -154,13 +174,16 @@ class WebVNC:
                     assert encoding == 0, encoding
                     pixels += self.recv(w * h * self.bits_per_pixel // 8)
                 return pixels
-            if kind == 2:  # Bell
+            if kind == 1:  # SetColourMapEntries
+                self.recv(3)
+                self.recv(struct.unpack("!H", self.recv(2))[0] * 6)
+            elif kind == 2:  # Bell
                 continue
-            if kind == 3:  # ServerCutText
+            elif kind == 3:  # ServerCutText
                 self.recv(3)
                 self.recv(struct.unpack("!I", self.recv(4))[0])
-                continue
-            raise ConnectionError(f"unexpected server message {kind}")
+            else:
+                raise ConnectionError(f"unexpected server message {kind}")
 
     def close(self) -> None:
         self.sock.close()
