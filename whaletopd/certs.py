@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from whaletopd import tls
-from whaletopd.files import atomic_write
+from whaletopd.files import atomic_write, file_digest
 
 SERVED_PEM = "tls.pem"
 
@@ -61,7 +61,7 @@ def obtain(source: str, state_dir: Path, password: bytes | None) -> Certificate:
         path = Path(source)
         # Digest first: if the file changes while it is loaded, the digest differs from
         # the next one and the watcher's event is acted on, never mistaken for a touch.
-        digest = tls.file_digest(path)
+        digest = file_digest(path)
         return Certificate(bundle=tls.load(path, password), source=path, digest=digest)
     bundle, _created = tls.load_or_create_self_signed(state_dir, socket.gethostname())
     return Certificate(bundle=bundle, source=None, digest=None)

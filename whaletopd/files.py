@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -37,3 +38,15 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644,
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def file_digest(path: Path, limit: int | None = None) -> str | None:
+    """SHA-256 of the file's content (of its first `limit` bytes when given); None when
+    it is missing or unreadable.  What a watched file's change is told from a touch by."""
+    try:
+        with path.open("rb") as f:
+            if limit is None:
+                return hashlib.file_digest(f, "sha256").hexdigest()
+            return hashlib.sha256(f.read(limit)).hexdigest()
+    except OSError:
+        return None

@@ -22,7 +22,7 @@ from whaletopd import children, logs, nginx_conf
 from whaletopd.children import RunAs
 from whaletopd.config import Config
 from whaletopd.events import EventQueue, WebUsersChanged
-from whaletopd.files import atomic_write
+from whaletopd.files import atomic_write, file_digest
 from whaletopd.logs import step
 from whaletopd.paths import Paths
 
@@ -236,12 +236,6 @@ class FrontDoor:
 
 
 def _digest(path: Path) -> str | None:
-    import hashlib
-
     from whaletopd import webusers
 
-    try:
-        with path.open("rb") as f:
-            return hashlib.sha256(f.read(webusers.MAX_FILE + 1)).hexdigest()
-    except OSError:
-        return None
+    return file_digest(path, limit=webusers.MAX_FILE + 1)

@@ -12,7 +12,6 @@ changes.  Only `cryptography` is used: the image needs no openssl binary.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import ipaddress
 import re
 import stat
@@ -141,15 +140,6 @@ def next_check(not_after: datetime, now: datetime) -> datetime | None:
 
 
 # -- files --------------------------------------------------------------------------------
-
-def file_digest(path: Path) -> str | None:
-    """SHA-256 of the file's content; None when it is missing or unreadable."""
-    try:
-        with path.open("rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-    except OSError:
-        return None
-
 
 def install(bundle: Bundle, dest: Path, uid: int, gid: int) -> None:
     """Write the combined PEM for websockify: mode 0600, owned by uid:gid.  This is the only

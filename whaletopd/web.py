@@ -23,6 +23,7 @@ from whaletopd.events import (
     CertificateExpired,
     EventQueue,
 )
+from whaletopd.files import file_digest
 from whaletopd.logs import step
 from whaletopd.paths import Paths
 
@@ -97,7 +98,7 @@ class WebFront:
         cert = self._certificate
         if cert is None or cert.source is None:
             return False
-        if tls.file_digest(cert.source) == cert.digest:
+        if file_digest(cert.source) == cert.digest:
             return False  # a touch, or an event about another file in the folder
         try:
             self._candidate = certs.obtain(str(cert.source), self._paths.state_dir,
@@ -105,7 +106,7 @@ class WebFront:
         except tls.TLSError as exc:
             log.error("certificate_refused", reason=str(exc),
                       in_service=cert.bundle.fingerprint)
-            cert.digest = tls.file_digest(cert.source)
+            cert.digest = file_digest(cert.source)
             return False
         return True
 

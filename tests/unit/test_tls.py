@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from whaletopd import certs, tls
+from whaletopd import certs, files, tls
 from whaletopd.tls import TLSError
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -637,14 +637,14 @@ def test_warnings_take_any_time_zone_and_naive_as_utc() -> None:
 
 def test_file_digest(tmp_path: Path) -> None:
     path = _write(tmp_path, b"content")
-    digest = tls.file_digest(path)
+    digest = files.file_digest(path)
     assert digest == hashlib.sha256(b"content").hexdigest()
     path.write_bytes(b"content")
-    assert tls.file_digest(path) == digest
+    assert files.file_digest(path) == digest
     path.write_bytes(b"changed")
-    assert tls.file_digest(path) != digest
+    assert files.file_digest(path) != digest
 
 
 def test_file_digest_of_nothing(tmp_path: Path) -> None:
-    assert tls.file_digest(tmp_path / "missing") is None
-    assert tls.file_digest(tmp_path) is None
+    assert files.file_digest(tmp_path / "missing") is None
+    assert files.file_digest(tmp_path) is None
