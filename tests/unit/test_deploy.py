@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from bench import certgen
-from whaletopd import certs, children, cli, config, tls, watch
+from whaletopd import certs, children, cli, config, files, watch
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -606,7 +606,7 @@ def test_kubelet_secret_swap_is_seen_and_the_new_certificate_loads(
         assert _wait(changed), "the ..data swap was not seen"
     finally:
         watcher.stop()
-    assert tls.file_digest(path) != in_service.digest
+    assert files.file_digest(path) != in_service.digest
     renewed = certs.obtain(str(path), tmp_path, None)
     assert renewed.bundle.fingerprint == certgen.fingerprint(second)
     assert renewed.source == path
@@ -618,7 +618,7 @@ def test_a_key_added_to_the_secret_is_seen_too(
     volume, path = kubelet_tls
     cert, key = certgen.make()
     volume.write({path.name: certgen.pem(cert, key)})
-    digest = tls.file_digest(path)
+    digest = files.file_digest(path)
     changed = threading.Event()
     watcher = watch.Watcher(path.parent, changed.set, tree=False)
     watcher.start()
@@ -628,4 +628,4 @@ def test_a_key_added_to_the_secret_is_seen_too(
     finally:
         watcher.stop()
     # Same certificate: whaletopd compares digests and reloads nothing.
-    assert tls.file_digest(path) == digest
+    assert files.file_digest(path) == digest

@@ -375,6 +375,8 @@ def test_a_refused_users_file_keeps_the_previous_users(start: Start) -> None:
     replace_file(svc.users_file, "alice:$apr1$4xk3Sb2r$Xh8bIZ9zV8LC1hZ2e3Rn6/\n")
     assert svc.check(token).status == 204
     assert svc.sign_in("bob", BOB_PW).status == 303
+    # The service's output is read by a thread: its line may come a moment later.
+    wait_for(lambda: svc.events("users_refused"), "the refusal to be logged")
     refused = svc.events("users_refused")
     assert len(refused) == 1  # once, not at every request
     assert refused[0]["level"] == "error"
@@ -383,6 +385,7 @@ def test_a_refused_users_file_keeps_the_previous_users(start: Start) -> None:
     assert "Xh8bIZ9z" not in str(refused[0]["reason"])
     svc.users_file.unlink()
     assert svc.check(token).status == 204
+    wait_for(lambda: len(svc.events("users_refused")) >= 2, "the second refusal")
     assert len(svc.events("users_refused")) == 2
 
 
