@@ -7,6 +7,7 @@ problem is a ConfigError whose message names the flag or variable at fault.
 from __future__ import annotations
 
 import argparse
+import grp
 import ipaddress
 import math
 import os
@@ -261,6 +262,17 @@ def validate_username(name: str) -> None:
         return
     if not MIN_USER_UID <= existing.pw_uid <= MAX_USER_UID:
         raise ConfigError(f"--username: {name!r} is a system account (uid {existing.pw_uid})")
+
+
+def system_group(gid: int) -> str | None:
+    """The name of the image's system group with this gid (root, adm, sudo, shadow, ...),
+    which must never be the desktop user's own group; None for a group people may use."""
+    if MIN_USER_UID <= gid <= MAX_USER_UID:
+        return None
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return None if gid != 0 else "root"
 
 
 def validate(config: Config) -> None:
