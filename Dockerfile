@@ -12,7 +12,7 @@ RUN apt-get update \
         python3-cryptography python3-structlog \
         tigervnc-standalone-server tigervnc-tools novnc websockify nginx \
         dbus dbus-x11 lxde-core lxterminal lxde-icon-theme gnome-themes-extra \
-        x11-utils x11-xserver-utils xdotool xclip fonts-dejavu-core \
+        x11-utils x11-xserver-utils xdotool xclip fonts-dejavu-core libnss-wrapper \
         chromium \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /usr/share/doc/* /usr/share/man/*
@@ -52,7 +52,11 @@ COPY docker/start.py /start.py
 COPY docker/whaletopd /usr/local/bin/whaletopd
 COPY whaletopd /usr/lib/python3/dist-packages/whaletopd
 RUN python3 -m compileall -q /usr/lib/python3/dist-packages/whaletopd \
- && mkdir -p /Apps /opt/whaletop
+ && mkdir -p /Apps
+# Any uid may run the container (docker run --user, OpenShift, Kubernetes' restricted
+# pods): the folders whaletopd writes and the default home are open to it, sticky like
+# /tmp.  As root, whaletopd closes them again (0755, the home the desktop user's).
+RUN install -d -m 1777 /opt/whaletop /run/whaletop /home/user
 
 EXPOSE 8080
 # The daemon's own word: healthy only when a user can connect now.

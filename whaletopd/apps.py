@@ -1,16 +1,19 @@
 """Applications in /Apps show up in the desktop's menu, live.
 
-Any `.desktop` file anywhere under /Apps is copied into /usr/share/applications, where
-LXDE's menu looks.  Images that extend ours add folders to /Apps and users mount more
-(read-only) while the desktop runs, so copying once at start is not enough: a watcher
-(watch.py) says when something changed and the mapper reconciles the whole target with
-the plan apps_scan.py reads from the tree.
+Any `.desktop` file anywhere under /Apps is copied into whaletop's own applications
+folder (paths.applications_dir, on the session's XDG_DATA_DIRS after the system's, so
+LXDE's menu lists it and a Debian entry of the same name wins); nothing of the image is
+written, so the root filesystem may be read-only.  Images that extend ours add folders
+to /Apps and users mount more (read-only) while the desktop runs, so copying once at
+start is not enough: a watcher (watch.py) says when something changed and the mapper
+reconciles the whole target with the plan apps_scan.py reads from the tree.
 
-The target directory also holds Debian's own files, so the mapper only ever replaces
-or removes a file it put there itself: a manifest (name -> source, sha256) remembers
-which, and a file whose content is no longer what we wrote stops being ours.  Every
-source that cannot be mapped is skipped with a short reason instead of failing: one
-broken app must not hide the others, nor stop the desktop.
+The target folder may hold files that are not ours (put there by an image or an older
+version), so the mapper only ever replaces or removes a file it put there itself: a
+manifest (name -> source, sha256) remembers which, and a file whose content is no
+longer what we wrote stops being ours.  Every source that cannot be mapped is skipped
+with a short reason instead of failing: one broken app must not hide the others, nor
+stop the desktop.
 """
 
 from __future__ import annotations

@@ -131,6 +131,9 @@ def _wait_and_post(child: Child, events: EventQueue) -> None:
 def spawn(name: str, argv: Sequence[str], run_as: RunAs, env: Mapping[str, str],
           events: EventQueue, pass_fds: Sequence[int] = (),
           quiet: re.Pattern[str] | None = None, json_lines: bool = False) -> Child:
+    # Only root changes accounts; a daemon that is not root runs everything as itself
+    # (setgroups would fail, even with no groups).
+    root = os.geteuid() == 0
     proc = subprocess.Popen(
         list(argv),
         stdin=subprocess.DEVNULL,
@@ -138,9 +141,9 @@ def spawn(name: str, argv: Sequence[str], run_as: RunAs, env: Mapping[str, str],
         stderr=subprocess.STDOUT,
         env=dict(env),
         cwd=run_as.home,
-        user=run_as.uid,
-        group=run_as.gid,
-        extra_groups=list(run_as.groups),
+        user=run_as.uid if root else None,
+        group=run_as.gid if root else None,
+        extra_groups=list(run_as.groups) if root else None,
         start_new_session=True,
         pass_fds=tuple(pass_fds),
     )

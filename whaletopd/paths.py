@@ -17,7 +17,14 @@ class Paths:
     sudoers_file: Path = Path("/etc/sudoers.d/whaletop")
     novnc_dir: Path = Path("/usr/share/novnc")
     apps_root: Path = Path("/Apps")
-    applications_dir: Path = Path("/usr/share/applications")
+    # /Apps reaches LXDE's menu through a folder on XDG_DATA_DIRS: nothing of the image
+    # is written at runtime (it may be read-only).
+    applications_dir: Path = Path("/run/whaletop/menu/applications")
+
+    @property
+    def menu_data_dir(self) -> Path:
+        """The XDG data folder whose applications/ holds the mapped /Apps entries."""
+        return self.applications_dir.parent
 
     @property
     def status(self) -> Path:

@@ -14,12 +14,14 @@ import secrets
 import shutil
 import stat
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import psutil
 
-from whaletopd import logs
+from whaletopd import logs, rootless
 from whaletopd.children import RunAs
 from whaletopd.config import Config
 from whaletopd.files import atomic_write
@@ -33,6 +35,8 @@ VNC_PASSWORD_LENGTH = 8
 DEFAULT_UID = 1000
 SKEL = Path("/etc/skel")
 log = logs.get("whaletopd")
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class ProvisionError(RuntimeError):
@@ -51,17 +55,28 @@ class Account:
 
 
 def provision(config: Config, paths: Paths, display: int) -> Account:
-    """Every step, each logged with its duration.  Raises ProvisionError or OSError."""
+    """Every step, each logged with its duration.  Raises ProvisionError or OSError.
+    As root, the desktop user is made (and given sudo); otherwise it is whaletopd's own
+    user, and nothing of the image changes (rootless.py)."""
+    root = os.geteuid() == 0
     with step("prepare_dirs"):
-        prepare_dirs(paths)
+        if root:
+            prepare_dirs(paths)
+        else:
+            _rootless(rootless.prepare_dirs, paths)
     with step("clear_stale_x_lock") as out:
         out["removed"] = clear_stale_x_lock(paths, display)
     with step("ensure_user", username=config.username) as out:
-        run_as, out["done"] = ensure_user(config, paths)
+        if root:
+            run_as, out["done"] = ensure_user(config, paths)
+            names: dict[str, str] = {}
+        else:
+            run_as, names, out["done"] = _rootless(rootless.desktop_user, config, paths)
     with step("clear_session_leftovers") as out:
         out["removed"] = clear_session_leftovers(Path(run_as.home))
-    with step("configure_sudo") as out:
-        out["result"] = configure_sudo(config, paths)
+    if root:
+        with step("configure_sudo") as out:
+            out["result"] = configure_sudo(config, paths)
     with step("vnc_password"):
         password = config.vnc_password or generate_password()
         # With sign-in, viewers get it from the sign-in service, never typed.
@@ -73,18 +88,29 @@ def provision(config: Config, paths: Paths, display: int) -> Account:
     elif len(config.vnc_password) > VNC_PASSWORD_LENGTH:
         log.warning("vnc_password_truncated", length=len(config.vnc_password),
                     reason="VNC authentication uses only the first 8 characters")
-    return Account(run_as, child_env(config, run_as, display), password, view_only)
+    env = child_env(config, run_as, display, paths, runtime_dir(run_as, paths))
+    return Account(run_as, env | names, password, view_only)
 
 
-def child_env(config: Config, run_as: RunAs, display: int) -> dict[str, str]:
-    """The children's whole environment: nothing of the daemon's leaks into the desktop."""
+def _rootless(work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    try:
+        return work(*args, **kwargs)
+    except rootless.RootlessError as exc:
+        raise ProvisionError(str(exc)) from None
+
+
+def child_env(config: Config, run_as: RunAs, display: int, paths: Paths,
+              xdg_runtime_dir: str) -> dict[str, str]:
+    """The children's whole environment: nothing of the daemon's leaks into the desktop.
+    /Apps entries are on XDG_DATA_DIRS after the system's folders."""
     name = config.username
     return {
         "HOME": run_as.home, "USER": name, "LOGNAME": name, "SHELL": "/bin/bash",
         "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/games",
         "LANG": os.environ.get("LANG", "C.UTF-8"),
         "DISPLAY": f":{display}",
-        "XDG_RUNTIME_DIR": runtime_dir(run_as),
+        "XDG_RUNTIME_DIR": xdg_runtime_dir,
+        "XDG_DATA_DIRS": f"/usr/local/share:/usr/share:{paths.menu_data_dir}",
         "APPIMAGE_EXTRACT_AND_RUN": "1",
     }
 
@@ -280,9 +306,15 @@ def write_password(password: str, paths: Paths, run_as: RunAs,
     atomic_write(paths.vnc_auth, obfuscated, mode=0o600, owner=(run_as.uid, run_as.gid))
 
 
-def runtime_dir(run_as: RunAs) -> str:
-    path = Path(f"/run/user/{run_as.uid}")
-    path.mkdir(parents=True, exist_ok=True)
-    os.chown(path, run_as.uid, run_as.gid)
+def runtime_dir(run_as: RunAs, paths: Paths) -> str:
+    """XDG_RUNTIME_DIR: /run/user/UID as on any Linux desktop when root can make it;
+    else a folder of whaletopd's own run folder."""
+    if os.geteuid() == 0:
+        path = Path(f"/run/user/{run_as.uid}")
+        path.mkdir(parents=True, exist_ok=True)
+        os.chown(path, run_as.uid, run_as.gid)
+    else:
+        path = paths.run_dir / "xdg"
+        path.mkdir(exist_ok=True)
     path.chmod(0o700)
     return str(path)

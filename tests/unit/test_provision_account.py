@@ -13,6 +13,7 @@ import pytest
 from whaletopd import provision
 from whaletopd.children import RunAs
 from whaletopd.config import Config
+from whaletopd.paths import Paths
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="runtime_dir() creates and chowns /run/user/UID: needs root")
@@ -36,7 +37,10 @@ def run_as(tmp_path: Path) -> Iterator[RunAs]:
     shutil.rmtree(f"/run/user/{uid}", ignore_errors=True)
 
 
-@needs_root
+def _env(config: Config, run_as: RunAs, display: int = 1) -> dict[str, str]:
+    return provision.child_env(config, run_as, display, Paths(), "/run/user/RUNTIME")
+
+
 def test_child_env_is_the_whole_environment(run_as: RunAs,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VNC_PASSWORD", "hunter22")
@@ -44,33 +48,33 @@ def test_child_env_is_the_whole_environment(run_as: RunAs,
     monkeypatch.setenv("WHALETOP_USERNAME", "alice")
     monkeypatch.setenv("PATH", "/daemon/only/bin:/usr/bin")
     monkeypatch.setenv("LANG", "de_DE.UTF-8")
-    env = provision.child_env(Config(username="alice"), run_as, 1)
+    env = _env(Config(username="alice"), run_as)
     assert env == {
         "HOME": run_as.home, "USER": "alice", "LOGNAME": "alice", "SHELL": "/bin/bash",
         "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/games",
         "LANG": "de_DE.UTF-8",
         "DISPLAY": ":1",
-        "XDG_RUNTIME_DIR": f"/run/user/{run_as.uid}",
+        "XDG_RUNTIME_DIR": "/run/user/RUNTIME",
+        # /Apps entries, after the system's: a Debian entry of the same name wins.
+        "XDG_DATA_DIRS": "/usr/local/share:/usr/share:/run/whaletop/menu",
         "APPIMAGE_EXTRACT_AND_RUN": "1",
     }
     leaked = {"hunter22", "s3cret", "/daemon/only/bin:/usr/bin"} & set(env.values())
     assert not leaked, f"the daemon's environment leaked: {leaked}"
 
 
-@needs_root
 def test_lang_defaults_to_c_utf8(run_as: RunAs, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LANG", raising=False)
-    assert provision.child_env(Config(), run_as, 1)["LANG"] == "C.UTF-8"
+    assert _env(Config(), run_as)["LANG"] == "C.UTF-8"
 
 
-@needs_root
 def test_display_follows_the_display_number(run_as: RunAs) -> None:
-    assert provision.child_env(Config(), run_as, 7)["DISPLAY"] == ":7"
+    assert _env(Config(), run_as, 7)["DISPLAY"] == ":7"
 
 
 @needs_root
 def test_the_runtime_folder_is_made_private_to_the_user(run_as: RunAs) -> None:
-    path = Path(provision.child_env(Config(), run_as, 1)["XDG_RUNTIME_DIR"])
+    path = Path(provision.runtime_dir(run_as, Paths()))
     st = path.stat()
     assert stat.S_ISDIR(st.st_mode)
     assert stat.S_IMODE(st.st_mode) == 0o700
@@ -83,7 +87,7 @@ def test_a_runtime_folder_left_open_is_closed_again(run_as: RunAs) -> None:
     path.mkdir(parents=True)
     path.chmod(0o777)
     (path / "kept").write_text("x")  # a restarted container's: kept, not re-created
-    provision.child_env(Config(), run_as, 1)
+    provision.runtime_dir(run_as, Paths())
     st = path.stat()
     assert stat.S_IMODE(st.st_mode) == 0o700
     assert (st.st_uid, st.st_gid) == (run_as.uid, run_as.gid)

@@ -115,7 +115,7 @@ def test_the_sandbox_changes_the_account_database_and_the_machine_keeps_its_own(
 
     def inside() -> tuple[bytes, int, bool]:
         run_as, _ = provision.ensure_user(Config(username=name), paths)
-        provision.runtime_dir(run_as)
+        provision.runtime_dir(run_as, paths)
         return (Path("/etc/passwd").read_bytes(), pwd.getpwnam(name).pw_uid,
                 os.path.isdir(f"/run/user/{run_as.uid}"))
 
@@ -422,7 +422,7 @@ def test_the_runtime_folder_is_private_to_the_user(
         left.mkdir(mode=0o777)
         left.chmod(0o777)  # a restarted container's, left open
         (left / "kept").write_text("x")
-        path = provision.runtime_dir(run_as)
+        path = provision.runtime_dir(run_as, paths)
         return path, _mode(path), _owner(path), (Path(path) / "kept").read_text()
 
     path, mode, owner, kept = sandbox(inside)
@@ -432,12 +432,12 @@ def test_the_runtime_folder_is_private_to_the_user(
     assert kept == "x"
 
 
-def test_a_new_runtime_folder_is_made(sandbox: Sandbox[Any]) -> None:
+def test_a_new_runtime_folder_is_made(sandbox: Sandbox[Any], paths: Paths) -> None:
     run_as = RunAs(uid=1000, gid=1000, groups=(), home="/nowhere")
 
     def inside() -> Any:
         existed = os.path.exists("/run/user/1000")
-        path = provision.runtime_dir(run_as)
+        path = provision.runtime_dir(run_as, paths)
         return existed, _mode(path), _owner(path)
 
     assert sandbox(inside) == (False, 0o700, (1000, 1000))
@@ -687,5 +687,6 @@ def test_the_childrens_environment_is_made_for_the_user(
         "LANG": "de_DE.UTF-8",
         "DISPLAY": f":{DISPLAY}",
         "XDG_RUNTIME_DIR": "/run/user/1000",
+        "XDG_DATA_DIRS": f"/usr/local/share:/usr/share:{paths.menu_data_dir}",
         "APPIMAGE_EXTRACT_AND_RUN": "1",
     }
