@@ -1,17 +1,21 @@
 """Provisioning: the desktop user, sudo, the VNC password, the runtime directories.
 
 Every step is idempotent, so `docker restart` of the same container provisions again
-cleanly.  A mounted home is never walked: at most its top directory changes owner,
-and only when it is a fresh root-owned mount point.
+cleanly.  A mounted home is never walked: at most its top directory changes owner, and
+only when it is an empty root-owned mount point (docker's fresh bind mount).  Leftover
+cleanup never follows a link out of the home.
 """
 
 from __future__ import annotations
 
+import errno
+import fnmatch
 import grp
 import os
 import pwd
 import secrets
 import shutil
+import socket
 import stat
 import subprocess
 from collections.abc import Callable
@@ -23,7 +27,7 @@ import psutil
 
 from whaletopd import logs, rootless
 from whaletopd.children import RunAs
-from whaletopd.config import Config
+from whaletopd.config import Config, system_group
 from whaletopd.files import atomic_write
 from whaletopd.logs import step
 from whaletopd.paths import Paths
@@ -33,6 +37,8 @@ PASSWORD_ALPHABET = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 # VNC authentication (DES) uses only the first 8 characters of a password.
 VNC_PASSWORD_LENGTH = 8
 DEFAULT_UID = 1000
+# A live X server answers at once; this only bounds a hung one.
+X_SOCKET_CONNECT_TIMEOUT = 2.0
 SKEL = Path("/etc/skel")
 log = logs.get("whaletopd")
 P = ParamSpec("P")
@@ -138,10 +144,11 @@ def prepare_dirs(paths: Paths) -> None:
 
 
 def clear_stale_x_lock(paths: Paths, display: int) -> list[str]:
-    """Remove the X lock and socket a previous run left (docker restart keeps /tmp)."""
+    """Remove the X lock and socket a previous run left (docker restart keeps /tmp).
+    Both are checked before either goes: a lock whose process runs, or a socket a server
+    still answers on (its lock file deleted), means the display is taken."""
     lock = paths.x_lock_dir / f".X{display}-lock"
     sock = paths.x11_socket_dir / f"X{display}"
-    removed: list[str] = []
     try:
         pid = int(lock.read_text().strip())
     except FileNotFoundError:
@@ -150,11 +157,36 @@ def clear_stale_x_lock(paths: Paths, display: int) -> list[str]:
         pid = 0  # a torn lock file is as stale as a dead one
     if pid and psutil.pid_exists(pid):
         raise ProvisionError(f"display :{display} is held by a running process (pid {pid})")
+    if _answers(sock):
+        raise ProvisionError(f"display :{display} is in use: an X server answers on {sock} "
+                             "(its lock file is gone); stop it or remove its container")
+    removed: list[str] = []
     for path in (lock, sock):
-        if path.exists() or path.is_symlink():
-            path.unlink()
-            removed.append(str(path))
+        try:
+            path.unlink()  # a symlink itself, never what it points at
+        except FileNotFoundError:
+            continue
+        removed.append(str(path))
     return removed
+
+
+def _answers(sock: Path) -> bool:
+    """Whether a server accepts connections on this socket file.  Only a real socket
+    is tried: connect() would follow a symlink."""
+    try:
+        if not stat.S_ISSOCK(sock.lstat().st_mode):
+            return False
+    except FileNotFoundError:
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(X_SOCKET_CONNECT_TIMEOUT)
+        try:
+            client.connect(str(sock))
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False  # nobody listens: a dead server's file
+        except TimeoutError:
+            return True  # a listener whose backlog is full is still alive
+    return True
 
 
 def _home_owner(home: Path) -> tuple[int, int] | None:
@@ -226,7 +258,7 @@ def ensure_user(config: Config, paths: Paths) -> tuple[RunAs, list[str]]:
         home.mkdir(mode=0o755, parents=True)
         os.chown(home, uid, gid)
         done.append(f"created {home}")
-    elif _home_owner(home) == (0, 0) and uid != 0:
+    elif _home_owner(home) == (0, 0) and uid != 0 and _is_empty(home):
         os.chown(home, uid, gid)  # a fresh bind mount point docker made for us
         done.append(f"took ownership of {home} (not its contents)")
     if created:
@@ -246,33 +278,107 @@ def _account_of(uid: int) -> str | None:
 
 def _choose_ids(config: Config, home: Path) -> tuple[int, int]:
     """--uid/--gid if given; else a mounted home's owner (so nothing in it is re-owned);
-    else the first free uid from 1000, with a group of the same number."""
+    else the first free uid from 1000, with a group of the same number.  Refuses a home
+    that is root's and not empty (root's files are not the user's to take) and an
+    owner's group that is one of the image's system groups."""
     owner = _home_owner(home)
     if owner is not None and owner[0] == 0:
+        if not _is_empty(home) and (config.uid is None or config.gid is None):
+            raise ProvisionError(
+                f"{home} is root's and not empty, and root's files are not given to the "
+                "desktop user: chown the folder on the host to the user who should have "
+                "it (that owner then becomes the desktop user), or choose the user with "
+                "--uid and --gid (e.g. --uid 1000 --gid 1000; the folder stays root's)")
         owner = None  # a root-owned mount point docker created: nobody's yet
     uid = config.uid if config.uid is not None else owner[0] if owner else None
     if uid is None:
         uid = DEFAULT_UID
         while _account_of(uid) is not None:
             uid += 1
-    gid = config.gid if config.gid is not None else owner[1] if owner else uid
-    return uid, gid
+    if config.gid is not None:
+        return uid, config.gid
+    if owner is None:
+        return uid, uid
+    group = system_group(owner[1])
+    if group is not None:
+        raise ProvisionError(
+            f"{home} belongs to group {group!r} (gid {owner[1]}), a system group that must "
+            "not be the desktop user's: choose the user's group with --gid (e.g. --gid "
+            "1000, or your host user's group: id -g)")
+    return uid, owner[1]
+
+
+def _is_empty(folder: Path) -> bool:
+    with os.scandir(folder) as entries:
+        return next(entries, None) is None
 
 
 # What a session leaves behind in a persisted home when its container was killed: lock
 # files that make the next Chromium refuse to start ("profile in use") and old logs.
 LEFTOVER_PATTERNS = (".vnc/*.pid", ".vnc/*.log", ".config/chromium/Singleton*",
                      ".config/google-chrome/Singleton*")
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def clear_session_leftovers(home: Path) -> list[str]:
-    removed = []
-    for pattern in LEFTOVER_PATTERNS:
-        for path in home.glob(pattern):
-            if path.is_symlink() or path.is_file() or path.is_socket():
-                path.unlink()
-                removed.append(str(path))
+    """Remove what LEFTOVER_PATTERNS name, and only inside the home: each folder on the
+    way is opened relative to the one before without following a link, so a `.vnc` or
+    `.config` that links elsewhere (even to /) is skipped, never cleaned."""
+    removed: list[str] = []
+    skipped: dict[str, str] = {}
+    try:
+        home_fd = os.open(home, _DIR_FLAGS)
+    except OSError as exc:
+        # ensure_user saw a real folder: a link or file here now is not cleaned through.
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            raise
+        return removed
+    try:
+        for pattern in LEFTOVER_PATTERNS:
+            *folders, name_pattern = pattern.split("/")
+            _clear_matching(home, home_fd, folders, name_pattern, removed, skipped)
+    finally:
+        os.close(home_fd)
+    if skipped:
+        log.info("session_leftovers_skipped", skipped=skipped,
+                 reason="only folders inside the home are cleaned")
     return removed
+
+
+def _clear_matching(home: Path, home_fd: int, folders: list[str], name_pattern: str,
+                    removed: list[str], skipped: dict[str, str]) -> None:
+    fd = os.dup(home_fd)
+    try:
+        where = home
+        for folder in folders:
+            where = where / folder
+            if str(where) in skipped:
+                return
+            try:
+                next_fd = os.open(folder, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                # O_NOFOLLOW|O_DIRECTORY on a link: ENOTDIR (Linux) or ELOOP.
+                if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                    raise
+                if stat.S_ISLNK(os.stat(folder, dir_fd=fd, follow_symlinks=False).st_mode):
+                    target = os.readlink(folder, dir_fd=fd)
+                    skipped[str(where)] = f"a symbolic link to {target}"
+                else:
+                    skipped[str(where)] = "not a folder"
+                return
+            os.close(fd)
+            fd = next_fd
+        for name in sorted(os.listdir(fd)):
+            if not fnmatch.fnmatchcase(name, name_pattern):
+                continue
+            mode = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
+            if stat.S_ISLNK(mode) or stat.S_ISREG(mode) or stat.S_ISSOCK(mode):
+                os.unlink(name, dir_fd=fd)
+                removed.append(str(where / name))
+    finally:
+        os.close(fd)
 
 
 def configure_sudo(config: Config, paths: Paths) -> str:

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from whaletopd import provision
 from whaletopd.config import Config
@@ -99,6 +100,40 @@ def test_socket_without_lock_is_removed(paths: Paths) -> None:
     assert not _sock(paths).is_symlink()
 
 
+def test_a_socket_a_server_answers_on_is_refused_and_kept(paths: Paths) -> None:
+    """The lock file is gone but a live X server still listens: the display is taken."""
+    paths.x11_socket_dir.mkdir()
+    stale_lock_text = f"{_dead_pid():>10}\n"
+    _lock(paths).write_text(stale_lock_text)  # a stale lock must not be removed either
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(_sock(paths)))
+        server.listen()
+        with pytest.raises(ProvisionError, match=rf"^display :{DISPLAY} is in use"):
+            provision.clear_stale_x_lock(paths, DISPLAY)
+    assert stat.S_ISSOCK(_sock(paths).lstat().st_mode)
+    assert _lock(paths).read_text() == stale_lock_text
+
+
+def test_a_socket_file_linking_to_a_live_socket_is_removed_not_followed(
+        paths: Paths, tmp_path: Path) -> None:
+    paths.x11_socket_dir.mkdir()
+    elsewhere = tmp_path / "elsewhere.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(elsewhere))
+        server.listen()
+        _sock(paths).symlink_to(elsewhere)
+        assert provision.clear_stale_x_lock(paths, DISPLAY) == [str(_sock(paths))]
+    assert not _sock(paths).is_symlink()
+    assert stat.S_ISSOCK(elsewhere.lstat().st_mode)
+
+
+def test_a_socket_file_that_is_a_plain_file_is_removed(paths: Paths) -> None:
+    paths.x11_socket_dir.mkdir()
+    _sock(paths).write_text("not a socket\n")
+    assert provision.clear_stale_x_lock(paths, DISPLAY) == [str(_sock(paths))]
+    assert not _sock(paths).exists()
+
+
 def test_other_displays_are_left_alone(paths: Paths) -> None:
     paths.x11_socket_dir.mkdir()
     other_lock = paths.x_lock_dir / ".X2-lock"
@@ -171,3 +206,85 @@ def test_session_leftovers_are_removed_and_nothing_else(tmp_path: Path) -> None:
     assert (home / ".vnc" / "passwd").read_bytes() == b"keep"
     assert (home / ".config" / "chromium" / "Preferences").exists()
     assert (home / "notes.log").exists()
+
+
+# -- leftovers behind links: never cleaned ----------------------------------------------
+
+def _leftovers(folder: Path) -> dict[str, str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"a.pid": "1\n", "b.log": "log\n", "SingletonLock": "x", "keep.txt": "k"}
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return files
+
+
+def _contents(folder: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in folder.iterdir() if not p.is_dir()}
+
+
+@pytest.mark.parametrize("link", [".vnc", ".config", ".config/chromium",
+                                  ".config/google-chrome"])
+def test_leftovers_behind_a_link_out_of_the_home_are_kept(tmp_path: Path, link: str) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    outside = tmp_path / "outside"
+    files = _leftovers(outside)
+    for sub in ("chromium", "google-chrome"):  # .config -> outside reaches these too
+        _leftovers(outside / sub)
+    (home / link).parent.mkdir(parents=True, exist_ok=True)
+    (home / link).symlink_to(outside)
+    with capture_logs() as logs:
+        removed = provision.clear_session_leftovers(home)
+    assert removed == []
+    assert _contents(outside) == files
+    for sub in ("chromium", "google-chrome"):
+        assert _contents(outside / sub) == files
+    skipped = [e for e in logs if e["event"] == "session_leftovers_skipped"]
+    assert len(skipped) == 1, logs
+    assert skipped[0]["skipped"] == {str(home / link): f"a symbolic link to {outside}"}
+
+
+def test_a_link_to_the_root_is_never_followed(tmp_path: Path) -> None:
+    """`.config -> /`: .config/chromium would be /chromium; nothing there is touched,
+    and the walk never leaves the home (no lookup below the link)."""
+    home = tmp_path / "home"
+    (home / ".vnc").mkdir(parents=True)
+    (home / ".vnc" / "host:1.pid").write_text("1\n")
+    (home / ".config").symlink_to("/")
+    with capture_logs() as logs:
+        removed = provision.clear_session_leftovers(home)
+    assert removed == [str(home / ".vnc" / "host:1.pid")], "the real .vnc is still cleaned"
+    skipped = [e for e in logs if e["event"] == "session_leftovers_skipped"]
+    assert [e["skipped"] for e in skipped] == [{str(home / ".config"): "a symbolic link to /"}]
+
+
+def test_a_leftover_folder_that_is_a_file_is_skipped(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".vnc").write_text("not a folder\n")
+    with capture_logs() as logs:
+        assert provision.clear_session_leftovers(home) == []
+    assert (home / ".vnc").read_text() == "not a folder\n"
+    assert [e["skipped"] for e in logs if e["event"] == "session_leftovers_skipped"] == [
+        {str(home / ".vnc"): "not a folder"}]
+
+
+def test_leftovers_that_are_links_are_removed_not_their_targets(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / ".vnc").mkdir(parents=True)
+    target = tmp_path / "precious.log"
+    target.write_text("keep\n")
+    (home / ".vnc" / "x.log").symlink_to(target)
+    (home / ".vnc" / "dir.pid").mkdir()  # a folder named like a leftover: not ours
+    with capture_logs() as logs:
+        removed = provision.clear_session_leftovers(home)
+    assert removed == [str(home / ".vnc" / "x.log")]
+    assert target.read_text() == "keep\n"
+    assert (home / ".vnc" / "dir.pid").is_dir()
+    assert not [e for e in logs if e["event"] == "session_leftovers_skipped"]
+
+
+def test_a_home_without_leftover_folders_logs_nothing(tmp_path: Path) -> None:
+    with capture_logs() as logs:
+        assert provision.clear_session_leftovers(tmp_path) == []
+    assert logs == []

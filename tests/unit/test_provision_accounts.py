@@ -224,13 +224,11 @@ def test_a_mounted_home_gives_its_owner_and_nothing_in_it_is_re_owned(
     assert not any("created /" in d or "ownership" in d for d in done), done
 
 
-def test_a_root_owned_mount_point_becomes_the_users_but_not_its_contents(
+def test_an_empty_root_owned_mount_point_becomes_the_users(
         sandbox: Sandbox[Any], paths: Paths) -> None:
     home = _home(paths)
     home.mkdir(parents=True)
     home.chmod(0o755)
-    (home / "lost+found").mkdir()
-    (home / "README").write_text("root's\n")
 
     def inside() -> Any:
         accounts.write_skel({".profile": "# p\n"})
@@ -239,10 +237,83 @@ def test_a_root_owned_mount_point_becomes_the_users_but_not_its_contents(
     run_as, done = sandbox(inside)
     assert (run_as.uid, run_as.gid) == (1000, 1000), "root's ownership is nobody's: default ids"
     assert _owner(home) == (1000, 1000)
-    assert _owner(home / "README") == (0, 0)
-    assert _owner(home / "lost+found") == (0, 0)
     assert _owner(home / ".profile") == (1000, 1000)
     assert f"took ownership of {home} (not its contents)" in done
+
+
+def _roots_folder(paths: Paths) -> Path:
+    """A host folder of root's, with files in it, mounted as the home."""
+    home = _home(paths)
+    (home / "lost+found").mkdir(parents=True)
+    (home / "README").write_text("root's\n")
+    home.chmod(0o750)
+    return home
+
+
+def test_a_root_owned_home_with_files_is_refused_and_left_as_it_is(
+        sandbox: Sandbox[Any], paths: Paths) -> None:
+    home = _roots_folder(paths)
+    before = (_owner(home), _mode(home), accounts.tree(home))
+
+    def inside() -> Any:
+        accounts.write_skel({".profile": "# p\n"})
+        with pytest.raises(ProvisionError) as caught:
+            provision.ensure_user(Config(username=NAME), paths)
+        return str(caught.value), _account(NAME), _group_gid(NAME)
+
+    message, account, group = sandbox(inside)
+    assert message.startswith(f"{home} is root's and not empty")
+    assert "--uid and --gid" in message
+    assert "chown the folder on the host" in message
+    assert "\n" not in message
+    assert (account, group) == (None, None)
+    assert (_owner(home), _mode(home), accounts.tree(home)) == before
+
+
+def test_a_root_owned_home_with_files_and_both_flags_stays_roots(
+        sandbox: Sandbox[Any], paths: Paths) -> None:
+    home = _roots_folder(paths)
+
+    run_as, done = sandbox(lambda: provision.ensure_user(
+        Config(username=NAME, uid=2000, gid=2000), paths))
+    assert (run_as.uid, run_as.gid) == (2000, 2000)
+    assert (_owner(home), _mode(home)) == ((0, 0), 0o750)
+    assert _owner(home / "README") == (0, 0)
+    assert not any("ownership" in d for d in done), done
+
+
+@pytest.mark.parametrize(("gid", "group"), [(0, "root"), (42, "shadow")])
+def test_a_home_of_a_system_group_is_refused_and_nothing_made(
+        sandbox: Sandbox[Any], paths: Paths, gid: int, group: str) -> None:
+    home = _home(paths)
+    home.mkdir(parents=True)
+    (home / "notes.txt").write_text("mine\n")
+    for path in (home, home / "notes.txt"):
+        os.chown(path, 1234, gid)
+    before = accounts.tree(home)
+
+    def inside() -> Any:
+        with pytest.raises(ProvisionError) as caught:
+            provision.ensure_user(Config(username=NAME), paths)
+        return str(caught.value), _account(NAME), _group_gid(NAME)
+
+    message, account, own_group = sandbox(inside)
+    assert message.startswith(f"{home} belongs to group {group!r} (gid {gid}), a system group")
+    assert "--gid 1000" in message
+    assert (account, own_group) == (None, None)
+    assert _owner(home) == (1234, gid)
+    assert accounts.tree(home) == before
+
+
+def test_a_gid_flag_overrides_a_homes_system_group(
+        sandbox: Sandbox[Any], paths: Paths) -> None:
+    home = _home(paths)
+    home.mkdir(parents=True)
+    os.chown(home, 1234, 42)
+
+    run_as, _ = sandbox(lambda: provision.ensure_user(Config(username=NAME, gid=1000), paths))
+    assert (run_as.uid, run_as.gid) == (1234, 1000)
+    assert _owner(home) == (1234, 42), "the home was re-owned"
 
 
 def test_uid_and_gid_flags_are_used_and_a_group_made_for_the_gid(
