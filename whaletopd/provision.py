@@ -260,6 +260,7 @@ def ensure_user(config: Config, paths: Paths) -> tuple[RunAs, list[str]]:
         done.append(f"created {home}")
     elif _home_owner(home) == (0, 0) and uid != 0 and _is_empty(home):
         os.chown(home, uid, gid)  # a fresh bind mount point docker made for us
+        home.chmod(0o755)  # or the image's, open to any uid (rootless mode): closed
         done.append(f"took ownership of {home} (not its contents)")
     if created:
         # First start of this user: add the default files the home lacks, keep the rest.
@@ -283,12 +284,13 @@ def _choose_ids(config: Config, home: Path) -> tuple[int, int]:
     owner's group that is one of the image's system groups."""
     owner = _home_owner(home)
     if owner is not None and owner[0] == 0:
-        if not _is_empty(home) and (config.uid is None or config.gid is None):
+        if not _is_empty(home):
+            # Root's files are not the user's to take, and a home the user cannot write
+            # is no desktop: the owner on the host decides.
             raise ProvisionError(
-                f"{home} is root's and not empty, and root's files are not given to the "
-                "desktop user: chown the folder on the host to the user who should have "
-                "it (that owner then becomes the desktop user), or choose the user with "
-                "--uid and --gid (e.g. --uid 1000 --gid 1000; the folder stays root's)")
+                f"{home} is root's and not empty: chown the folder on the host to the user "
+                "who should have it (e.g. chown -R 1000:1000 DIR; that owner becomes the "
+                "desktop user, or choose it with --uid and --gid), or mount an empty one")
         owner = None  # a root-owned mount point docker created: nobody's yet
     uid = config.uid if config.uid is not None else owner[0] if owner else None
     if uid is None:

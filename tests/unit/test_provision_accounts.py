@@ -270,16 +270,19 @@ def test_a_root_owned_home_with_files_is_refused_and_left_as_it_is(
     assert (_owner(home), _mode(home), accounts.tree(home)) == before
 
 
-def test_a_root_owned_home_with_files_and_both_flags_stays_roots(
+def test_a_root_owned_home_with_files_is_refused_even_with_both_flags(
         sandbox: Sandbox[Any], paths: Paths) -> None:
+    """A home the user could not write is no desktop: the flags do not make it one."""
     home = _roots_folder(paths)
+    before = (_owner(home), _mode(home), accounts.tree(home))
 
-    run_as, done = sandbox(lambda: provision.ensure_user(
-        Config(username=NAME, uid=2000, gid=2000), paths))
-    assert (run_as.uid, run_as.gid) == (2000, 2000)
-    assert (_owner(home), _mode(home)) == ((0, 0), 0o750)
-    assert _owner(home / "README") == (0, 0)
-    assert not any("ownership" in d for d in done), done
+    def inside() -> str:
+        with pytest.raises(provision.ProvisionError) as err:
+            provision.ensure_user(Config(username=NAME, uid=2000, gid=2000), paths)
+        return str(err.value)
+
+    assert sandbox(inside).startswith(f"{home} is root's and not empty")
+    assert (_owner(home), _mode(home), accounts.tree(home)) == before
 
 
 @pytest.mark.parametrize(("gid", "group"), [(0, "root"), (42, "shadow")])
