@@ -46,7 +46,7 @@ FIGURES: list[Figure] = [
     Figure("container_cpu", "container CPU while idle (cgroup; HEALTHCHECK included)",
            "CPU-s/min", None, 3),
     Figure("image_size", "image size (with Chromium)", "MB", 1000.0, 0, original="1882 MB"),
-    Figure("apps_copied", ".desktop written under /Apps → in /usr/share/applications", "s",
+    Figure("apps_copied", ".desktop written under /Apps → in the menu folder", "s",
            None, 3),
     Figure("apps_menu", ".desktop written under /Apps → menu entry (LXDE menu cache)", "s",
            0.3, 3),

@@ -243,6 +243,11 @@ def ensure_user(config: Config, paths: Paths) -> tuple[RunAs, list[str]]:
         if holder is not None:
             raise ProvisionError(f"uid {uid} already belongs to account {holder!r}; "
                                  "choose another --uid")
+        if os.statvfs("/etc").f_flag & os.ST_RDONLY:
+            raise ProvisionError(
+                "the image is read-only (docker run --read-only) and whaletopd, as root, "
+                "makes the desktop user in /etc/passwd: run the container as that user "
+                "instead, e.g. --user 1000:1000 (no sudo then; see the README's Security)")
         _ensure_group(name, gid)
         _run(["useradd", "--no-create-home", "--home-dir", str(home), "--shell", "/bin/bash",
               "--uid", str(uid), "--gid", str(gid), name])

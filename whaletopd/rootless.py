@@ -35,7 +35,8 @@ def prepare_dirs(paths: Paths) -> None:
     /opt/whaletop and /run/whaletop writable by any uid; --read-only needs them mounted."""
     me = f"uid {os.getuid()}"
     for path, hint in ((paths.state_dir, f"--tmpfs {paths.state_dir} or a volume"),
-                       (paths.run_dir, f"--tmpfs {paths.run_dir.parent}")):
+                       (paths.run_dir, f"--tmpfs {paths.run_dir}"),
+                       (paths.x11_socket_dir, f"--tmpfs {paths.x11_socket_dir.parent}")):
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -45,10 +46,8 @@ def prepare_dirs(paths: Paths) -> None:
             raise RootlessError(f"{path} is not writable by {me}: mount it writable "
                                 f"({hint})")
         if path.stat().st_uid == os.getuid():
-            path.chmod(0o755 if path == paths.state_dir else 0o700)
-    paths.x11_socket_dir.mkdir(parents=True, exist_ok=True)
-    if paths.x11_socket_dir.stat().st_uid == os.getuid():
-        paths.x11_socket_dir.chmod(0o1777)
+            # X's socket folder is everyone's by convention; the others are ours.
+            path.chmod({paths.state_dir: 0o755, paths.x11_socket_dir: 0o1777}.get(path, 0o700))
 
 
 def desktop_user(config: Config, paths: Paths) -> tuple[RunAs, dict[str, str], list[str]]:
@@ -89,11 +88,12 @@ def _ensure_home(home: Path, uid: int, gid: int) -> list[str]:
     if not stat.S_ISDIR(st.st_mode):
         raise RootlessError(f"{home} exists and is not a directory")
     if not os.access(home, os.W_OK | os.X_OK):
+        owner = (f"run the container as its owner (--user {st.st_uid}:{st.st_gid}), or "
+                 if st.st_uid != 0 else "")
         raise RootlessError(
             f"the home {home} (owner uid {st.st_uid}, gid {st.st_gid}, mode "
-            f"{stat.S_IMODE(st.st_mode):04o}) is not writable by {who}: run the container "
-            f"as its owner (--user {st.st_uid}:{st.st_gid}), or make it writable by that "
-            f"uid or by group 0 (OpenShift)")
+            f"{stat.S_IMODE(st.st_mode):04o}) is not writable by {who}: {owner}make it "
+            f"writable by uid {uid} or by group 0 (OpenShift's convention)")
     done = []
     if not any(home.iterdir()):
         _populate(home)

@@ -2,7 +2,8 @@
 
 argv[1] is the file's name.  Prints READY once the user's LXDE menu cache exists (the
 runner writes the file only then), then {"t_app", "t_menu"}: when the file appeared in
-/usr/share/applications and when the menu cache listed it (None: not within the limit).
+whaletop's menu folder /run/whaletop/menu/applications and when the menu cache listed it
+(None: not within the limit).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-APPLICATIONS = Path("/usr/share/applications")
+APPLICATIONS = Path("/run/whaletop/menu/applications")
 MENUS = "~user/.cache/menus"  # the desktop user's; expanded in the container
 
 

@@ -256,6 +256,7 @@ def desktop(image: str, tmp_path: Path) -> Iterator[Any]:
               image: str = image) -> Container:
         state = tmp_path / f"state{len(made)}"
         state.mkdir()
+        state.chmod(0o1777)  # as the image's: any --user writes it; as root, 0755 again
         name = f"whaletop-test-{uuid.uuid4().hex[:8]}"
         cmd = ["run", "-d", "--name", name, "--network", "host", "--shm-size", "256m",
                "-v", f"{state}:/opt/whaletop", *extra]

@@ -29,7 +29,8 @@ def _write(path: Path, text: str) -> None:
 
 
 def _mapped(c: Container, filename: str) -> bool:
-    return c.exec("test", "-f", f"/usr/share/applications/{filename}", check=False).returncode == 0
+    path = f"/run/whaletop/menu/applications/{filename}"
+    return c.exec("test", "-f", path, check=False).returncode == 0
 
 
 @pytest.fixture(scope="module")
