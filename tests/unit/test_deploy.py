@@ -526,9 +526,11 @@ class KubeletSecretVolume:
     over `..data` (the atomic step), adds user-visible links for new keys and removes
     the old folder."""
 
-    def __init__(self, folder: Path, mode: int = 0o400) -> None:
+    def __init__(self, folder: Path, mode: int = 0o400, group: int | None = None) -> None:
+        """`group`: the pod's fsGroup, which the kubelet gives the files, readable."""
         self.folder = folder
-        self.mode = mode
+        self.mode = mode if group is None else mode | 0o040
+        self.group = group
         folder.mkdir(parents=True, exist_ok=True)
 
     def _timestamped(self) -> Path:
@@ -551,6 +553,8 @@ class KubeletSecretVolume:
         for key, content in payload.items():
             (new / key).write_bytes(content)
             (new / key).chmod(self.mode)
+            if self.group is not None:
+                os.chown(new / key, -1, self.group)
         os.symlink(new.name, self.folder / "..data_tmp")
 
     def publish(self, keys: Iterable[str]) -> None:
