@@ -258,8 +258,9 @@ def test_compose_desktops_are_healthy_apart_and_stop_alone(project: Project,
 # -- the StatefulSet's container under Docker ------------------------------------------------
 
 def _docker_run_args(container: dict[str, Any], pod: dict[str, Any], name: str,
-                     mounts: dict[str, Path], env: dict[str, str]) -> list[str]:
-    """`docker run` for the manifest's container: what Docker can mirror of the pod."""
+                     mounts: dict[str, Path], env: dict[str, str], scratch: Path) -> list[str]:
+    """`docker run` for the manifest's container: what Docker can mirror of the pod.
+    Its emptyDirs (but /dev/shm) are folders made in `scratch`."""
     limits = container["resources"]["limits"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     shm = volumes["dshm"]["emptyDir"]
@@ -274,9 +275,16 @@ def _docker_run_args(container: dict[str, Any], pod: dict[str, Any], name: str,
             args += ["--mount", f"type=bind,src={mounts[mount['name']]},"
                                 f"dst={mount['mountPath']}{ro}"]
         elif mount["name"] != "dshm" and "emptyDir" in volumes[mount["name"]]:
-            # Scratch, as an emptyDir is: writable, executable, gone with the container.
-            size = deploy._quantity(volumes[mount["name"]]["emptyDir"]["sizeLimit"])
-            args += ["--tmpfs", f"{mount['mountPath']}:rw,exec,size={size}"]
+            # A folder as the kubelet makes an emptyDir: root's, writable by all (0777),
+            # and with fsGroup that group's (setgid); not a Docker tmpfs, which takes the
+            # owner and mode of the image's folder.
+            folder = scratch / mount["name"]
+            folder.mkdir()
+            fs_group = pod.get("securityContext", {}).get("fsGroup")
+            if fs_group is not None:
+                os.chown(folder, -1, fs_group)
+            folder.chmod(0o777 if fs_group is None else 0o2777)
+            args += ["--mount", f"type=bind,src={folder},dst={mount['mountPath']}"]
     for key, value in env.items():
         args += ["-e", f"{key}={value}"]
     return args
@@ -353,7 +361,7 @@ def test_statefulset_container_runs_with_a_kubelet_secret_volume(
     env = {**deploy.literal_env(container), "VNC_PASSWORD": "pod-pass",
            "WHALETOP_WEB_PORT": str(web), "WHALETOP_VNC_PORT": str(vnc_port)}
     run = _docker_run_args(container, pod, pod_container,
-                           {"tls": volume.folder, "home": home}, env)
+                           {"tls": volume.folder, "home": home}, env, tmp_path)
     docker(*run, image, *container["args"])
 
     # Startup: liveness passes from the first moment; startup and readiness pass
