@@ -258,23 +258,61 @@ def test_compose_desktops_are_healthy_apart_and_stop_alone(project: Project,
 # -- the StatefulSet's container under Docker ------------------------------------------------
 
 def _docker_run_args(container: dict[str, Any], pod: dict[str, Any], name: str,
-                     mounts: dict[str, Path], env: dict[str, str]) -> list[str]:
-    """`docker run` for the manifest's container: what Docker can mirror of the pod."""
+                     mounts: dict[str, Path], env: dict[str, str], scratch: Path) -> list[str]:
+    """`docker run` for the manifest's container: what Docker can mirror of the pod.
+    Its emptyDirs (but /dev/shm) are folders made in `scratch`."""
     limits = container["resources"]["limits"]
-    shm = next(v for v in pod["volumes"] if v["name"] == "dshm")["emptyDir"]
-    profile = pod["securityContext"]["seccompProfile"]["localhostProfile"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    shm = volumes["dshm"]["emptyDir"]
     args = ["run", "-d", "--name", name, "--network", "host",
             "--memory", str(deploy._quantity(limits["memory"])),
             "--cpus", str(limits["cpu"]),
             "--shm-size", str(deploy._quantity(shm["sizeLimit"])),
-            "--security-opt", f"seccomp={ROOT / Path(profile).name}"]
+            *_security_args(pod, container)]
     for mount in container["volumeMounts"]:
         if mount["name"] in mounts:
             ro = ",readonly" if mount.get("readOnly") else ""
             args += ["--mount", f"type=bind,src={mounts[mount['name']]},"
                                 f"dst={mount['mountPath']}{ro}"]
+        elif mount["name"] != "dshm" and "emptyDir" in volumes[mount["name"]]:
+            # A folder as the kubelet makes an emptyDir: root's, writable by all (0777),
+            # and with fsGroup that group's (setgid); not a Docker tmpfs, which takes the
+            # owner and mode of the image's folder.
+            folder = scratch / mount["name"]
+            folder.mkdir()
+            fs_group = pod.get("securityContext", {}).get("fsGroup")
+            if fs_group is not None:
+                os.chown(folder, -1, fs_group)
+            folder.chmod(0o777 if fs_group is None else 0o2777)
+            args += ["--mount", f"type=bind,src={folder},dst={mount['mountPath']}"]
     for key, value in env.items():
         args += ["-e", f"{key}={value}"]
+    return args
+
+
+def _security_args(pod: dict[str, Any], container: dict[str, Any]) -> list[str]:
+    """The pod's and the container's security contexts as Docker options."""
+    pod_context = pod.get("securityContext", {})
+    context = {**pod_context, **container.get("securityContext", {})}
+    args = []
+    profile = context["seccompProfile"]
+    if profile["type"] == "Localhost":
+        args += ["--security-opt", f"seccomp={ROOT / Path(profile['localhostProfile']).name}"]
+    else:
+        assert profile["type"] == "RuntimeDefault"  # Docker's own default profile
+    if "runAsUser" in context:
+        args += ["--user", f"{context['runAsUser']}:{context.get('runAsGroup', 0)}"]
+    if "fsGroup" in pod_context:  # the kubelet adds it to the container's groups
+        args += ["--group-add", str(pod_context["fsGroup"])]
+    if context.get("readOnlyRootFilesystem"):
+        args.append("--read-only")
+    if context.get("allowPrivilegeEscalation") is False:
+        args += ["--security-opt", "no-new-privileges"]
+    capabilities = context.get("capabilities", {})
+    for cap in capabilities.get("drop", []):
+        args += ["--cap-drop", cap]
+    for cap in capabilities.get("add", []):
+        args += ["--cap-add", cap]
     return args
 
 
@@ -306,18 +344,24 @@ def test_statefulset_container_runs_with_a_kubelet_secret_volume(
     cfg = deploy.parse_container_config(container, password="pod-pass")
     cert_path = Path(cfg.tls_certificate)
 
-    volume = deploy.KubeletSecretVolume(tmp_path / "secret-volume")
+    # What the kubelet does with fsGroup: the secret's files and the home volume are
+    # that group's, readable (the secret) and writable (the home) by it.
+    fs_group = pod["securityContext"].get("fsGroup")
+    volume = deploy.KubeletSecretVolume(tmp_path / "secret-volume", group=fs_group)
     first, key = certgen.make(cn="first.test")
     volume.write({cert_path.name: certgen.pem(first, key)})
     home = tmp_path / "home"
     home.mkdir()
+    if fs_group is not None:
+        os.chown(home, -1, fs_group)
+        home.chmod(0o2775)
 
     # The pod has its own network; here the host's is shared: only the ports move.
     web, vnc_port = int(USERS["alice"]["web"]), int(USERS["alice"]["vnc"])
     env = {**deploy.literal_env(container), "VNC_PASSWORD": "pod-pass",
            "WHALETOP_WEB_PORT": str(web), "WHALETOP_VNC_PORT": str(vnc_port)}
     run = _docker_run_args(container, pod, pod_container,
-                           {"tls": volume.folder, "home": home}, env)
+                           {"tls": volume.folder, "home": home}, env, tmp_path)
     docker(*run, image, *container["args"])
 
     # Startup: liveness passes from the first moment; startup and readiness pass

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import copy
 import inspect
-import json
 import os
 import re
 import shutil
@@ -35,6 +34,10 @@ from whaletopd import certs, children, cli, config, files, watch
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 KUBE = DEPLOY / "kubernetes"
+# The manifests; KUBE renders them as they are, KUBE / "root" with root and sudo.
+KUBE_BASE = KUBE / "base"
+# Examples beside them, never applied by a kustomization.
+KUBE_EXAMPLES = ("secret.yaml", "namespace.yaml")
 COMPOSE = DEPLOY / "compose.yaml"
 ENV_EXAMPLE = DEPLOY / "desktops.env.example"
 # The oldest release with persistentVolumeClaimRetentionPolicy on by default, and newer.
@@ -48,7 +51,9 @@ ENVS = {opt.env for opt in config.OPTIONS}
 # -- loading -------------------------------------------------------------------------------
 
 def manifest_files() -> list[Path]:
-    return sorted(p for p in KUBE.glob("*.yaml") if p.name != "kustomization.yaml")
+    """Every resource file: the base's and the examples beside it."""
+    return sorted(p for folder in (KUBE, KUBE_BASE) for p in folder.glob("*.yaml")
+                  if p.name != "kustomization.yaml")
 
 
 def load_docs(path: Path) -> list[dict[str, Any]]:
@@ -140,13 +145,17 @@ def test_the_validator_is_strict_and_offline() -> None:
         validate(sts, versions()[-1])
 
 
-def test_every_manifest_is_in_the_kustomization_except_the_secret_example() -> None:
-    kustomization = yaml.safe_load((KUBE / "kustomization.yaml").read_text())
-    listed = set(kustomization["resources"])
-    assert all((KUBE / name).is_file() for name in listed)
-    assert listed | {"secret.yaml"} == {p.name for p in manifest_files()}
-    # Applied as is, the example secrets would overwrite real ones with empty values.
-    assert "secret.yaml" not in listed
+def test_every_manifest_is_in_the_kustomization_except_the_examples() -> None:
+    top = yaml.safe_load((KUBE / "kustomization.yaml").read_text())
+    assert top["resources"] == ["base"], "deploy/kubernetes is the base as it is"
+    kustomization = yaml.safe_load((KUBE_BASE / "kustomization.yaml").read_text())
+    listed = {str(KUBE_BASE / name) for name in kustomization["resources"]}
+    assert all(Path(name).is_file() for name in listed)
+    examples = {str(KUBE / name) for name in KUBE_EXAMPLES}
+    assert listed | examples == {str(p) for p in manifest_files()}
+    # Applied as is, the example secrets would overwrite real ones with empty values;
+    # a namespace holds many desktops and outlives each.
+    assert not listed & examples
 
 
 # -- flags, variables, ports -----------------------------------------------------------------
@@ -313,19 +322,22 @@ def test_resources_leave_room_for_chromium_and_dev_shm() -> None:
     assert "/dev/shm" in {m["mountPath"] for m in container["volumeMounts"]}
     idle_measured = 250 * 2**20  # the top of docker stats on an idle HEALTHY desktop
     assert _quantity(requests["memory"]) >= idle_measured
-    # /dev/shm's pages are charged to the container: the limit holds both.
-    assert _quantity(limits["memory"]) >= _quantity(requests["memory"]) + _quantity(
-        shm["sizeLimit"])
+    # The pages of /dev/shm (and of every volume in memory) are charged to the
+    # container: the limit holds them and the request.
+    in_memory = [v["emptyDir"] for v in pod_spec()["volumes"]
+                 if v.get("emptyDir", {}).get("medium") == "Memory"]
+    assert all("sizeLimit" in v for v in in_memory), "memory volumes are bounded"
+    assert _quantity(limits["memory"]) >= _quantity(requests["memory"]) + sum(
+        _quantity(v["sizeLimit"]) for v in in_memory)
     assert _quantity(shm["sizeLimit"]) >= 512 * 2**20
 
 
-def test_seccomp_profile_is_the_repositorys_chrome_json_as_localhost() -> None:
+def test_seccomp_profile_is_the_runtimes_default() -> None:
+    """Nothing to install on the nodes; the root variant's chrome.json is checked in
+    test_pod_security.py."""
     profile = pod_spec()["securityContext"]["seccompProfile"]
-    assert profile["type"] == "Localhost"
-    assert Path(profile["localhostProfile"]).name == "chrome.json"
-    assert "defaultAction" in json.loads((ROOT / "chrome.json").read_text())
-    readme = (KUBE / "README.md").read_text()
-    assert f"/var/lib/kubelet/seccomp/{profile['localhostProfile']}" in readme
+    assert profile == {"type": "RuntimeDefault"}
+    assert "seccompProfile" not in desktop_container().get("securityContext", {})
 
 
 def test_ingress_is_websocket_friendly_on_a_sub_path() -> None:
@@ -514,9 +526,11 @@ class KubeletSecretVolume:
     over `..data` (the atomic step), adds user-visible links for new keys and removes
     the old folder."""
 
-    def __init__(self, folder: Path, mode: int = 0o400) -> None:
+    def __init__(self, folder: Path, mode: int = 0o400, group: int | None = None) -> None:
+        """`group`: the pod's fsGroup, which the kubelet gives the files, readable."""
         self.folder = folder
-        self.mode = mode
+        self.mode = mode if group is None else mode | 0o040
+        self.group = group
         folder.mkdir(parents=True, exist_ok=True)
 
     def _timestamped(self) -> Path:
@@ -539,6 +553,8 @@ class KubeletSecretVolume:
         for key, content in payload.items():
             (new / key).write_bytes(content)
             (new / key).chmod(self.mode)
+            if self.group is not None:
+                os.chown(new / key, -1, self.group)
         os.symlink(new.name, self.folder / "..data_tmp")
 
     def publish(self, keys: Iterable[str]) -> None:
