@@ -7,6 +7,7 @@ problem is a ConfigError whose message names the flag or variable at fault.
 from __future__ import annotations
 
 import argparse
+import functools
 import grp
 import ipaddress
 import math
@@ -204,9 +205,11 @@ class Config:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:
-        raise ConfigError(message)
+        # argparse echoes the arguments it could not place, however long.
+        raise ConfigError(message if len(message) <= 200 else message[:200] + "...")
 
 
+@functools.cache
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="/start.py", add_help=True, allow_abbrev=False,
                      description="Start the whaletop desktop.")
