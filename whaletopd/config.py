@@ -116,7 +116,8 @@ OPTIONS: tuple[Option, ...] = (
            "failed sign-ins from one address before it is refused for --sign-in-lockout "
            f"(1 to {MAX_SIGN_IN_ATTEMPTS})"),
     Option("--sign-in-lockout", "WHALETOP_SIGN_IN_LOCKOUT", float, 300.0,
-           "seconds an address that failed too often is refused (at least 1)"),
+           "seconds an address that failed too often is refused "
+           f"(at least {MIN_SECONDS['sign_in_lockout']:g})"),
     Option("--connection-rate", "WHALETOP_CONNECTION_RATE", int, 60,
            "new desktop connections per minute from one address (a burst of 20 more is "
            "slowed, then refused)"),
@@ -139,12 +140,14 @@ OPTIONS: tuple[Option, ...] = (
            "also serve raw VNC on TCP --vnc-port, all interfaces (default: no TCP, only "
            "the web port)"),
     Option("--probe-interval", "WHALETOP_PROBE_INTERVAL", float, 5.0,
-           "seconds between health checks once HEALTHY (at least 0.5)"),
+           "seconds between health checks once HEALTHY "
+           f"(at least {MIN_SECONDS['probe_interval']:g})"),
     Option("--probe-timeout", "WHALETOP_PROBE_TIMEOUT", float, 2.0,
-           "seconds one health check may take before it counts as failed (at least 0.1)"),
+           "seconds one health check may take before it counts as failed "
+           f"(at least {MIN_SECONDS['probe_timeout']:g})"),
     Option("--startup-timeout", "WHALETOP_STARTUP_TIMEOUT", float, 60.0,
-           "seconds allowed from start to HEALTHY before the desktop is UNHEALTHY (at "
-           "least 1)"),
+           "seconds allowed from start to HEALTHY before the desktop is UNHEALTHY "
+           f"(at least {MIN_SECONDS['startup_timeout']:g})"),
     Option("--log-format", "WHALETOP_LOG_FORMAT", str, "json",
            "json (one object per line, the default) or console (for people)"),
 )
