@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import stat
 import time
 from collections.abc import Callable
@@ -89,30 +90,55 @@ def _read(path: str, root: Path, root_real: str, max_bytes: int) -> bytes:
     return data
 
 
+# How GLib's key-file parser, which LXDE's menu (menu-cache) reads entries with, sees a
+# line: split at "\n" alone (a "\r" before it dropped), ASCII white space skipped.
+_GLIB_SPACE = " \t\n\r\v\f"
+_GROUP_RE = re.compile(r"\[([^\[\]\x00-\x1f\x7f]+)\][ \t]*")
+_SHOWN = 40
+
+
+def _shown(value: str) -> str:
+    """A value from the file, for a reason a user reads in one log line."""
+    cut = value[:_SHOWN] + ("..." if len(value) > _SHOWN else "")
+    return cut if cut.isprintable() else repr(cut)
+
+
 def check_entry(data: bytes) -> str | None:
-    """Why LXDE's menu could not show this desktop entry, or None when it can."""
+    """Why LXDE's menu could not show this desktop entry, or None when it can.  The
+    reason is one printable line, whatever the file holds."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         return "not UTF-8"
     group: str | None = None
     found = False
+    stray = 0  # the first key before any group, which GLib refuses
     keys: dict[str, str] = {}
-    for raw in text.splitlines():
-        line = raw.strip()
+    for number, raw in enumerate(text.split("\n"), 1):
+        line = raw.removesuffix("\r").lstrip(_GLIB_SPACE)
         if not line or line.startswith("#"):
             continue
-        if line.startswith("[") and line.endswith("]"):
-            group = line[1:-1]
+        if line.startswith("["):
+            match = _GROUP_RE.fullmatch(line)
+            if match is None:
+                # GLib refuses the whole file, so the menu shows nothing of it.
+                return f"line {number} is not a valid [group] header"
+            group = match.group(1)
             found = found or group == "Desktop Entry"
-        elif group == "Desktop Entry" and "=" in line:
-            key, _, value = line.partition("=")
-            keys.setdefault(key.strip(), value.strip())  # the first of duplicates counts
+        elif "=" in line[1:]:
+            stray = stray or (number if group is None else 0)
+            if group == "Desktop Entry":
+                key, _, value = line.partition("=")
+                keys[key.rstrip(_GLIB_SPACE)] = value.strip(_GLIB_SPACE)  # the last counts
+        else:
+            return f"line {number} is not a key=value, [group] or # comment"
     if not found:
         return "no [Desktop Entry] group"
+    if stray:
+        return f"line {stray} is a key before the first [group]"
     kind = keys.get("Type", "Application")
     if kind != "Application":
-        return f"Type={kind} is not an application"
+        return f"Type={_shown(kind)} is not an application"
     if not keys.get("Name"):
         return "no Name="
     if not keys.get("Exec"):

@@ -7,12 +7,14 @@ problem is a ConfigError whose message names the flag or variable at fault.
 from __future__ import annotations
 
 import argparse
+import functools
 import grp
 import ipaddress
 import math
 import os
 import pwd
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,16 +27,58 @@ VIEW_ONLY_PASSWORD_ENV = "VNC_VIEW_ONLY_PASSWORD"
 WEB_PASSWORD_ENV = "WEB_PASSWORD"
 TLS_KEY_PASSWORD_ENV = "TLS_KEY_PASSWORD"
 # What Debian's useradd accepts, narrowed to names that need no quoting anywhere.
-USERNAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-GEOMETRY_RE = re.compile(r"^(\d{3,5})x(\d{3,5})$")
+USERNAME_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+# ASCII digits only: int() and float() also take other scripts' digits ('١٢٣'), '_',
+# exponents ('1e-300') and words ('nan', 'inf').  Used with fullmatch().
+GEOMETRY_RE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
+INT_RE = re.compile(r"-?[0-9]{1,18}")
+FLOAT_RE = re.compile(r"-?(?:[0-9]{1,15}(?:\.[0-9]{0,15})?|\.[0-9]{1,15})")
+ASCII_SPACE = " \t\n\r\v\f"
+# Xvnc's RandR accepts 32..32768, RFB carries 16 bits, and browsers draw a canvas of at
+# most 16384 x 16384; below 64 pixels no desktop is usable.
+MIN_SIDE, MAX_SIDE = 64, 16384
 # Timers and socket timeouts overflow on infinite or huge values; a day is plenty.
 MAX_SECONDS = 86400.0
+# The least each timer may be: below these the daemon would spin (a probe round every
+# microsecond) or judge a desktop before it could have answered.
+MIN_SECONDS = {"probe_interval": 0.5, "probe_timeout": 0.1, "startup_timeout": 1.0,
+               "sign_in_lockout": 1.0}
+MAX_SIGN_IN_ATTEMPTS = 1000
+# What libxcrypt hashes (webusers.MAX_PASSWORD).
+MAX_WEB_PASSWORD_BYTES = 512
+# VNC authentication compares only this many characters of a password.
+VNC_PASSWORD_CHARS = 8
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off", ""}
 
 
 class ConfigError(ValueError):
-    """A flag, variable or value the desktop cannot start with."""
+    """A flag, variable or value the desktop cannot start with.  Its message is one
+    printable line, whatever the input held (argparse echoes arguments as given)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(message))
+
+
+def one_line(text: str) -> str:
+    """`text` with every unprintable character escaped: control characters and line
+    separators (a log line stays one line), lone surrogates (bytes that were not UTF-8,
+    which no encoder takes), bidirectional overrides."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def show(value: str, limit: int = 64) -> str:
+    """A value for a message: quoted, escaped and cut short."""
+    if len(value) <= limit:
+        return repr(value)
+    return repr(value[:limit]) + "..."
+
+
+def _not_utf8(value: str) -> bool:
+    """Python hands bytes that are not UTF-8 over as lone surrogates."""
+    return any("\ud800" <= c <= "\udfff" for c in value)
 
 
 @dataclass(frozen=True)
@@ -69,9 +113,11 @@ OPTIONS: tuple[Option, ...] = (
            "sign-in page: people and hashed passwords (htpasswd format, role full or "
            "viewer), reloaded when the file changes"),
     Option("--sign-in-attempts", "WHALETOP_SIGN_IN_ATTEMPTS", int, 10,
-           "failed sign-ins from one address before it is refused for --sign-in-lockout"),
+           "failed sign-ins from one address before it is refused for --sign-in-lockout "
+           f"(1 to {MAX_SIGN_IN_ATTEMPTS})"),
     Option("--sign-in-lockout", "WHALETOP_SIGN_IN_LOCKOUT", float, 300.0,
-           "seconds an address that failed too often is refused"),
+           "seconds an address that failed too often is refused "
+           f"(at least {MIN_SECONDS['sign_in_lockout']:g})"),
     Option("--connection-rate", "WHALETOP_CONNECTION_RATE", int, 60,
            "new desktop connections per minute from one address (a burst of 20 more is "
            "slowed, then refused)"),
@@ -84,7 +130,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--tls-certificate", "WHALETOP_TLS_CERTIFICATE", str, "",
            "combined PEM (certificate + private key) for HTTPS; implies --enable-tls"),
     Option("--geometry", "WHALETOP_GEOMETRY", str, "1280x800",
-           "initial desktop size WIDTHxHEIGHT (the browser can resize it)"),
+           f"initial desktop size WIDTHxHEIGHT, each {MIN_SIDE} to {MAX_SIDE} (the browser "
+           "can resize it)"),
     Option("--depth", "WHALETOP_DEPTH", int, 24, "colour depth: 16, 24 or 32"),
     Option("--web-port", "WHALETOP_WEB_PORT", int, 8080, "port of the noVNC web page"),
     Option("--vnc-port", "WHALETOP_VNC_PORT", int, 5901,
@@ -93,11 +140,14 @@ OPTIONS: tuple[Option, ...] = (
            "also serve raw VNC on TCP --vnc-port, all interfaces (default: no TCP, only "
            "the web port)"),
     Option("--probe-interval", "WHALETOP_PROBE_INTERVAL", float, 5.0,
-           "seconds between health checks once HEALTHY"),
+           "seconds between health checks once HEALTHY "
+           f"(at least {MIN_SECONDS['probe_interval']:g})"),
     Option("--probe-timeout", "WHALETOP_PROBE_TIMEOUT", float, 2.0,
-           "seconds one health check may take before it counts as failed"),
+           "seconds one health check may take before it counts as failed "
+           f"(at least {MIN_SECONDS['probe_timeout']:g})"),
     Option("--startup-timeout", "WHALETOP_STARTUP_TIMEOUT", float, 60.0,
-           "seconds allowed from start to HEALTHY before the desktop is UNHEALTHY"),
+           "seconds allowed from start to HEALTHY before the desktop is UNHEALTHY "
+           f"(at least {MIN_SECONDS['startup_timeout']:g})"),
     Option("--log-format", "WHALETOP_LOG_FORMAT", str, "json",
            "json (one object per line, the default) or console (for people)"),
 )
@@ -158,9 +208,11 @@ class Config:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:
-        raise ConfigError(message)
+        # argparse echoes the arguments it could not place, however long.
+        raise ConfigError(message if len(message) <= 200 else message[:200] + "...")
 
 
+@functools.cache
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="/start.py", add_help=True, allow_abbrev=False,
                      description="Start the whaletop desktop.")
@@ -176,20 +228,38 @@ def _parser() -> argparse.ArgumentParser:
 
 def _from_env(opt: Option, raw: str) -> Any:
     if opt.kind is bool:
-        word = raw.strip().lower()
+        word = raw.strip(ASCII_SPACE).lower()
         if word in TRUE_WORDS:
             return True
         if word in FALSE_WORDS:
             return False
-        raise ConfigError(f"{opt.env}={raw!r} is not a boolean (use 1/0, true/false, yes/no)")
+        raise ConfigError(f"{opt.env}={show(raw)} is not a boolean "
+                          "(use 1/0, true/false, yes/no)")
     return _convert(opt, raw, opt.env)
 
 
 def _convert(opt: Option, raw: str, origin: str) -> Any:
-    try:
-        return opt.kind(raw)
-    except ValueError:
-        raise ConfigError(f"{origin}={raw!r} is not a valid {opt.kind.__name__}") from None
+    if _not_utf8(raw):
+        raise ConfigError(f"{origin}: the value is not UTF-8 text")
+    if opt.kind is int:
+        if not INT_RE.fullmatch(raw.strip(ASCII_SPACE)):
+            raise ConfigError(f"{origin}={show(raw)} is not a whole number (digits 0-9)")
+        return int(raw)
+    if opt.kind is float:
+        if not FLOAT_RE.fullmatch(raw.strip(ASCII_SPACE)):
+            raise ConfigError(f"{origin}={show(raw)} is not a number (digits 0-9 and "
+                              "one '.', e.g. 2.5)")
+        return float(raw)
+    return raw
+
+
+def _env_text(env: Mapping[str, str], name: str) -> str | None:
+    """A variable's value, if set; one that is not UTF-8 (a password typed in another
+    encoding) is refused here, not when it is first encoded."""
+    value = env.get(name)
+    if value is not None and _not_utf8(value):
+        raise ConfigError(f"{name} is not UTF-8 text (set it in a UTF-8 terminal or file)")
+    return value
 
 
 def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Config:
@@ -199,10 +269,13 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Conf
     values: dict[str, Any] = {}
     for opt in OPTIONS:
         given = args[opt.dest]
+        if given is not None and opt.kind is not bool and not isinstance(given, str):
+            # argparse's reading of `--flag=--`: the '--' is dropped, a list is left.
+            raise ConfigError(f"{opt.flag}: expected one value")
         if given is not None:
             values[opt.dest] = given if opt.kind is bool else _convert(opt, given, opt.flag)
-        elif opt.env in env:
-            values[opt.dest] = _from_env(opt, env[opt.env])
+        elif (raw := _env_text(env, opt.env)) is not None:
+            values[opt.dest] = _from_env(opt, raw)
         else:
             values[opt.dest] = opt.default
     if values["vnc_password_from_env"]:
@@ -210,14 +283,15 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Conf
     if values["view_only_password_from_env"]:
         values["view_only_password"] = _password_from_env(
             env, VIEW_ONLY_PASSWORD_ENV, "--view-only-password-from-env")
-        if values["view_only_password"][:8] == (values.get("vnc_password") or "")[:8]:
+        full = values.get("vnc_password") or ""
+        if values["view_only_password"][:VNC_PASSWORD_CHARS] == full[:VNC_PASSWORD_CHARS]:
             # VNC compares only 8 characters: it would be the full-access password.
             raise ConfigError(f"{VIEW_ONLY_PASSWORD_ENV} must differ from {VNC_PASSWORD_ENV} "
                               "in its first 8 characters")
     if values["web_password_from_env"]:
         values["web_password"] = _web_password_from_env(env)
     # Only for an encrypted private key; never logged, never written.
-    values["tls_key_password"] = env.get(TLS_KEY_PASSWORD_ENV, "").encode() or None
+    values["tls_key_password"] = (_env_text(env, TLS_KEY_PASSWORD_ENV) or "").encode() or None
     config = Config(**values)
     validate(config)
     return config
@@ -225,9 +299,9 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Conf
 
 def _password_from_env(env: Mapping[str, str], name: str = VNC_PASSWORD_ENV,
                        flag: str = "--vnc-password-from-env") -> str:
-    if name not in env:
+    password = _env_text(env, name)
+    if password is None:
         raise ConfigError(f"{flag} is set but {name} is not")
-    password = env[name]
     if not password:
         raise ConfigError(f"{flag} is set but {name} is empty")
     if len(password) < 6:
@@ -235,26 +309,34 @@ def _password_from_env(env: Mapping[str, str], name: str = VNC_PASSWORD_ENV,
         raise ConfigError(f"{name} is shorter than 6 characters")
     if any(ord(c) < 32 or ord(c) > 126 for c in password):
         raise ConfigError(f"{name} must be printable ASCII")
+    if not password[:VNC_PASSWORD_CHARS].strip(" "):
+        raise ConfigError(f"{name} is blank: its first {VNC_PASSWORD_CHARS} characters, "
+                          "all that VNC compares, are spaces")
     return password
 
 
 def _web_password_from_env(env: Mapping[str, str]) -> str:
-    password = env.get(WEB_PASSWORD_ENV)
+    password = _env_text(env, WEB_PASSWORD_ENV)
     if password is None:
         raise ConfigError(f"--web-password-from-env is set but {WEB_PASSWORD_ENV} is not")
     if len(password) < 8:
         raise ConfigError(f"{WEB_PASSWORD_ENV} is shorter than 8 characters")
-    if any(ord(c) < 32 for c in password):
+    if any(unicodedata.category(c) == "Cc" for c in password):
         raise ConfigError(f"{WEB_PASSWORD_ENV} must not contain control characters")
+    if not password.strip():
+        raise ConfigError(f"{WEB_PASSWORD_ENV} is blank (only spaces)")
+    if len(password.encode()) > MAX_WEB_PASSWORD_BYTES:
+        raise ConfigError(f"{WEB_PASSWORD_ENV} is longer than {MAX_WEB_PASSWORD_BYTES} "
+                          "bytes")
     return password
 
 
 def validate_username(name: str) -> None:
     if name == "root":
         raise ConfigError("--username: the desktop must not run as root")
-    if not USERNAME_RE.match(name):
+    if not USERNAME_RE.fullmatch(name):
         raise ConfigError(
-            f"--username: {name!r} is not a valid user name "
+            f"--username: {show(name)} is not a valid user name "
             "(lower-case letters, digits, '_' and '-', starting with a letter or '_', at most 32)")
     try:
         existing = pwd.getpwnam(name)
@@ -280,8 +362,12 @@ def validate(config: Config) -> None:
     for flag, ident in (("--uid", config.uid), ("--gid", config.gid)):
         if ident is not None and not 1 <= ident <= 65533:
             raise ConfigError(f"{flag}: {ident} is not between 1 and 65533 (0 is root's)")
-    if not GEOMETRY_RE.match(config.geometry):
-        raise ConfigError(f"--geometry: {config.geometry!r} is not WIDTHxHEIGHT, e.g. 1280x800")
+    if config.gid is not None and (group := system_group(config.gid)) is not None:
+        # Its members read what the group may (shadow: the password hashes; adm: logs).
+        raise ConfigError(f"--gid: {config.gid} is the system group {show(group)}; choose "
+                          f"a gid of {MIN_USER_UID} or more (e.g. your own group on the "
+                          "host, `id -g`)")
+    _validate_geometry(config.geometry)
     if config.depth not in (16, 24, 32):
         raise ConfigError(f"--depth: {config.depth} is not one of 16, 24, 32")
     for flag, port in (("--web-port", config.web_port), ("--vnc-port", config.vnc_port)):
@@ -289,27 +375,25 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{flag}: {port} is not a TCP port")
     if config.expose_vnc and config.web_port == config.vnc_port:
         raise ConfigError("--web-port and --vnc-port must differ")
-    for flag, seconds in (("--probe-interval", config.probe_interval),
-                          ("--probe-timeout", config.probe_timeout),
-                          ("--startup-timeout", config.startup_timeout)):
-        if not (math.isfinite(seconds) and 0 < seconds <= MAX_SECONDS):
-            raise ConfigError(f"{flag}: {seconds} must be between 0 and {MAX_SECONDS:g} "
-                              "seconds")
-    if config.tls_certificate and not config.tls_certificate.startswith("/"):
-        raise ConfigError(f"--tls-certificate: {config.tls_certificate!r} is not an absolute "
-                          "path in the container (mount the file, e.g. -v ...:/data/cert.pem)")
+    for dest, least in MIN_SECONDS.items():
+        seconds = getattr(config, dest)
+        if not (math.isfinite(seconds) and least <= seconds <= MAX_SECONDS):
+            raise ConfigError(f"--{dest.replace('_', '-')}: {seconds:g} must be between "
+                              f"{least:g} and {MAX_SECONDS:g} seconds")
+    for flag, path, example in (("--tls-certificate", config.tls_certificate,
+                                 "-v ...:/data/cert.pem"),
+                                ("--web-users", config.web_users, "-v ...:/data/users")):
+        if path and not path.startswith("/"):
+            raise ConfigError(f"{flag}: {show(path)} is not an absolute path in the "
+                              f"container (mount the file, e.g. {example})")
+        if _not_utf8(path) or not path.isprintable():
+            raise ConfigError(f"{flag}: {show(path)} is not a printable UTF-8 path")
     if config.web_users and config.web_password_from_env:
         raise ConfigError("--web-users and --web-password-from-env: use one of them "
                           "(put the --username's hash in the users file)")
-    if config.web_users and not config.web_users.startswith("/"):
-        raise ConfigError(f"--web-users: {config.web_users!r} is not an absolute path in "
-                          "the container (mount the file, e.g. -v ...:/data/users)")
-    if config.sign_in_attempts < 1:
-        raise ConfigError(f"--sign-in-attempts: {config.sign_in_attempts} must be 1 or more")
-    if not (math.isfinite(config.sign_in_lockout)
-            and 0 < config.sign_in_lockout <= MAX_SECONDS):
-        raise ConfigError(f"--sign-in-lockout: {config.sign_in_lockout} must be between 0 "
-                          f"and {MAX_SECONDS:g} seconds")
+    if not 1 <= config.sign_in_attempts <= MAX_SIGN_IN_ATTEMPTS:
+        raise ConfigError(f"--sign-in-attempts: {config.sign_in_attempts} must be between 1 "
+                          f"and {MAX_SIGN_IN_ATTEMPTS}")
     if not 1 <= config.connection_rate <= 6000:
         raise ConfigError(f"--connection-rate: {config.connection_rate} must be between 1 "
                           "and 6000 per minute")
@@ -317,7 +401,21 @@ def validate(config: Config) -> None:
         try:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError:
-            raise ConfigError(f"--trusted-proxy: {cidr!r} is not an address or CIDR, "
+            raise ConfigError(f"--trusted-proxy: {show(cidr)} is not an address or CIDR, "
                               "e.g. 10.0.0.0/8") from None
+        if "%" in cidr:
+            # A zone's name is free text (';', newlines) and nginx matches no zones.
+            raise ConfigError(f"--trusted-proxy: {show(cidr)} has a zone (%...); give the "
+                              "address or CIDR alone")
     if config.log_format not in ("json", "console"):
-        raise ConfigError(f"--log-format: {config.log_format!r} is not json or console")
+        raise ConfigError(f"--log-format: {show(config.log_format)} is not json or console")
+
+
+def _validate_geometry(geometry: str) -> None:
+    match = GEOMETRY_RE.fullmatch(geometry)
+    if not match:
+        raise ConfigError(f"--geometry: {show(geometry)} is not WIDTHxHEIGHT, e.g. 1280x800")
+    for side in match.groups():
+        if not MIN_SIDE <= int(side) <= MAX_SIDE:
+            raise ConfigError(f"--geometry: {geometry} is not between {MIN_SIDE}x{MIN_SIDE} "
+                              f"and {MAX_SIDE}x{MAX_SIDE}")

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from tests.unit.helpers import write_stale, write_status
 from whaletopd import cli
+from whaletopd.paths import Paths
 
 HEALTHY_REASON = "X display, VNC login and noVNC page answer"
 
@@ -91,3 +96,52 @@ def test_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:
     err = capsys.readouterr().err
     assert "unknown command 'frobnicate'" in err
     assert "status" in err
+
+
+# -- `whaletopd run` with bad input: FAILED, exit 2, one line ---------------------------
+
+@pytest.fixture
+def run_here(paths: Paths, monkeypatch: pytest.MonkeyPatch,
+             restore_signals: None) -> Iterator[Paths]:
+    """`whaletopd run` as /start.py calls it, writing its status under the test's paths
+    (the real ones are the image's), its log lines reset afterwards."""
+    from whaletopd import loop
+
+    monkeypatch.setattr(loop, "Paths", lambda: paths)
+    for name in [n for n in os.environ if n.startswith(("WHALETOP_", "VNC_", "WEB_", "TLS_"))]:
+        monkeypatch.delenv(name)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield paths
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.parametrize(("argv", "env", "name"), [
+    ([], {"TLS_KEY_PASSWORD": b"s\xe9cret".decode("utf-8", "surrogateescape")},
+     "TLS_KEY_PASSWORD"),
+    (["--web-password-from-env"],
+     {"WEB_PASSWORD": b"pass\xffword".decode("utf-8", "surrogateescape")}, "WEB_PASSWORD"),
+    ([], {"WHALETOP_USERNAME": b"j\xf6rg".decode("utf-8", "surrogateescape")},
+     "WHALETOP_USERNAME"),
+    (["--geometry", "0x0"], {}, "--geometry"),
+    (["--gid", "42", "--no-sudo"], {}, "--gid"),
+    (["--bogus\nflag"], {}, "--bogus"),
+], ids=["tls-key-password", "web-password", "username", "geometry", "gid", "newline"])
+def test_run_with_bad_input_ends_failed_with_exit_2(
+        run_here: Paths, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        argv: list[str], env: dict[str, str], name: str) -> None:
+    """Not a traceback and exit 1: the status file says FAILED and why, in one line."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)  # os.environ takes surrogates back to bytes
+    assert cli.main(["run", *argv]) == 2
+    assert run_here.status.read_text() == "FAILED\n"
+    reason = json.loads(run_here.status_json.read_text())["reason"]
+    assert name in reason
+    assert reason.isprintable()
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(d["event"], d["code"]) for d in lines if d["event"] == "daemon_exit"] == [
+        ("daemon_exit", 2)]
+    assert not [d for d in lines if d.get("level") in ("error", "critical")
+                and d["event"] == "crash"]

@@ -4,6 +4,7 @@ and `docker run -e WHALETOP_...` accept, and what they refuse with a useful mess
 from __future__ import annotations
 
 import dataclasses
+import grp
 import re
 
 import pytest
@@ -344,6 +345,8 @@ def test_web_users_and_web_password_are_one_or_the_other() -> None:
     (["--sign-in-lockout", "nan"], {}, "--sign-in-lockout"),
     (["--sign-in-lockout", "inf"], {}, "--sign-in-lockout"),
     (["--sign-in-lockout", "86401"], {}, "--sign-in-lockout"),
+    (["--sign-in-lockout", "0.5"], {}, "--sign-in-lockout"),
+    (["--sign-in-attempts", "1001"], {}, "--sign-in-attempts"),
     ([], {"WHALETOP_SIGN_IN_LOCKOUT": "5m"}, "WHALETOP_SIGN_IN_LOCKOUT"),
     (["--connection-rate", "0"], {}, "--connection-rate"),
     (["--connection-rate", "6001"], {}, "--connection-rate"),
@@ -362,7 +365,7 @@ def test_sign_in_and_rate_bounds_are_accepted() -> None:
                  "--connection-rate", "1"], {})
     assert (cfg.sign_in_attempts, cfg.sign_in_lockout, cfg.connection_rate) == (1, 86400.0, 1)
     assert parse(["--connection-rate", "6000"], {}).connection_rate == 6000
-    assert parse(["--sign-in-lockout", "0.5"], {}).sign_in_lockout == 0.5
+    assert parse(["--sign-in-lockout", "1"], {}).sign_in_lockout == 1.0
 
 
 # -- trusted proxies --------------------------------------------------------------------
@@ -505,3 +508,195 @@ def test_config_is_immutable() -> None:
     cfg = parse([], {})
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.username = "other"  # type: ignore[misc]
+
+
+# -- every bad input: one line naming its origin ------------------------------------------
+
+NOT_UTF8 = b"caf\xe9".decode("utf-8", "surrogateescape")  # how Python hands over Latin-1
+ARABIC_INDIC_123 = "\u0661\u0662\u0663"  # int() reads these as 123
+FULLWIDTH_123 = "\uff11\uff12\uff13"
+INT_OPTIONS = [opt for opt in OPTIONS if opt.kind is int]
+FLOAT_OPTIONS = [opt for opt in OPTIONS if opt.kind is float]
+
+
+def _refused(argv: list[str], env: dict[str, str], name: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse(argv, env)
+    message = str(info.value)
+    assert name in message
+    assert message.isprintable(), "one printable line"
+    message.encode("utf-8")  # a log or status file can carry it
+    return message
+
+
+@pytest.mark.parametrize("opt", OPTIONS, ids=lambda o: o.env)
+def test_an_option_variable_that_is_not_utf8_is_named(opt: config.Option) -> None:
+    message = _refused([], {opt.env: NOT_UTF8}, opt.env)
+    assert "not UTF-8" in message
+
+
+@pytest.mark.parametrize("opt", VALUE_OPTIONS, ids=lambda o: o.flag)
+def test_a_flag_value_that_is_not_utf8_is_named(opt: config.Option) -> None:
+    _refused([opt.flag, NOT_UTF8], {}, opt.flag)
+
+
+@pytest.mark.parametrize(("flag", "name"), [
+    ("--vnc-password-from-env", "VNC_PASSWORD"),
+    ("--view-only-password-from-env", "VNC_VIEW_ONLY_PASSWORD"),
+    ("--web-password-from-env", "WEB_PASSWORD"),
+    ("--enable-tls", "TLS_KEY_PASSWORD"),
+])
+def test_a_password_that_is_not_utf8_is_named_not_shown(flag: str, name: str) -> None:
+    """Today's traceback (UnicodeEncodeError, exit 1) becomes FAILED with this line."""
+    secret = "secret" + NOT_UTF8 + "word"
+    message = _refused([flag], {**SECRETS, name: secret}, name)
+    assert "not UTF-8" in message
+    assert "secret" not in message
+    assert "caf" not in message
+
+
+@pytest.mark.parametrize("name", ["alice\n", "alice\r\n", "\nalice", "al\nice"])
+def test_a_username_with_a_newline_is_refused(name: str) -> None:
+    """`$` matches before a final newline: the whole name must match."""
+    _refused(["--username", name], {}, "--username")
+    _refused([], {"WHALETOP_USERNAME": name}, "--username")
+
+
+@pytest.mark.parametrize("opt", INT_OPTIONS + FLOAT_OPTIONS, ids=lambda o: o.flag)
+@pytest.mark.parametrize("raw", [ARABIC_INDIC_123, FULLWIDTH_123, "1_000", "1e3", "0x10",
+                                 "nan", "inf", "Infinity", "", " ", "--", "5-", "9" * 30,
+                                 "1.5.5"])
+def test_numbers_are_ascii_digits_only(opt: config.Option, raw: str) -> None:
+    """int() and float() read other scripts' digits, '_' and exponents; a flag reads
+    what a person can check by eye, and its twin the same."""
+    _refused([f"{opt.flag}={raw}"], {}, opt.flag)
+    _refused([], {opt.env: raw}, opt.env)
+
+
+@pytest.mark.parametrize(("opt", "raw", "expected"), [
+    (OPTION["web_port"], " 9090\n", 9090),
+    (OPTION["probe_timeout"], "1.", 1.0),
+    (OPTION["probe_timeout"], ".5", 0.5),
+    (OPTION["startup_timeout"], "90.25", 90.25),
+], ids=lambda v: repr(v) if isinstance(v, str) else "")
+def test_plain_numbers_with_ascii_space_are_read(opt: config.Option, raw: str,
+                                                 expected: float) -> None:
+    assert getattr(parse([], {opt.env: raw}), opt.dest) == expected
+
+
+@pytest.mark.parametrize("geometry", ["0x0", "1x1", "63x800", "800x63", "16385x800",
+                                      "800x16385", "99999x99999", ARABIC_INDIC_123 + "0x800",
+                                      "1280x800\n", "1280x800 ", "+1280x800", "1280x-800"])
+def test_geometry_beyond_what_xvnc_and_browsers_carry_is_refused(geometry: str) -> None:
+    _refused(["--geometry", geometry], {}, "--geometry")
+    _refused([], {"WHALETOP_GEOMETRY": geometry}, "--geometry")
+
+
+@pytest.mark.parametrize("geometry", ["64x64", "16384x16384", "16384x64", "1366x768"])
+def test_geometry_bounds_are_accepted(geometry: str) -> None:
+    assert parse(["--geometry", geometry], {}).geometry == geometry
+
+
+@pytest.mark.parametrize(("flag", "too_short", "least"), [
+    ("--probe-interval", "0.49", "0.5"),
+    ("--probe-interval", "0.000000000000001", "0.5"),
+    ("--probe-timeout", "0.09", "0.1"),
+    ("--startup-timeout", "0.9", "1"),
+    ("--sign-in-lockout", "0.99", "1"),
+])
+def test_each_timer_has_a_least_value(flag: str, too_short: str, least: str) -> None:
+    """A probe interval of 1e-300 s was a busy loop."""
+    message = _refused([flag, too_short], {}, flag)
+    assert f"between {least} and 86400 seconds" in message
+    dest = flag[2:].replace("-", "_")
+    assert getattr(parse([flag, least], {}), dest) == float(least)
+    assert f"at least {least}" in OPTION[dest].help
+
+
+@pytest.mark.parametrize("opt", FLOAT_OPTIONS, ids=lambda o: o.flag)
+@pytest.mark.parametrize("raw", ["-1", "-0.5", "86400.5", "999999999999999"])
+def test_timers_out_of_range_are_refused(opt: config.Option, raw: str) -> None:
+    _refused([opt.flag, raw], {}, opt.flag)
+
+
+@pytest.mark.parametrize(("flag", "name", "password"), [
+    ("--vnc-password-from-env", "VNC_PASSWORD", " " * 6),
+    ("--vnc-password-from-env", "VNC_PASSWORD", " " * 12),
+    ("--vnc-password-from-env", "VNC_PASSWORD", " " * 8 + "real"),
+    ("--view-only-password-from-env", "VNC_VIEW_ONLY_PASSWORD", " " * 6),
+    ("--web-password-from-env", "WEB_PASSWORD", " " * 8),
+    ("--web-password-from-env", "WEB_PASSWORD", "\u3000" * 8),
+])
+def test_a_blank_password_is_refused(flag: str, name: str, password: str) -> None:
+    """VNC compares 8 characters: eight spaces and then anything is a blank password."""
+    message = _refused([flag], {**SECRETS, name: password}, name)
+    assert "blank" in message
+
+
+def test_a_password_with_spaces_inside_is_fine() -> None:
+    cfg = parse(["--vnc-password-from-env", "--web-password-from-env"],
+                {"VNC_PASSWORD": "  ab  cd", "WEB_PASSWORD": " correct horse "})
+    assert (cfg.vnc_password, cfg.web_password) == ("  ab  cd", " correct horse ")
+
+
+@pytest.mark.parametrize("password", ["del\x7fpassword", "c1\x85password"])
+def test_web_password_control_characters_beyond_ascii_are_refused(password: str) -> None:
+    message = _refused(["--web-password-from-env"], {"WEB_PASSWORD": password},
+                       "WEB_PASSWORD")
+    assert "control characters" in message
+
+
+def test_web_password_longer_than_libxcrypt_hashes_is_refused() -> None:
+    ok = parse(["--web-password-from-env"], {"WEB_PASSWORD": "ä" * 256})
+    assert ok.web_password == "ä" * 256
+    message = _refused(["--web-password-from-env"], {"WEB_PASSWORD": "ä" * 256 + "x"},
+                       "WEB_PASSWORD")
+    assert "longer than 512 bytes" in message
+
+
+SYSTEM_GROUPS = sorted((g.gr_gid, g.gr_name) for g in grp.getgrall() if 0 < g.gr_gid < 1000)
+
+
+@pytest.mark.parametrize(("gid", "name"), SYSTEM_GROUPS, ids=[n for _, n in SYSTEM_GROUPS])
+def test_gid_of_a_system_group_is_refused(gid: int, name: str) -> None:
+    """--gid 42 --no-sudo gave the desktop user the shadow group (the password hashes)."""
+    message = _refused(["--gid", str(gid), "--no-sudo"], {}, "--gid")
+    assert repr(name) in message
+    assert "1000 or more" in message
+    _refused([], {"WHALETOP_GID": str(gid)}, "--gid")
+
+
+def test_system_groups_the_issue_named_are_among_them() -> None:
+    names = {name for _, name in SYSTEM_GROUPS}
+    assert {"adm", "sudo", "shadow"} <= names, "a Debian host: the test covers them"
+
+
+@pytest.mark.parametrize("gid", ["1000", "2345", "59999", "60001"])
+def test_gid_of_a_user_group_or_none_is_accepted(gid: str) -> None:
+    assert parse(["--gid", gid], {}).gid == int(gid)
+
+
+@pytest.mark.parametrize("proxy", ["fe80::1%eth0", "fe80::1%a;b", "fe80::%x/64",
+                                   "fe80::1%a\nset_real_ip_from 0.0.0.0/0"])
+def test_trusted_proxy_with_a_zone_is_refused(proxy: str) -> None:
+    """A zone is free text that would reach nginx's configuration as given."""
+    _refused(["--trusted-proxy", proxy], {}, "--trusted-proxy")
+
+
+@pytest.mark.parametrize("flag", ["--tls-certificate", "--web-users"])
+@pytest.mark.parametrize("path", ["/data/cert\n.pem", "/data/\x1b[31mred", "/data/\u202eevil"])
+def test_paths_with_unprintable_characters_are_refused(flag: str, path: str) -> None:
+    _refused([flag, path], {}, flag)
+
+
+@pytest.mark.parametrize("argv", [["--bo\ngus"], ["--no-sudo", "extra\r\nline"],
+                                  ["--geometry"], ["--\udcff"]])
+def test_argparse_errors_are_one_printable_line(argv: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(argv, {})
+    assert str(info.value).isprintable()
+
+
+def test_long_values_are_cut_short_in_messages() -> None:
+    message = _refused(["--log-format", "x" * 100_000], {}, "--log-format")
+    assert len(message) < 200
