@@ -157,13 +157,13 @@ def test_bundle_pems(tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey,
     ("rsa", TRADITIONAL, b"-----BEGIN RSA PRIVATE KEY-----"),
     ("ec", PKCS8, b"-----BEGIN PRIVATE KEY-----"),
     ("ec", TRADITIONAL, b"-----BEGIN EC PRIVATE KEY-----"),
-    ("ed25519", PKCS8, b"-----BEGIN PRIVATE KEY-----"),
+    ("p384", PKCS8, b"-----BEGIN PRIVATE KEY-----"),
 ])
 def test_load_supports_key_types_and_formats(
         tmp_path: Path, rsa_key: rsa.RSAPrivateKey, ec_key: ec.EllipticCurvePrivateKey,
         kind: str, fmt: serialization.PrivateFormat, label: bytes) -> None:
     keys: dict[str, Key] = {"rsa": rsa_key, "ec": ec_key,
-                            "ed25519": ed25519.Ed25519PrivateKey.generate()}
+                            "p384": ec.generate_private_key(ec.SECP384R1())}
     key = keys[kind]
     key_pem = _key_pem(key, fmt)
     assert key_pem.startswith(label)
@@ -256,11 +256,14 @@ def test_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     path = _write(tmp_path, _cert_pem(good), _key_pem(ec_key))
     path.chmod(0)
     if os.geteuid() == 0:  # root reads anything: make open() fail as it would for a user
+        real_open = os.open
 
-        def refuse(self: Path, *args: object, **kwargs: object) -> None:
-            raise PermissionError(13, "Permission denied", str(self))
+        def refuse(file: Path | str, *args: int, **kwargs: int) -> int:
+            if Path(file) == path:
+                raise PermissionError(13, "Permission denied", str(file))
+            return real_open(file, *args, **kwargs)
 
-        monkeypatch.setattr(Path, "open", refuse)
+        monkeypatch.setattr(os, "open", refuse)
     _fails(path, "cannot read the file (permission denied)")
 
 

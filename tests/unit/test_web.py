@@ -191,10 +191,14 @@ def test_install_writes_both_files_and_arms_the_check(make: Make, cert_file: Pat
     assert public.read_bytes() == bundle.cert_pem()
     assert b"PRIVATE KEY" not in public.read_bytes()
     assert _mode(public) == 0o644
-    assert front.pem == tls_paths.run_dir / SERVED_PEM == tls_paths.tls_pem
+    # The key: on the tmpfs, in a private folder, for nginx's master (whaletopd's own
+    # user), never the desktop user's.
+    assert front.pem == tls_paths.tmpfs_dir / "whaletop-tls" / SERVED_PEM == tls_paths.tls_pem
     assert front.pem.read_bytes() == bundle.combined_pem()
-    # The key: for nginx's master (whaletopd's own user), never the desktop user's.
     assert _mode(front.pem) == 0o600
+    assert _mode(front.pem.parent) == 0o700
+    assert front.pem.parent.stat().st_uid == os.geteuid()
+    assert os.listdir(tls_paths.run_dir) == [], "a key was written outside the tmpfs"
     st = front.pem.stat()
     assert (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid())
     # 40 days left: the first threshold is 10 days away, so the check is an hour away.
@@ -294,9 +298,9 @@ def test_a_candidate_that_cannot_be_installed_leaves_the_old_one_in_service(
     front, old = _installed(make, cert_file)
     _put(cert_file, _bundle(days=90).combined_pem())
     assert front.candidate_valid()
-    served = tls_paths.run_dir / SERVED_PEM
-    shutil.rmtree(tls_paths.run_dir)
-    tls_paths.run_dir.write_bytes(b"")  # not a folder any more: the write fails
+    served = tls_paths.tls_pem
+    shutil.rmtree(served.parent)
+    served.parent.write_bytes(b"")  # not a folder any more: the write fails
     with capture_logs() as logs:
         assert not front.put_candidate_in_service()
     assert front.pin == old.fingerprint
