@@ -401,20 +401,21 @@ def _signature_problem(cert: x509.Certificate) -> str | None:
         return None
     else:
         name = _oid_name(oid)
-    return (f"is signed with {name}, which browsers refuse; have it signed again with "
-            "SHA-256")
+    return (f"is signed with {name}, which browsers refuse (they verify RSA or ECDSA "
+            "signatures with SHA-256, SHA-384 or SHA-512)")
 
 
 def _check_strength(path: Path, leaf: x509.Certificate,
                     chain: list[x509.Certificate]) -> None:
-    """Every certificate served: keys OpenSSL's security level accepts, and signatures
-    browsers verify.  A self-signed CA's own signature is nobody's concern (OpenSSL skips
-    it too); the server's certificate's is, even when self-signed."""
-    for cert in (leaf, *chain):
-        server = cert is leaf
-        problem = _key_problem(cert, server)
-        if problem is None and (server or cert.issuer != cert.subject):
-            problem = _signature_problem(cert)
+    """Every certificate served: keys OpenSSL's security level accepts, then signatures
+    browsers verify (a weak CA key first: it is why its signatures are refused).  A
+    self-signed CA's own signature is nobody's concern (OpenSSL skips it too); the
+    server's certificate's is, even when self-signed."""
+    served = [(cert, cert is leaf) for cert in (leaf, *chain)]
+    problems = [(cert, server, _key_problem(cert, server)) for cert, server in served]
+    problems += [(cert, server, _signature_problem(cert)) for cert, server in served
+                 if server or cert.issuer != cert.subject]
+    for cert, server, problem in problems:
         if problem is not None:
             what = "the server's certificate" if server else "the chain's certificate"
             raise TLSError(path, f"{what} {_subject(cert)} {problem}")
