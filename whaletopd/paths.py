@@ -11,6 +11,8 @@ from pathlib import Path
 class Paths:
     state_dir: Path = Path("/opt/whaletop")
     run_dir: Path = Path("/run/whaletop")
+    # A tmpfs in every container (/run is not one): nginx's decrypted key is kept here.
+    tmpfs_dir: Path = Path("/dev/shm")
     x11_socket_dir: Path = Path("/tmp/.X11-unix")
     x_lock_dir: Path = Path("/tmp")
     home_root: Path = Path("/home")
@@ -82,7 +84,9 @@ class Paths:
 
     @property
     def tls_pem(self) -> Path:
-        return self.run_dir / "tls.pem"
+        """nginx's certificate and decrypted key, in a private folder on the tmpfs
+        (web.WebFront.pem says where it is when that folder cannot be used)."""
+        return self.tmpfs_dir / "whaletop-tls" / "tls.pem"
 
 
 def from_env() -> Paths:

@@ -12,10 +12,11 @@ changes.  Only `cryptography` is used: the image needs no openssl binary.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
+import os
 import re
 import stat
-from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,14 +25,14 @@ from typing import TypeAlias
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
 
 from whaletopd.config import TLS_KEY_PASSWORD_ENV
 from whaletopd.files import atomic_write
 
-PrivateKey: TypeAlias = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+PrivateKey: TypeAlias = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 SELF_SIGNED_NAME = "self_signed.pem"
 PUBLIC_CERT_NAME = "pub_ssl.pem"
@@ -39,15 +40,34 @@ PUBLIC_CERT_NAME = "pub_ssl.pem"
 CLOCK_SKEW = timedelta(minutes=5)
 # A certificate bundle is a few KiB; this bounds what a wrong path (a log, a disk image) costs.
 MAX_FILE_SIZE = 1 << 20
-# Debian's OpenSSL (security level 2) refuses to serve with a smaller RSA key.
+# Debian's OpenSSL (security level 2, 112-bit security) refuses to serve with a smaller
+# RSA or DSA key, or an EC key under 224 bits, anywhere in the chain.
 MIN_RSA_BITS = 2048
+MIN_EC_BITS = 224
+# What browsers verify a server's certificate with: EC P-256 or P-384 (P-521 too for a CA;
+# Chrome offers no P-521 signature in the handshake, so not for the server's own key) or
+# RSA, signed with SHA-2 (256, 384 or 512).  SHA-1 and MD5 are refused, and so are
+# SHA-224, DSA, Ed25519 and Ed448 (no browser verifies them).
+SERVER_CURVES = ("secp256r1", "secp384r1")
+CA_CURVES = (*SERVER_CURVES, "secp521r1")
+SIGNATURES = frozenset({
+    SignatureAlgorithmOID.RSA_WITH_SHA256, SignatureAlgorithmOID.RSA_WITH_SHA384,
+    SignatureAlgorithmOID.RSA_WITH_SHA512, SignatureAlgorithmOID.ECDSA_WITH_SHA256,
+    SignatureAlgorithmOID.ECDSA_WITH_SHA384, SignatureAlgorithmOID.ECDSA_WITH_SHA512,
+    SignatureAlgorithmOID.RSASSA_PSS})
+PSS_HASHES = (hashes.SHA256, hashes.SHA384, hashes.SHA512)
+# The self-signed certificate: its lifetime, and how long before its end a new one is made
+# (at start, and live: web.WebFront renews it as it rotates a user's file).
+SELF_SIGNED_DAYS = 365
+RENEW_BEFORE = timedelta(days=30)
 # A common name longer than this is invalid X.509; browsers match the SANs anyway.
 MAX_CN_LENGTH = 64
 
 expiry_thresholds = (timedelta(days=30), timedelta(days=7), timedelta(days=1))
 
-_PEM_BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
-_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
+# One marker; the file is scanned once, left to right (linear in its size, whatever it
+# holds: no search for an END that restarts at every BEGIN).
+_PEM_MARKER = re.compile(rb"-----(BEGIN|END) ([A-Z0-9 ]+)-----")
 _DNS_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")
 
 
@@ -149,24 +169,81 @@ def install(bundle: Bundle, dest: Path, uid: int, gid: int) -> None:
 
 # -- loading a user's file ----------------------------------------------------------------
 
-def _read(path: Path) -> bytes:
+_NOT_REGULAR = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device",
+                stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+def read(path: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_FILE_SIZE; TLSError for anything else.
+    Opened without blocking and checked with fstat before a byte is read: a FIFO (which
+    would wait for a writer forever) or a device is refused, never read."""
     try:
-        with path.open("rb") as f:
-            data = f.read(MAX_FILE_SIZE + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise TLSError(path, "file not found") from None
-    except IsADirectoryError:
-        raise TLSError(path, "is a directory, not a PEM file") from None
     except PermissionError:
         raise TLSError(path, "cannot read the file (permission denied)") from None
     except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a socket: nothing to open
+            raise TLSError(path, "is a socket, not a regular file") from None
         raise TLSError(path, f"cannot read the file ({exc.strerror or exc})") from None
-    if len(data) > MAX_FILE_SIZE:
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise TLSError(path, "is a directory, not a PEM file")
+        if not stat.S_ISREG(st.st_mode):
+            kind = _NOT_REGULAR.get(stat.S_IFMT(st.st_mode), "not a regular file")
+            raise TLSError(path, f"is {kind}, not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_FILE_SIZE and st.st_size <= MAX_FILE_SIZE:
+            chunk = os.read(fd, MAX_FILE_SIZE + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise TLSError(path, f"cannot read the file ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+    if st.st_size > MAX_FILE_SIZE or size > MAX_FILE_SIZE:
         raise TLSError(path, f"file is larger than {MAX_FILE_SIZE // 1024} KiB; "
                              "not a certificate and key")
+    data = b"".join(chunks)
     if not data.strip():
         raise TLSError(path, "file is empty")
     return data
+
+
+def _pem_blocks(path: Path, data: bytes) -> list[tuple[bytes, bytes]]:
+    """(label, block) of each PEM block, in file order, in one pass over the file.  A
+    BEGIN line must end its line and be closed by its END before the next BEGIN."""
+    blocks: list[tuple[bytes, bytes]] = []
+    opened: re.Match[bytes] | None = None
+    seen = False
+
+    def unmatched(label: bytes) -> TLSError:
+        text = label.decode()
+        return TLSError(path, f"incomplete or malformed PEM block: -----BEGIN {text}----- "
+                              f"has no matching -----END {text}----- line")
+
+    for marker in _PEM_MARKER.finditer(data):
+        kind, label = marker.group(1), marker.group(2)
+        if kind == b"BEGIN":
+            seen = True
+            if opened is not None:
+                raise unmatched(opened.group(2))
+            if not data.startswith((b"\n", b"\r\n"), marker.end()):
+                raise unmatched(label)
+            opened = marker
+        elif opened is not None and label == opened.group(2):
+            blocks.append((label, data[opened.start():marker.end()]))
+            opened = None
+    if opened is not None:
+        raise unmatched(opened.group(2))
+    if not seen:
+        raise TLSError(path, _not_pem(path, data))
+    return blocks
 
 
 def _not_pem(path: Path, data: bytes) -> str:
@@ -211,10 +288,12 @@ def _parse_key(path: Path, label: bytes, block: bytes, password: bytes | None) -
     except UnsupportedAlgorithm as exc:
         raise TLSError(path, f"private key uses an unsupported algorithm "
                              f"({_first_sentence(exc)})") from None
-    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-                      | ed25519.Ed25519PrivateKey):
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        raise TLSError(path, "private key is Ed25519, which browsers do not accept for "
+                             "HTTPS (use EC P-256 or RSA)")
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
         raise TLSError(path, f"unsupported private key type {type(key).__name__} "
-                             "(use RSA, EC or Ed25519)")
+                             "(use EC P-256 or RSA)")
     if isinstance(key, rsa.RSAPrivateKey) and key.key_size < MIN_RSA_BITS:
         raise TLSError(path, f"RSA key has {key.key_size} bits; OpenSSL refuses keys under "
                              f"{MIN_RSA_BITS} bits")
@@ -259,20 +338,101 @@ def _order(path: Path, certs: list[x509.Certificate],
     return leaf, chain + rest
 
 
+def _oid_name(oid: x509.ObjectIdentifier) -> str:
+    name = getattr(oid, "_name", "Unknown OID")
+    return oid.dotted_string if name == "Unknown OID" else str(name)
+
+
+def _parse_cert(path: Path, number: int, total: int, block: bytes) -> x509.Certificate:
+    """One certificate, every part a server or a browser reads readable: cryptography
+    parses extensions lazily, and a duplicated one raises at first use (describing the
+    certificate, a rotation) instead of here."""
+    which = f"certificate {number} of {total}"
+    try:
+        cert = x509.load_pem_x509_certificate(block)
+        _ = cert.subject, cert.issuer, cert.extensions
+    except x509.DuplicateExtension as exc:
+        raise TLSError(path, f"{which} has the {_oid_name(exc.oid)} extension twice; "
+                             "OpenSSL and browsers refuse it") from None
+    except ValueError as exc:
+        raise TLSError(path, f"{which} is damaged ({_first_sentence(exc)})") from None
+    return cert
+
+
+def _key_problem(cert: x509.Certificate, server: bool) -> str | None:
+    """Why OpenSSL's security level 2 or browsers refuse the certificate's public key."""
+    try:
+        key = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        return f"has a public key that cannot be read ({_first_sentence(exc)})"
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < MIN_RSA_BITS:
+            return (f"has a {key.key_size}-bit RSA key; OpenSSL refuses keys under "
+                    f"{MIN_RSA_BITS} bits")
+        return None
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if key.key_size < MIN_EC_BITS:
+            return (f"has an EC key on {key.curve.name} ({key.key_size} bits); OpenSSL "
+                    f"refuses curves under {MIN_EC_BITS} bits")
+        if key.curve.name not in (SERVER_CURVES if server else CA_CURVES):
+            return (f"has an EC key on {key.curve.name}; browsers accept only P-256 and "
+                    f"P-384{'' if server else ' (and P-521 for a CA)'}")
+        return None
+    if isinstance(key, dsa.DSAPublicKey):
+        return f"has a {key.key_size}-bit DSA key; browsers do not accept DSA"
+    if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+        kind = "Ed25519" if isinstance(key, ed25519.Ed25519PublicKey) else "Ed448"
+        return f"has an {kind} key; browsers do not accept {kind} certificates"
+    return f"has a {type(key).__name__} key, which cannot sign for HTTPS"
+
+
+def _signature_problem(cert: x509.Certificate) -> str | None:
+    """Why browsers refuse the certificate's signature (SHA-1, MD5, ...)."""
+    oid = cert.signature_algorithm_oid
+    if oid == SignatureAlgorithmOID.RSASSA_PSS:
+        try:
+            digest = cert.signature_hash_algorithm
+        except UnsupportedAlgorithm:
+            digest = None
+        if isinstance(digest, PSS_HASHES):
+            return None
+        name = f"RSA-PSS with {digest.name if digest else 'an unknown hash'}"
+    elif oid in SIGNATURES:
+        return None
+    else:
+        name = _oid_name(oid)
+    return (f"is signed with {name}, which browsers refuse (they verify RSA or ECDSA "
+            "signatures with SHA-256, SHA-384 or SHA-512)")
+
+
+def _check_strength(path: Path, leaf: x509.Certificate,
+                    chain: list[x509.Certificate]) -> None:
+    """Every certificate served: keys OpenSSL's security level accepts, then signatures
+    browsers verify (a weak CA key first: it is why its signatures are refused).  A
+    self-signed CA's own signature is nobody's concern (OpenSSL skips it too); the
+    server's certificate's is, even when self-signed."""
+    served = [(cert, cert is leaf) for cert in (leaf, *chain)]
+    problems = [(cert, server, _key_problem(cert, server)) for cert, server in served]
+    problems += [(cert, server, _signature_problem(cert)) for cert, server in served
+                 if server or cert.issuer != cert.subject]
+    for cert, server, problem in problems:
+        if problem is not None:
+            what = "the server's certificate" if server else "the chain's certificate"
+            raise TLSError(path, f"{what} {_subject(cert)} {problem}")
+
+
 def load(path: Path, password: bytes | None = None, *, now: datetime | None = None) -> Bundle:
     """A combined PEM file (certificate chain and private key, in any order), checked
-    enough that websockify can serve it: raises TLSError naming the first problem."""
+    enough that nginx can serve it and browsers accept it: raises TLSError naming the
+    first problem."""
+    return parse(path, read(path), password, now=now)
+
+
+def parse(path: Path, data: bytes, password: bytes | None = None, *,
+          now: datetime | None = None) -> Bundle:
+    """load() for a file already read (by read()); `path` names it in messages."""
     at = _utc(now)
-    data = _read(path)
-    blocks = [(m.group(1), m.group(0)) for m in _PEM_BLOCK.finditer(data)]
-    begins = _PEM_BEGIN.findall(data)
-    if not begins:
-        raise TLSError(path, _not_pem(path, data))
-    unmatched = Counter(begins) - Counter(label for label, _ in blocks)
-    if unmatched:
-        label = next(iter(unmatched)).decode()
-        raise TLSError(path, f"incomplete or malformed PEM block: -----BEGIN {label}----- "
-                             f"has no matching -----END {label}----- line")
+    blocks = _pem_blocks(path, data)
     found = ", ".join(dict.fromkeys(label.decode() for label, _ in blocks))
     cert_blocks = [block for label, block in blocks if label == b"CERTIFICATE"]
     key_blocks = [(label, block) for label, block in blocks if label.endswith(b"PRIVATE KEY")]
@@ -284,13 +444,8 @@ def load(path: Path, password: bytes | None = None, *, now: datetime | None = No
     if len(key_blocks) > 1:
         raise TLSError(path, f"more than one private key in the file ({len(key_blocks)}); "
                              "keep only the certificate's key")
-    certs: list[x509.Certificate] = []
-    for number, block in enumerate(cert_blocks, 1):
-        try:
-            certs.append(x509.load_pem_x509_certificate(block))
-        except ValueError as exc:
-            raise TLSError(path, f"certificate {number} of {len(cert_blocks)} is damaged "
-                                 f"({_first_sentence(exc)})") from None
+    certs = [_parse_cert(path, number, len(cert_blocks), block)
+             for number, block in enumerate(cert_blocks, 1)]
     key = _parse_key(path, *key_blocks[0], password)
     leaf, chain = _order(path, certs, key)
     if leaf.not_valid_after_utc < at:
@@ -298,6 +453,7 @@ def load(path: Path, password: bytes | None = None, *, now: datetime | None = No
     if leaf.not_valid_before_utc > at:
         raise TLSError(path, f"certificate is not yet valid: valid from "
                              f"{_iso(leaf.not_valid_before_utc)} (is the clock right?)")
+    _check_strength(path, leaf, chain)
     return Bundle(cert=leaf, key=key, source=path, chain=tuple(chain))
 
 
@@ -327,7 +483,7 @@ def _san_entry(host: str) -> x509.GeneralName:
         return x509.DNSName(host)
 
 
-def generate_self_signed(hostname: str, *, days: int = 365,
+def generate_self_signed(hostname: str, *, days: int = SELF_SIGNED_DAYS,
                          now: datetime | None = None) -> Bundle:
     """A fresh EC P-256 server certificate for `hostname`, localhost, 127.0.0.1 and ::1."""
     if days < 1:
@@ -369,17 +525,37 @@ def _reusable(bundle: Bundle, host: str, at: datetime, renew_before: timedelta) 
             and host in (n.lower() for n in bundle.subject_names()))
 
 
+def self_signed_host(hostname: str) -> str:
+    """The name a self-signed certificate is made for: `hostname` as a SAN has it, or
+    localhost for a container named oddly (--hostname): the local names are served."""
+    try:
+        return _normal_host(hostname)
+    except ValueError:
+        return "localhost"
+
+
+def new_self_signed(state_dir: Path, hostname: str, *, days: int = SELF_SIGNED_DAYS,
+                    now: datetime | None = None) -> Bundle:
+    """A fresh self-signed certificate, checked as a user's file is (parse() of what will
+    be served), not yet written: a renewal's candidate."""
+    at = _utc(now)
+    bundle = generate_self_signed(self_signed_host(hostname), days=days, now=at)
+    return parse(state_dir / SELF_SIGNED_NAME, bundle.combined_pem(), now=at)
+
+
+def keep_self_signed(state_dir: Path, bundle: Bundle) -> None:
+    """Keep it in the state directory (0600), for the next start to serve it again."""
+    atomic_write(state_dir / SELF_SIGNED_NAME, bundle.combined_pem(), 0o600)
+
+
 def load_or_create_self_signed(state_dir: Path, hostname: str, *, now: datetime | None = None,
-                               renew_before: timedelta = timedelta(days=30),
-                               ) -> tuple[Bundle, bool]:
+                               renew_before: timedelta = RENEW_BEFORE,
+                               days: int = SELF_SIGNED_DAYS) -> tuple[Bundle, bool]:
     """The kept self-signed certificate if it is still good for `renew_before` and names
     `hostname`, else a new one (written 0600).  Returns (bundle, created_new); certs.publish
     writes pub_ssl.pem, the certificate alone for users to trust."""
     at = _utc(now)
-    try:
-        host = _normal_host(hostname)
-    except ValueError:
-        host = "localhost"  # a container named oddly (--hostname): serve the local names
+    host = self_signed_host(hostname)
     path = state_dir / SELF_SIGNED_NAME
     state_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -391,6 +567,6 @@ def load_or_create_self_signed(state_dir: Path, hostname: str, *, now: datetime 
         if stat.S_IMODE(path.stat().st_mode) != 0o600:
             path.chmod(0o600)
     else:
-        bundle, created = generate_self_signed(host, now=at), True
-        atomic_write(path, bundle.combined_pem(), 0o600)
+        bundle, created = new_self_signed(state_dir, host, days=days, now=at), True
+        keep_self_signed(state_dir, bundle)
     return bundle, created

@@ -14,13 +14,18 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bench import certgen
 from tests.e2e import vnc
 from tests.e2e.conftest import Container, docker
+from tests.unit.test_tls import IAN_OID, RSA_SHA1, SAN_OID, _resigned
 
 pytestmark = pytest.mark.e2e
+
+# Where nginx reads the certificate and its decrypted key (paths.tls_pem).
+SERVED_KEY = "/dev/shm/whaletop-tls/tls.pem"
 
 
 def _https_page() -> str:
@@ -90,12 +95,14 @@ def test_user_certificate_rotates_live_without_touching_the_session(desktop, cer
     c.wait_status("HEALTHY")
     assert certgen.served_fingerprint() == certgen.fingerprint(first)
     before = c.status_json()["children"]
-    # The decrypted key lives only where nginx's master reads it: root's, mode 0600; the
+    # The decrypted key lives only where nginx's master reads it: on the tmpfs (never in
+    # the container's writable layer), root's, mode 0600, in a folder of mode 0700; the
     # desktop user (who runs everything in the desktop) cannot read it.
-    mode = c.exec("stat", "-c", "%a %U", "/run/whaletop/tls.pem").stdout.split()
-    assert mode == ["600", "root"]
-    assert c.exec("cat", "/run/whaletop/tls.pem", user="user", check=False).returncode != 0
-    assert c.exec("find", "/run", "-name", "*.pem").stdout.split() == ["/run/whaletop/tls.pem"]
+    mode = c.exec("stat", "-c", "%a %U", SERVED_KEY, SERVED_KEY.rsplit("/", 1)[0]).stdout
+    assert mode.split() == ["600", "root", "700", "root"]
+    assert c.exec("cat", SERVED_KEY, user="user", check=False).returncode != 0
+    assert c.exec("find", "/run", "-name", "*.pem").stdout.split() == []
+    assert c.exec("stat", "-f", "-c", "%T", "/dev/shm").stdout.strip() == "tmpfs"
     # A browser's session, connected before the rotation.
     session = vnc.WebVNC(8080, c.password(), tls=True)
     assert session.certificate == certgen.fingerprint(first)
@@ -131,6 +138,12 @@ def test_user_certificate_rotates_live_without_touching_the_session(desktop, cer
     assert certgen.served_fingerprint() == certgen.fingerprint(second)
     assert c.status() == "HEALTHY\n"
 
+    # Stopped: the key was removed, and nothing in the writable layer ever held it.
+    docker("stop", "-t", "10", c.name)
+    assert c.wait_exit() == 0
+    changed = docker("diff", c.name).stdout.split()
+    assert not [p for p in changed if p.endswith(".pem")], changed
+
 
 def test_kubernetes_style_symlink_swap_is_seen(desktop, certdir):
     """The kubelet's update: files live in a timestamped folder behind `..data`."""
@@ -165,6 +178,39 @@ def test_short_lived_certificate_expires_into_unhealthy(desktop, certdir):
     assert c.status_json()["reason"] == "certificate expired"
 
 
+def _rsa_pem(cert: x509.Certificate, key: rsa.RSAPrivateKey) -> bytes:
+    return (cert.public_bytes(serialization.Encoding.PEM)
+            + key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()))
+
+
+def _rsa_cert(key: rsa.RSAPrivateKey, *extensions: x509.ExtensionType) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "desktop.test")])
+    now = datetime.now(UTC)
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - timedelta(days=1))
+               .not_valid_after(now + timedelta(days=30)))
+    for extension in extensions:
+        builder = builder.add_extension(extension, critical=False)
+    return builder.sign(key, hashes.SHA256())
+
+
+def _duplicated_extension_pem() -> bytes:
+    """subjectAltName twice (an issuerAltName's OID changed, then signed again)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    names = [x509.DNSName("desktop.test")]
+    two = _rsa_cert(key, x509.SubjectAlternativeName(names), x509.IssuerAlternativeName(names))
+    body = two.tbs_certificate_bytes.replace(IAN_OID, SAN_OID)
+    return _rsa_pem(_resigned(two, key, tbs=body), key)
+
+
+def _sha1_pem() -> bytes:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cert = _resigned(_rsa_cert(key), key, algorithm=RSA_SHA1, digest=hashes.SHA1())
+    return _rsa_pem(cert, key)
+
+
 def _bad_files(certdir: Path) -> dict[str, tuple[str, str, dict[str, str]]]:
     """name -> (file in /certs, expected message part, extra env)."""
     now = datetime.now(UTC)
@@ -180,6 +226,10 @@ def _bad_files(certdir: Path) -> dict[str, tuple[str, str, dict[str, str]]]:
         "expired.pem": certgen.pem(expired, ekey),
         "future.pem": certgen.pem(future, fkey),
         "encrypted.pem": certgen.pem(good, key, password=b"hunter22"),
+        # Both were served before: the first crashed the daemon (exit 1), the second was
+        # HEALTHY although browsers refuse it.
+        "twice.pem": _duplicated_extension_pem(),
+        "sha1.pem": _sha1_pem(),
     }
     for name, data in files.items():
         (certdir / name).write_bytes(data)
@@ -194,6 +244,8 @@ def _bad_files(certdir: Path) -> dict[str, tuple[str, str, dict[str, str]]]:
         "encrypted, no password": ("/certs/encrypted.pem", "TLS_KEY_PASSWORD", {}),
         "encrypted, wrong password": ("/certs/encrypted.pem", "password",
                                       {"TLS_KEY_PASSWORD": "wrong"}),
+        "duplicated extension": ("/certs/twice.pem", "extension twice", {}),
+        "SHA-1 signature": ("/certs/sha1.pem", "sha1WithRSAEncryption", {}),
     }
 
 

@@ -19,6 +19,7 @@ def paths(tmp_path: Path) -> Paths:
     p = Paths(
         state_dir=tmp_path / "state",
         run_dir=tmp_path / "run",
+        tmpfs_dir=tmp_path / "shm",
         x11_socket_dir=tmp_path / "x11",
         x_lock_dir=tmp_path / "xlock",
         home_root=tmp_path / "home",
@@ -29,6 +30,7 @@ def paths(tmp_path: Path) -> Paths:
     )
     p.state_dir.mkdir()
     p.x_lock_dir.mkdir()
+    p.tmpfs_dir.mkdir()
     return p
 
 

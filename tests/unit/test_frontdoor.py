@@ -179,6 +179,7 @@ def test_prepare_with_tls_names_the_certificate(
     from bench import certgen
 
     paths.run_dir.mkdir()
+    paths.tls_pem.parent.mkdir(mode=0o700)
     cert, key = certgen.make()
     paths.tls_pem.write_bytes(certgen.pem(cert, key))
     paths.tls_pem.chmod(0o600)
@@ -192,6 +193,7 @@ def test_a_certificate_nginx_cannot_read_is_refused_with_its_words(
         paths: Paths, q: EventQueue, web: RunAs | None, desktop: RunAs,
         doors: list[FrontDoor]) -> None:
     paths.run_dir.mkdir()
+    paths.tls_pem.parent.mkdir(mode=0o700)
     paths.tls_pem.write_text("not a certificate\n")
     door = _door(Config(enable_tls=True), paths, q, web, doors)
     with pytest.raises(FrontDoorError) as info:
@@ -268,6 +270,7 @@ def test_web_password_makes_a_users_file_for_the_desktop_user(
                     web_password="correct horse", web_port=8443, enable_tls=True,
                     sign_in_attempts=4, sign_in_lockout=60.0)
     paths.run_dir.mkdir()
+    paths.tls_pem.parent.mkdir(mode=0o700)
     from bench import certgen
 
     cert, key = certgen.make()

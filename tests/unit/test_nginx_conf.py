@@ -56,7 +56,8 @@ VNC_HTML = ("<!DOCTYPE html><html><head><title>noVNC</title></head><body>"
 
 
 def _paths(base: Path) -> Paths:
-    return Paths(state_dir=base / "state", run_dir=base / "run", x11_socket_dir=base / "x11",
+    return Paths(state_dir=base / "state", run_dir=base / "run", tmpfs_dir=base / "shm",
+                 x11_socket_dir=base / "x11",
                  x_lock_dir=base / "xlock", home_root=base / "home",
                  sudoers_file=base / "sudoers", novnc_dir=base / "novnc",
                  apps_root=base / "Apps", applications_dir=base / "applications")
@@ -107,6 +108,7 @@ def nginx_t(paths: Paths) -> subprocess.CompletedProcess[str]:
 
 def _tls_pem(paths: Paths) -> tuple[Path, str]:
     cert, key = certgen.make(names=("127.0.0.1", "localhost"))
+    paths.tls_pem.parent.mkdir(parents=True, exist_ok=True)
     paths.tls_pem.write_bytes(certgen.pem(cert, key))
     paths.tls_pem.chmod(0o600)
     return paths.tls_pem, certgen.fingerprint(cert)

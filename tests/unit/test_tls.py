@@ -10,18 +10,23 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+import socket
 import stat
+import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from whaletopd import certs, files, tls
 from whaletopd.tls import TLSError
+
+from .helpers import WAIT
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -157,13 +162,13 @@ def test_bundle_pems(tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey,
     ("rsa", TRADITIONAL, b"-----BEGIN RSA PRIVATE KEY-----"),
     ("ec", PKCS8, b"-----BEGIN PRIVATE KEY-----"),
     ("ec", TRADITIONAL, b"-----BEGIN EC PRIVATE KEY-----"),
-    ("ed25519", PKCS8, b"-----BEGIN PRIVATE KEY-----"),
+    ("p384", PKCS8, b"-----BEGIN PRIVATE KEY-----"),
 ])
 def test_load_supports_key_types_and_formats(
         tmp_path: Path, rsa_key: rsa.RSAPrivateKey, ec_key: ec.EllipticCurvePrivateKey,
         kind: str, fmt: serialization.PrivateFormat, label: bytes) -> None:
     keys: dict[str, Key] = {"rsa": rsa_key, "ec": ec_key,
-                            "ed25519": ed25519.Ed25519PrivateKey.generate()}
+                            "p384": ec.generate_private_key(ec.SECP384R1())}
     key = keys[kind]
     key_pem = _key_pem(key, fmt)
     assert key_pem.startswith(label)
@@ -256,11 +261,14 @@ def test_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     path = _write(tmp_path, _cert_pem(good), _key_pem(ec_key))
     path.chmod(0)
     if os.geteuid() == 0:  # root reads anything: make open() fail as it would for a user
+        real_open = os.open
 
-        def refuse(self: Path, *args: object, **kwargs: object) -> None:
-            raise PermissionError(13, "Permission denied", str(self))
+        def refuse(file: Path | str, *args: int, **kwargs: int) -> int:
+            if Path(file) == path:
+                raise PermissionError(13, "Permission denied", str(file))
+            return real_open(file, *args, **kwargs)
 
-        monkeypatch.setattr(Path, "open", refuse)
+        monkeypatch.setattr(os, "open", refuse)
     _fails(path, "cannot read the file (permission denied)")
 
 
@@ -367,6 +375,260 @@ def test_unsupported_key_type(tmp_path: Path, good: x509.Certificate) -> None:
     dsa_pem = dsa_key.private_bytes(serialization.Encoding.PEM, PKCS8,
                                     serialization.NoEncryption())
     _fails(_write(tmp_path, _cert_pem(good), dsa_pem), "unsupported private key type")
+
+
+# -- what OpenSSL or browsers would refuse later: refused here ---------------------------
+
+# sha256WithRSAEncryption, sha1WithRSAEncryption and md5WithRSAEncryption: the same length,
+# so one byte turns a certificate's signature algorithm into another.
+RSA_SHA256 = bytes.fromhex("06092a864886f70d01010b")
+RSA_SHA1 = bytes.fromhex("06092a864886f70d010105")
+RSA_MD5 = bytes.fromhex("06092a864886f70d010104")
+SAN_OID = bytes.fromhex("0603551d11")  # 2.5.29.17, subjectAltName
+IAN_OID = bytes.fromhex("0603551d12")  # 2.5.29.18, issuerAltName: the same length
+
+
+def _tlv(tag: int, content: bytes) -> bytes:
+    """One DER element (definite length, short or long form)."""
+    size = len(content)
+    if size < 0x80:
+        return bytes([tag, size]) + content
+    raw = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(raw)]) + raw + content
+
+
+def _resigned(cert: x509.Certificate, signer: rsa.RSAPrivateKey, *,
+              tbs: bytes | None = None, algorithm: bytes = RSA_SHA256,
+              digest: hashes.HashAlgorithm | None = None) -> x509.Certificate:
+    """`cert` with its to-be-signed part replaced (cryptography builds no certificate with
+    a duplicated extension, and signs none with SHA-1 or MD5) and a real signature by
+    `signer` over it: what a careless or old CA would issue."""
+    der = cert.public_bytes(serialization.Encoding.DER)
+    body = cert.tbs_certificate_bytes
+    start = der.index(body) + len(body)
+    alg_id = der[start:start + 2 + der[start + 1]]
+    body = (tbs if tbs is not None else body).replace(RSA_SHA256, algorithm)
+    signature = signer.sign(body, padding.PKCS1v15(), digest or hashes.SHA256())
+    outer = body + alg_id.replace(RSA_SHA256, algorithm) + _tlv(0x03, b"\0" + signature)
+    return x509.load_der_x509_certificate(_tlv(0x30, outer))
+
+
+def test_the_re_signing_helper_makes_a_certificate_openssl_verifies(
+        rsa_key: rsa.RSAPrivateKey) -> None:
+    """The helper's output is a real certificate: its signature verifies."""
+    again = _resigned(_cert(rsa_key), rsa_key)
+    again.verify_directly_issued_by(again)
+
+
+def test_a_duplicated_extension_is_refused(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
+    """cryptography raises only when the extensions are first used (describing the
+    certificate, at start or after a rotation put it in service): refused here."""
+    two = (x509.CertificateBuilder().subject_name(_name("desk.example"))
+           .issuer_name(_name("desk.example")).public_key(rsa_key.public_key())
+           .serial_number(x509.random_serial_number())
+           .not_valid_before(NOW - DAY).not_valid_after(NOW + 90 * DAY)
+           .add_extension(x509.SubjectAlternativeName([x509.DNSName("desk.example")]), False)
+           .add_extension(x509.IssuerAlternativeName([x509.DNSName("desk.example")]), False)
+           .sign(rsa_key, hashes.SHA256()))
+    body = two.tbs_certificate_bytes
+    assert body.count(IAN_OID) == 1
+    duplicated = _resigned(two, rsa_key, tbs=body.replace(IAN_OID, SAN_OID))
+    with pytest.raises(x509.DuplicateExtension):
+        _ = duplicated.extensions
+    path = _write(tmp_path, _cert_pem(duplicated), _key_pem(rsa_key))
+    problem = _fails(path, "certificate 1 of 1 has the subjectAltName extension twice")
+    assert "refuse" in problem
+
+
+@pytest.mark.parametrize(("algorithm", "digest", "name"), [
+    (RSA_SHA1, hashes.SHA1(), "sha1WithRSAEncryption"),
+    (RSA_MD5, hashes.MD5(), "md5WithRSAEncryption"),
+])
+def test_a_sha1_or_md5_signature_is_refused(tmp_path: Path, rsa_key: rsa.RSAPrivateKey,
+                                            algorithm: bytes, digest: hashes.HashAlgorithm,
+                                            name: str) -> None:
+    weak = _resigned(_cert(rsa_key), rsa_key, algorithm=algorithm, digest=digest)
+    assert weak.signature_algorithm_oid.dotted_string.startswith("1.2.840.113549.1.1.")
+    path = _write(tmp_path, _cert_pem(weak), _key_pem(rsa_key))
+    _fails(path, f"the server's certificate CN=desk.example is signed with {name}, "
+                 "which browsers refuse")
+
+
+def test_a_sha1_signed_intermediate_is_refused_and_a_sha1_root_is_not(
+        tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey, rsa_key: rsa.RSAPrivateKey) -> None:
+    """A root's own signature is checked by nobody (a browser trusts the root itself, and
+    OpenSSL skips self-signed certificates); any other certificate's is."""
+    root_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    root = _resigned(_cert(root_key, "Test Root", ca=True), root_key, algorithm=RSA_SHA1,
+                     digest=hashes.SHA1())
+    leaf = _cert(ec_key, issuer=("Test Root", root_key))
+    bundle = tls.load(_write(tmp_path, _cert_pem(leaf), _cert_pem(root), _key_pem(ec_key)),
+                      now=NOW)
+    assert bundle.chain == (root,)
+    sha1_ca = _resigned(_cert(rsa_key, "Test CA", ca=True, issuer=("Test Root", root_key)),
+                        root_key, algorithm=RSA_SHA1, digest=hashes.SHA1())
+    leaf = _cert(ec_key, issuer=("Test CA", rsa_key))
+    path = _write(tmp_path, _cert_pem(leaf), _cert_pem(sha1_ca), _cert_pem(root),
+                  _key_pem(ec_key), name="chain.pem")
+    _fails(path, "the chain's certificate CN=Test CA is signed with sha1WithRSAEncryption")
+
+
+def test_an_rsa_pss_signature_is_accepted(tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey,
+                                          rsa_key: rsa.RSAPrivateKey) -> None:
+    ca = _cert(rsa_key, "Test CA", ca=True)
+    leaf = (x509.CertificateBuilder().subject_name(_name("desk.example"))
+            .issuer_name(_name("Test CA")).public_key(ec_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(NOW - DAY).not_valid_after(NOW + 90 * DAY)
+            .sign(rsa_key, hashes.SHA256(), rsa_padding=padding.PSS(
+                mgf=padding.MGF1(hashes.SHA256()), salt_length=32)))
+    path = _write(tmp_path, _cert_pem(leaf), _cert_pem(ca), _key_pem(ec_key))
+    assert tls.load(path, now=NOW).cert == leaf
+
+
+@pytest.mark.parametrize(("curve", "fragment"), [
+    (ec.SECP192R1(), "has an EC key on secp192r1 (192 bits); OpenSSL refuses curves under "
+                     "224 bits"),
+    (ec.SECP256K1(), "has an EC key on secp256k1; browsers accept only P-256 and P-384"),
+    (ec.SECP521R1(), "has an EC key on secp521r1; browsers accept only P-256 and P-384"),
+])
+def test_a_server_key_on_a_curve_openssl_or_browsers_refuse(
+        tmp_path: Path, curve: ec.EllipticCurve, fragment: str) -> None:
+    key = ec.generate_private_key(curve)
+    path = _write(tmp_path, _cert_pem(_cert(key)), _key_pem(key))
+    _fails(path, f"the server's certificate CN=desk.example {fragment}")
+
+
+def _chain_with_ca_key(tmp_path: Path, leaf_key: ec.EllipticCurvePrivateKey,
+                       ca_key: Key | dsa.DSAPrivateKey) -> Path:
+    ca = (x509.CertificateBuilder().subject_name(_name("Test CA"))
+          .issuer_name(_name("Test CA")).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number())
+          .not_valid_before(NOW - DAY).not_valid_after(NOW + 90 * DAY)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, None if isinstance(ca_key, ed25519.Ed25519PrivateKey)
+                else hashes.SHA256()))
+    leaf = (x509.CertificateBuilder().subject_name(_name("desk.example"))
+            .issuer_name(_name("Test CA")).public_key(leaf_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(NOW - DAY).not_valid_after(NOW + 90 * DAY)
+            .sign(ca_key, None if isinstance(ca_key, ed25519.Ed25519PrivateKey)
+                  else hashes.SHA256()))
+    return _write(tmp_path, _cert_pem(leaf), _cert_pem(ca), _key_pem(leaf_key))
+
+
+@pytest.mark.parametrize(("make", "fragment"), [
+    (lambda: rsa.generate_private_key(public_exponent=65537, key_size=1024),
+     "the chain's certificate CN=Test CA has a 1024-bit RSA key; OpenSSL refuses keys "
+     "under 2048 bits"),
+    (lambda: ec.generate_private_key(ec.SECP192R1()),
+     "the chain's certificate CN=Test CA has an EC key on secp192r1 (192 bits)"),
+    (lambda: dsa.generate_private_key(key_size=2048),
+     "the chain's certificate CN=Test CA has a 2048-bit DSA key; browsers do not accept DSA"),
+    (ed25519.Ed25519PrivateKey.generate,
+     "the chain's certificate CN=Test CA has an Ed25519 key; browsers do not accept Ed25519"),
+])
+def test_a_weak_or_unsupported_key_anywhere_in_the_chain_is_refused(
+        tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey,
+        make: Callable[[], Key | dsa.DSAPrivateKey], fragment: str) -> None:
+    _fails(_chain_with_ca_key(tmp_path, ec_key, make()), fragment)
+
+
+def test_a_p521_or_p384_ca_is_accepted(tmp_path: Path,
+                                       ec_key: ec.EllipticCurvePrivateKey) -> None:
+    for curve in (ec.SECP521R1(), ec.SECP384R1()):
+        path = _chain_with_ca_key(tmp_path, ec_key, ec.generate_private_key(curve))
+        assert len(tls.load(path, now=NOW).chain) == 1
+
+
+def test_an_ed25519_server_key_is_refused(tmp_path: Path) -> None:
+    key = ed25519.Ed25519PrivateKey.generate()
+    path = _write(tmp_path, _cert_pem(_cert(key)), _key_pem(key))
+    _fails(path, "private key is Ed25519, which browsers do not accept for HTTPS")
+
+
+# -- what is not a small regular file: refused without reading it -------------------------
+
+def _refused_within_wait(path: Path, fragment: str) -> None:
+    """load() refuses, and returns (a FIFO read would block for ever; the bound is a
+    generous WAIT, never asserted as a duration)."""
+    outcome: list[BaseException] = []
+
+    def attempt() -> None:
+        try:
+            tls.load(path, now=NOW)
+        except BaseException as exc:  # handed to the test's thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=attempt, name="test-load", daemon=True)
+    worker.start()
+    worker.join(WAIT)
+    assert not worker.is_alive(), f"load({path}) blocked"
+    assert len(outcome) == 1, "load() returned instead of refusing"
+    assert isinstance(outcome[0], TLSError), outcome
+    assert fragment in str(outcome[0])
+    assert str(outcome[0]).startswith(f"{path}: ")
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    fifo = tmp_path / "cert.pem"
+    os.mkfifo(fifo)
+    _refused_within_wait(fifo, "is a FIFO (named pipe), not a regular file")
+
+
+def test_a_device_is_refused_without_reading_it() -> None:
+    _refused_within_wait(Path("/dev/zero"), "is a character device, not a regular file")
+
+
+def test_a_socket_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "cert.sock"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))
+        _refused_within_wait(path, "is a socket, not a regular file")
+
+
+def test_a_huge_sparse_file_is_refused_by_its_size(tmp_path: Path) -> None:
+    path = tmp_path / "disk.img"
+    with path.open("wb") as f:
+        f.truncate(1 << 40)  # a TiB of nothing: reading it would take hours
+    _refused_within_wait(path, "file is larger than 1024 KiB")
+
+
+@pytest.mark.parametrize("content", [
+    # Every BEGIN without its END: a search for the END from every BEGIN is quadratic.
+    b"-----BEGIN CERTIFICATE-----\n",
+    b"-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\n",
+    b"-----BEGIN X-----\n-----END X-----\n",
+    b"-----BEGIN " + b"A" * 200 + b"\n",
+    b"-",
+])
+def test_pem_parsing_is_linear_in_the_file_size(tmp_path: Path, content: bytes) -> None:
+    """A file of MAX_FILE_SIZE made of one line again and again: refused at once (the
+    regular expression this replaced took minutes on the first one)."""
+    data = content * (tls.MAX_FILE_SIZE // len(content))
+    assert len(data) <= tls.MAX_FILE_SIZE
+    _refused_within_wait(_write(tmp_path, data), "")
+
+
+def test_a_begin_line_must_end_its_line(tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey,
+                                        good: x509.Certificate) -> None:
+    glued = _cert_pem(good).replace(b"-----\n", b"-----", 1)
+    _fails(_write(tmp_path, glued, _key_pem(ec_key)),
+           "incomplete or malformed PEM block: -----BEGIN CERTIFICATE-----")
+
+
+def test_a_block_inside_another_is_refused(tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey,
+                                           good: x509.Certificate) -> None:
+    cert = _cert_pem(good)
+    nested = cert.replace(b"-----END", _key_pem(ec_key) + b"-----END")
+    _fails(_write(tmp_path, nested), "-----BEGIN CERTIFICATE----- has no matching")
+
+
+def test_text_around_and_between_blocks_is_ignored(
+        tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey, good: x509.Certificate) -> None:
+    path = _write(tmp_path, b"subject=CN = desk.example\r\n", _cert_pem(good),
+                  b"-----END PRIVATE KEY-----\n# a stray END, then the key\n", _key_pem(ec_key))
+    assert tls.load(path, now=NOW).cert == good
 
 
 def test_every_problem_reads_differently(tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey,

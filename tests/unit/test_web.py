@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -99,8 +100,8 @@ def make(tls_paths: Paths, q: EventQueue, deadlines: Deadlines,
          now: Now) -> Iterator[Make]:
     fronts: list[WebFront] = []
 
-    def make(config: Config) -> WebFront:
-        front = WebFront(config, tls_paths, q, deadlines, now=now)
+    def make(config: Config, **kwargs: Any) -> WebFront:
+        front = WebFront(config, tls_paths, q, deadlines, now=now, **kwargs)
         fronts.append(front)
         return front
 
@@ -191,10 +192,14 @@ def test_install_writes_both_files_and_arms_the_check(make: Make, cert_file: Pat
     assert public.read_bytes() == bundle.cert_pem()
     assert b"PRIVATE KEY" not in public.read_bytes()
     assert _mode(public) == 0o644
-    assert front.pem == tls_paths.run_dir / SERVED_PEM == tls_paths.tls_pem
+    # The key: on the tmpfs, in a private folder, for nginx's master (whaletopd's own
+    # user), never the desktop user's.
+    assert front.pem == tls_paths.tmpfs_dir / "whaletop-tls" / SERVED_PEM == tls_paths.tls_pem
     assert front.pem.read_bytes() == bundle.combined_pem()
-    # The key: for nginx's master (whaletopd's own user), never the desktop user's.
     assert _mode(front.pem) == 0o600
+    assert _mode(front.pem.parent) == 0o700
+    assert front.pem.parent.stat().st_uid == os.geteuid()
+    assert os.listdir(tls_paths.run_dir) == [], "a key was written outside the tmpfs"
     st = front.pem.stat()
     assert (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid())
     # 40 days left: the first threshold is 10 days away, so the check is an hour away.
@@ -294,9 +299,9 @@ def test_a_candidate_that_cannot_be_installed_leaves_the_old_one_in_service(
     front, old = _installed(make, cert_file)
     _put(cert_file, _bundle(days=90).combined_pem())
     assert front.candidate_valid()
-    served = tls_paths.run_dir / SERVED_PEM
-    shutil.rmtree(tls_paths.run_dir)
-    tls_paths.run_dir.write_bytes(b"")  # not a folder any more: the write fails
+    served = tls_paths.tls_pem
+    shutil.rmtree(served.parent)
+    served.parent.write_bytes(b"")  # not a folder any more: the write fails
     with capture_logs() as logs:
         assert not front.put_candidate_in_service()
     assert front.pin == old.fingerprint
@@ -448,3 +453,255 @@ def test_a_hostname_that_is_no_dns_name_is_no_crash(make: Make,
     described = front.describe()
     assert described is not None
     assert "localhost" in described["names"]
+
+
+# -- bad files at rotation: refused, never a crash ----------------------------------------
+
+def _duplicated_extension_pem() -> bytes:
+    """A certificate whose subjectAltName comes twice (see test_tls), with its key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from .test_tls import IAN_OID, SAN_OID, _resigned
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "desk.example")])
+    at = datetime.now(UTC)
+    two = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+           .public_key(key.public_key()).serial_number(x509.random_serial_number())
+           .not_valid_before(at - DAY).not_valid_after(at + 90 * DAY)
+           .add_extension(x509.SubjectAlternativeName([x509.DNSName("desk.example")]), False)
+           .add_extension(x509.IssuerAlternativeName([x509.DNSName("desk.example")]), False)
+           .sign(key, hashes.SHA256()))
+    cert = _resigned(two, key, tbs=two.tbs_certificate_bytes.replace(IAN_OID, SAN_OID))
+    return (cert.public_bytes(serialization.Encoding.PEM)
+            + key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()))
+
+
+def test_a_duplicated_extension_fails_validation_with_one_line(make: Make,
+                                                               cert_file: Path) -> None:
+    _put(cert_file, _duplicated_extension_pem())
+    front = make(Config(tls_certificate=str(cert_file)))
+    with pytest.raises(tls.TLSError, match="subjectAltName extension twice") as info:
+        front.validate()
+    assert "\n" not in str(info.value)
+    assert front.pem is None
+
+
+def test_a_duplicated_extension_at_rotation_is_refused_and_the_old_one_stays(
+        make: Make, cert_file: Path) -> None:
+    """Before, the new file was installed and describing it raised: the daemon died."""
+    front, old = _installed(make, cert_file)
+    _put(cert_file, _duplicated_extension_pem())
+    with capture_logs() as logs:
+        assert not front.candidate_valid()
+    refused = [e for e in logs if e["event"] == "certificate_refused"]
+    assert len(refused) == 1
+    assert "subjectAltName extension twice" in refused[0]["reason"]
+    assert front.pin == old.fingerprint
+    assert front.pem is not None
+    assert front.pem.read_bytes() == old.combined_pem()
+
+
+def test_a_fifo_at_rotation_is_refused_without_blocking(make: Make, cert_file: Path) -> None:
+    front, old = _installed(make, cert_file)
+    fifo = cert_file.with_name("fifo")
+    os.mkfifo(fifo)
+    os.replace(fifo, cert_file)
+    outcome: list[bool] = []
+    with capture_logs() as logs:
+        worker = threading.Thread(target=lambda: outcome.append(front.candidate_valid()),
+                                  name="test-candidate", daemon=True)
+        worker.start()
+        worker.join(WAIT)
+    assert not worker.is_alive(), "candidate_valid() blocked on a FIFO"
+    assert outcome == [False]
+    refused = [e for e in logs if e["event"] == "certificate_refused"]
+    assert len(refused) == 1
+    assert "is a FIFO (named pipe), not a regular file" in refused[0]["reason"]
+    assert front.pin == old.fingerprint
+
+
+# -- where nginx's key lives ---------------------------------------------------------------
+
+def test_stop_removes_the_key_and_its_folder(make: Make, cert_file: Path,
+                                             tls_paths: Paths) -> None:
+    front, _ = _installed(make, cert_file)
+    assert front.pem == tls_paths.tls_pem
+    assert front.pem.exists()
+    front.stop()
+    assert not tls_paths.tls_pem.parent.exists()
+    assert os.listdir(tls_paths.tmpfs_dir) == []
+    assert os.listdir(tls_paths.run_dir) == []
+    # What users trust stays: it holds no key.
+    assert (tls_paths.state_dir / tls.PUBLIC_CERT_NAME).exists()
+
+
+def test_a_rotation_writes_the_same_file(make: Make, cert_file: Path,
+                                         tls_paths: Paths) -> None:
+    front, _ = _installed(make, cert_file)
+    new = _bundle(days=90)
+    _put(cert_file, new.combined_pem())
+    assert front.candidate_valid()
+    assert front.put_candidate_in_service()
+    assert front.pem == tls_paths.tls_pem
+    assert tls_paths.tls_pem.read_bytes() == new.combined_pem()
+    assert os.listdir(tls_paths.tls_pem.parent) == [SERVED_PEM]
+
+
+def test_without_a_tmpfs_the_run_directory_is_used_and_cleaned(
+        make: Make, cert_file: Path, tls_paths: Paths) -> None:
+    """docker run --ipc=none has no /dev/shm."""
+    tls_paths.tmpfs_dir.rmdir()
+    front, bundle = _installed(make, cert_file)
+    assert front.pem == tls_paths.run_dir / SERVED_PEM
+    assert front.pem.read_bytes() == bundle.combined_pem()
+    assert _mode(front.pem) == 0o600
+    front.stop()
+    assert os.listdir(tls_paths.run_dir) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a folder away")
+def test_a_folder_someone_else_made_first_is_not_used(make: Make, cert_file: Path,
+                                                      tls_paths: Paths) -> None:
+    """/dev/shm is writable by everyone: a folder of that name made by another user is
+    left alone, and a new private one is made beside it."""
+    taken = tls_paths.tls_pem.parent
+    taken.mkdir(mode=0o777)
+    os.chown(taken, 4321, 4321)
+    front, _ = _installed(make, cert_file)
+    assert front.pem is not None
+    assert front.pem.parent != taken
+    assert front.pem.parent.parent == tls_paths.tmpfs_dir
+    assert _mode(front.pem.parent) == 0o700
+    assert os.listdir(taken) == []
+    front.stop()
+    assert os.listdir(tls_paths.tmpfs_dir) == [taken.name]
+
+
+def test_a_symlink_in_place_of_the_folder_is_not_followed(make: Make, cert_file: Path,
+                                                          tls_paths: Paths,
+                                                          tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    tls_paths.tls_pem.parent.symlink_to(elsewhere)
+    front, _ = _installed(make, cert_file)
+    assert front.pem is not None
+    assert front.pem.parent.parent == tls_paths.tmpfs_dir
+    assert not front.pem.parent.is_symlink()
+    assert os.listdir(elsewhere) == []
+
+
+def test_an_own_folder_left_by_a_crash_is_used_and_made_private(
+        make: Make, cert_file: Path, tls_paths: Paths) -> None:
+    tls_paths.tls_pem.parent.mkdir(mode=0o755)
+    tls_paths.tls_pem.parent.chmod(0o755)
+    front, _ = _installed(make, cert_file)
+    assert front.pem == tls_paths.tls_pem
+    assert _mode(tls_paths.tls_pem.parent) == 0o700
+
+
+# -- the self-signed certificate, renewed live ---------------------------------------------
+
+def _self_signed(make: Make, **kwargs: object) -> WebFront:
+    front = make(Config(enable_tls=True), **kwargs)
+    front.validate()
+    front.install()
+    return front
+
+
+def test_the_self_signed_certificate_is_renewed_live(make: Make, tls_paths: Paths, now: Now,
+                                                     q: EventQueue,
+                                                     deadlines: Deadlines) -> None:
+    """A short-lived one (2 days, renewed 1 day before its end) on a made-up clock: the
+    check is armed for the renewal, posts the same event as a rotated file, and the
+    rotation validates the new one and puts it in service; no expiry warning (nobody
+    has to do anything)."""
+    with capture_logs() as logs:
+        front = _self_signed(make, self_signed_days=2, renew_before=DAY)
+    assert _warnings(logs) == []
+    first = tls.load(tls_paths.state_dir / tls.SELF_SIGNED_NAME, now=now.at)
+    assert front.pin == first.fingerprint
+    renew_at = first.not_after - DAY
+    now.at = renew_at - timedelta(seconds=100)
+    front.check_expiry()
+    assert deadlines.timeout() == pytest.approx(100 + MARGIN)
+    assert _events(q) == []
+    assert not front.candidate_valid(), "renewed before it was due"
+
+    now.at = renew_at
+    with capture_logs() as logs:
+        front.check_expiry()
+    assert _events(q) == [CertificateChanged()]
+    assert logs == [], "renewal due is no news until it is done"
+    assert deadlines.armed(CHECK)
+    # The machine's rotation: candidate, then in service.
+    assert front.candidate_valid()
+    assert front.pin == first.fingerprint, "served before it was put in service"
+    with capture_logs() as logs:
+        assert front.put_candidate_in_service()
+    renewed = tls.load(tls_paths.state_dir / tls.SELF_SIGNED_NAME, now=now.at)
+    assert renewed.fingerprint != first.fingerprint
+    assert renewed.not_after == now.at + 2 * DAY
+    assert front.pin == renewed.fingerprint
+    assert front.pem is not None
+    assert front.pem.read_bytes() == renewed.combined_pem()
+    assert (tls_paths.state_dir / tls.PUBLIC_CERT_NAME).read_bytes() == renewed.cert_pem()
+    assert _mode(tls_paths.state_dir / tls.SELF_SIGNED_NAME) == 0o600
+    steps = [e for e in logs if e["event"] == "step"]
+    assert [(e["step"], e["replaced"], e["fingerprint_sha256"], e["source"], e["renewed"])
+            for e in steps] == [("reload_tls", first.fingerprint, renewed.fingerprint,
+                                 "self-signed", True)]
+    assert [e for e in logs if e["event"] != "step"] == []
+    # Renewed: nothing is due until the new one's own renewal, a day from now.
+    front.check_expiry()
+    assert _events(q) == []
+    assert not front.candidate_valid()
+    assert deadlines.timeout() == pytest.approx(MAX_CHECK_DELAY + MARGIN)
+
+
+def test_a_renewal_due_is_posted_again_until_it_is_in_service(
+        make: Make, now: Now, q: EventQueue) -> None:
+    """A change while the desktop is starting or repairing is deferred; one that was
+    dropped (UNHEALTHY for another reason) is asked for again at the next check."""
+    front = _self_signed(make, self_signed_days=2, renew_before=DAY)
+    now.at += timedelta(hours=25)
+    front.check_expiry()
+    front.check_expiry()
+    assert _events(q) == [CertificateChanged(), CertificateChanged()]
+
+
+def test_a_renewal_that_cannot_be_installed_falls_back_to_warnings(
+        make: Make, tls_paths: Paths, now: Now, q: EventQueue) -> None:
+    front = _self_signed(make, self_signed_days=2, renew_before=DAY)
+    first = front.pin
+    kept = tls_paths.state_dir / tls.SELF_SIGNED_NAME
+    kept.unlink()
+    kept.mkdir()  # the renewed one cannot be kept: a folder is in its place
+    now.at += timedelta(hours=25)
+    front.check_expiry()
+    assert _events(q) == [CertificateChanged()]
+    assert front.candidate_valid()
+    with capture_logs() as logs:
+        assert not front.put_candidate_in_service()
+        front.check_expiry()
+        front.check_expiry()
+    assert front.pin == first
+    refused = [e for e in logs if e["event"] == "certificate_refused"]
+    assert len(refused) == 1
+    assert "cannot install it" in refused[0]["reason"]
+    # No more attempts (no line on every check); a person is told, once per threshold.
+    assert _events(q) == []
+    assert not front.candidate_valid()
+    assert _warnings(logs) == [30, 7, 1]  # 23 hours left
+
+
+def test_a_user_certificate_is_never_renewed(make: Make, cert_file: Path, now: Now,
+                                             q: EventQueue) -> None:
+    front, bundle = _installed(make, cert_file, _bundle(days=2))
+    now.at = bundle.not_after - timedelta(hours=1)
+    front.check_expiry()
+    assert _events(q) == []
+    assert not front.candidate_valid()
