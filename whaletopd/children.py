@@ -16,9 +16,9 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 from whaletopd import logs
 from whaletopd.events import ChildExited, EventQueue
@@ -61,9 +61,14 @@ def _pump_output(name: str, proc: subprocess.Popen[bytes],
     kept; `quiet` lines (routine chatter) are dropped."""
     clog = log.bind(source=name, pid=proc.pid)
     assert proc.stdout is not None
-    for raw in proc.stdout:
-        line = raw[:MAX_LINE].decode("utf-8", errors="replace").rstrip()
+    for raw, cut in _lines(proc.stdout):
+        line = raw.decode("utf-8", errors="replace").rstrip()
         if not line or (quiet is not None and quiet.search(line)):
+            continue
+        if cut:
+            # Never JSON (the object was cut): the text, once, and why it ends there.
+            clog.info(line, cut=f"the line was longer than {MAX_LINE} bytes; "
+                                "the rest of it was dropped")
             continue
         if not json_lines:
             clog.info(line)
@@ -84,6 +89,19 @@ def _pump_output(name: str, proc: subprocess.Popen[bytes],
         except TypeError:
             clog.info(line)
     proc.stdout.close()
+
+
+def _lines(stream: IO[bytes]) -> Iterator[tuple[bytes, bool]]:
+    """Each line (at most MAX_LINE bytes of it) and whether it was cut: the rest of a
+    longer line is read and dropped, never held, so a child writing one endless line
+    costs whaletopd no more memory than a short one."""
+    while raw := stream.readline(MAX_LINE):
+        if raw.endswith(b"\n") or len(raw) < MAX_LINE:
+            yield raw, False
+            continue
+        yield raw, True
+        while (rest := stream.readline(MAX_LINE)) and not rest.endswith(b"\n"):
+            pass
 
 
 # nginx's error log: "2026/11/29 21:34:48 [crit] 29#29: *1 connect() ... failed".

@@ -5,12 +5,16 @@ There are no timer threads.  The loop waits on the queue only until the next dea
 other.  Arming a name again replaces its deadline and cancelling forgets it, so a
 deadline that was re-armed or cancelled can never fire late: only what is in the table
 when the loop looks can fire at all.
+
+The loop owns them; the one other thread that arms one is the provisioning worker
+(the certificate's first expiry check), so the table takes a lock.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,20 +36,24 @@ class Deadlines:
         self._armed: dict[str, _Entry] = {}
         self._heap: list[_Entry] = []
         self._seq = itertools.count()
+        self._lock = threading.Lock()
 
     def arm(self, name: str, seconds: float, event: Event) -> None:
         """`event` is dispatched `seconds` from now, unless `name` is re-armed or cancelled."""
-        entry = _Entry(self._clock() + max(0.0, seconds), next(self._seq), name, event)
-        self._armed[name] = entry
-        heapq.heappush(self._heap, entry)
+        with self._lock:
+            entry = _Entry(self._clock() + max(0.0, seconds), next(self._seq), name, event)
+            self._armed[name] = entry
+            heapq.heappush(self._heap, entry)
 
     def cancel(self, *names: str) -> None:
-        for name in names:
-            self._armed.pop(name, None)
+        with self._lock:
+            for name in names:
+                self._armed.pop(name, None)
 
     def cancel_all(self) -> None:
-        self._armed.clear()
-        self._heap.clear()
+        with self._lock:
+            self._armed.clear()
+            self._heap.clear()
 
     def armed(self, name: str) -> bool:
         return name in self._armed
@@ -61,14 +69,16 @@ class Deadlines:
 
     def timeout(self) -> float | None:
         """Seconds until the next deadline (0 when one is due), None when none is armed."""
-        head = self._head()
-        return None if head is None else max(0.0, head.due - self._clock())
+        with self._lock:
+            head = self._head()
+            return None if head is None else max(0.0, head.due - self._clock())
 
     def pop_due(self) -> Event | None:
         """The earliest deadline that is due, forgotten as it is returned; else None."""
-        head = self._head()
-        if head is None or head.due > self._clock():
-            return None
-        heapq.heappop(self._heap)
-        del self._armed[head.name]
-        return head.event
+        with self._lock:
+            head = self._head()
+            if head is None or head.due > self._clock():
+                return None
+            heapq.heappop(self._heap)
+            del self._armed[head.name]
+            return head.event

@@ -12,12 +12,17 @@ callback named in machine.TRANSITIONS hands the work to the part that owns it:
 
 Parts never touch each other's fields; the desktop passes what one needs from another.
 Callbacks run in the loop's thread and never raise for bad input or a failed step:
-they post an event (Failed), and the machine moves.
+they post an event (Failed), and the machine moves.  Work of STARTING that can block
+for ever (provisioning: a FIFO, a hung mount under the home; mapping /Apps) runs in a
+worker thread that only posts (Provisioned, AppsMapped, Failed), so the loop still
+serves `docker stop` and the startup deadline; a result that comes after the desktop
+moved on is refused by the machine.
 """
 
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,9 +35,11 @@ from whaletopd.children import RunAs
 from whaletopd.config import Config
 from whaletopd.deadlines import Deadlines
 from whaletopd.events import (
+    AppsMapped,
     CertificateChanged,
     CertificateExpired,
     ChildExited,
+    Crashed,
     Event,
     EventQueue,
     Failed,
@@ -64,6 +71,8 @@ ProbeMaker = Callable[[probes.Target, Mapping[str, str]], list[probes.Probe]]
 STARTUP = "startup"
 RECOVERY = "recovery"
 MENU = "menu"
+# The program whose start starts LXDE's menu-cached (programs.py's session row).
+SESSION = "session"
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,11 @@ class Desktop:
         # tables without nginx).
         self._serves_web = any(p.name == "nginx" for p in table)
         self.menu = AppMenu(self.paths, events)
+        # The menu is a worker's until AppsMapped: till then status.json shows it empty.
+        self._menu_mapped = False
+        self._menu_detail = self.menu.describe()
+        self._apps_pending = False  # a change under /Apps seen while it was mapped
+        self._stopping = threading.Event()  # stop_children ran: workers must start nothing
         self.prober: probes.Prober | None = None
         self.account: Account | None = None
         self.reason = ""
@@ -149,8 +163,13 @@ class Desktop:
             **self.front.describe(),
             **self.children.describe(),
             "tls": self.web.describe(),
-            **self.menu.describe(),
+            **self._describe_menu(),
         })
+
+    def _describe_menu(self) -> dict[str, object]:
+        if self._menu_mapped:
+            self._menu_detail = self.menu.describe()
+        return self._menu_detail
 
     def _guard(self, work: Callable[[], None]) -> None:
         try:
@@ -158,12 +177,29 @@ class Desktop:
         except (ProvisionError, TLSError, FrontDoorError, OSError) as exc:
             self.events.post(Failed(reason=str(exc)))
 
+    def _off_loop(self, name: str, work: Callable[[], None]) -> None:
+        """`work` in a daemon thread (one stuck for ever does not keep the daemon from
+        exiting), which only posts.  What it started after the desktop began stopping
+        (a watch) is stopped again here."""
+        def run() -> None:
+            try:
+                self._guard(work)
+            except BaseException as exc:  # a bug: ends the daemon from the loop (exit 1)
+                self.events.post(Crashed(error=exc))
+            if self._stopping.is_set():
+                self._stop_parts()
+        threading.Thread(target=run, name=name, daemon=True).start()
+
     # -- STARTING: provisioning, then the children in the table's order ------------------
 
     def provision(self, event: EventData) -> None:
         seconds = self.config.startup_timeout
         self.deadlines.arm(STARTUP, seconds, StartupTimedOut(seconds=seconds))
-        self._guard(self._provision)
+        unwritable = self.status.unwritable()  # STARTING could not be written
+        if unwritable is not None:
+            self.events.post(Failed(reason=unwritable))
+            return
+        self._off_loop("provision", self._provision)
 
     def _provision(self) -> None:
         # First: a bad certificate or users file fails before anything is touched.
@@ -184,12 +220,20 @@ class Desktop:
         self.events.post(Provisioned())
 
     def start_menu(self, event: EventData) -> None:
-        """After the first children are spawned: the session, started only once Xvnc is
-        ready (an event queued behind this callback), finds /Apps in the menu."""
+        """After the first children are spawned, off the loop's thread (/Apps may be a
+        hung mount).  Apps mapped after the session's menu-cached read the folder are
+        seen by its watch, or by the refresh check_menu makes."""
         def start() -> None:
             with logs.step("map_apps") as out:
                 out.update(self.menu.start())
-        self._guard(start)
+            self.events.post(AppsMapped())
+        self._off_loop("map-apps", start)
+
+    def menu_mapped(self, event: EventData) -> None:
+        self._menu_mapped = True
+        if self._apps_pending:
+            self._apps_pending = False
+            self.map_apps(event)
 
     def mark_ready(self, event: EventData) -> None:
         self.children.mark_ready(event.kwargs["event"].name)
@@ -199,11 +243,15 @@ class Desktop:
 
     def _launch(self) -> None:
         if self.children.launch(self._launch_context()):
-            assert self.account is not None
-            self.menu.session_started(Path(self.account.run_as.home),
-                                      self.account.env.get("XDG_RUNTIME_DIR"))
-            self.deadlines.arm(MENU, SETTLE_INTERVAL, MenuCheckDue())
+            self._session_started()
             self.events.post(Launched())
+
+    def _session_started(self) -> None:
+        """A session (first or fresh) starts its menu-cached: look until it watches."""
+        assert self.account is not None
+        self.menu.session_started(Path(self.account.run_as.home),
+                                  self.account.env.get("XDG_RUNTIME_DIR"))
+        self.deadlines.arm(MENU, SETTLE_INTERVAL, MenuCheckDue())
 
     def _launch_context(self) -> Launch:
         return Launch(self.config, self.paths)
@@ -237,6 +285,14 @@ class Desktop:
         if isinstance(ev, ChildExited):
             return ev.name
         return ev.part if isinstance(ev, ProbeFailed) else ""
+
+    def all_running(self, event: EventData) -> bool:
+        return self.children.all_running()
+
+    def logged_out(self, event: EventData) -> bool:
+        ev = event.kwargs.get("event")
+        return isinstance(ev, ChildExited) and self.children.asked_to_stop(ev.name,
+                                                                            ev.returncode)
 
     def restartable(self, event: EventData) -> bool:
         return self.children.restartable(self._part(event))
@@ -278,7 +334,10 @@ class Desktop:
                            RestartDue(name=name))
 
     def restart_child(self, event: EventData) -> None:
-        if self.children.restart(event.kwargs["event"].name, self._launch_context()):
+        name = event.kwargs["event"].name
+        if self.children.restart(name, self._launch_context()):
+            if name == SESSION:
+                self._session_started()
             self._reset_probes()
 
     def _arm_recovery_deadline(self) -> None:
@@ -313,6 +372,9 @@ class Desktop:
     # -- /Apps ---------------------------------------------------------------------------
 
     def map_apps(self, event: EventData) -> None:
+        if not self._menu_mapped:  # the worker's first mapping may have missed it
+            self._apps_pending = True
+            return
         with logs.step("map_apps") as out:
             out["changes"] = self.menu.sync()
 
@@ -326,6 +388,10 @@ class Desktop:
         self.deadlines.cancel(STARTUP, RECOVERY)
         if self.web.take_deferred():
             self.events.post(CertificateChanged())
+
+    def note_logout(self, event: EventData) -> None:
+        ev = event.kwargs["event"]
+        self.reason = f"the desktop user logged out ({ev.why})"
 
     def on_enter_STOPPING(self, event: EventData) -> None:
         self.events.post(ShutDown())
@@ -341,13 +407,18 @@ class Desktop:
 
     def stop_children(self, event: EventData) -> None:
         """Nothing fires or posts any more: deadlines, checks and watches end first."""
+        self._stopping.set()
         self.deadlines.cancel_all()
         if self.prober is not None:
             self.prober.stop()
+        self._stop_parts()
+        self.children.stop_all()
+
+    def _stop_parts(self) -> None:
+        """The watches (each stop may run again: a worker that finished late)."""
         self.web.stop()
         self.front.stop()
         self.menu.stop()
-        self.children.stop_all()
 
     def exit(self, event: EventData) -> None:
         self.exit_code = EXIT_CODES[self.state]

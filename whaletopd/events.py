@@ -100,6 +100,14 @@ class AppsChanged(Event):
 
 
 @dataclass(frozen=True)
+class AppsMapped(Event):
+    """/Apps is in the menu and watched (done off the loop's thread at start): from now
+    on the menu is the loop's to read and sync."""
+
+    trigger: ClassVar[str] = "apps_mapped"
+
+
+@dataclass(frozen=True)
 class MenuCheckDue(Event):
     """Time to look whether LXDE's menu-cached watches the application folder yet."""
 
@@ -179,6 +187,15 @@ class StopRequested(Event):
     @property
     def why(self) -> str:
         return self.reason
+
+
+@dataclass(frozen=True)
+class Crashed(Event):
+    """A bug (an unexpected exception) in a worker thread: the loop raises it as its
+    own, so it ends the daemon as a bug in the loop does (`crash`, exit 1)."""
+
+    trigger: ClassVar[str] = "crash"
+    error: BaseException
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,15 @@ from whaletopd import logs, machine, signals
 from whaletopd.config import Config
 from whaletopd.deadlines import Deadlines
 from whaletopd.desktop import Desktop
-from whaletopd.events import Event, EventQueue, Failed, Start
+from whaletopd.events import Crashed, Event, EventQueue, Failed, Start
 from whaletopd.paths import Paths
 
 log = logs.get("whaletopd.loop")
 
 
 def dispatch(desktop: Desktop, event: Event) -> None:
+    if isinstance(event, Crashed):
+        raise event.error
     try:
         getattr(desktop, event.trigger)(event=event)
     except MachineError:

@@ -35,27 +35,38 @@ LIVE = [STARTING, *UP]
 TRANSITIONS: list[dict[str, Any]] = [
     # Provisioning (user, sudo, password), then the children of programs.py's table, each
     # once what it waits for is ready: Xvnc and websockify, then (when Xvnc said it is
-    # ready through -displayfd) the LXDE session.  /Apps is mapped while Xvnc and
-    # websockify start (off the critical path), and before the session reads the menu.
+    # ready through -displayfd) the LXDE session.  Provisioning and mapping /Apps run in
+    # worker threads (either may block on a hung mount), so stop signals and the startup
+    # deadline are served meanwhile; /Apps is mapped while Xvnc and websockify start.
+    # A status folder that cannot be written (mounted read-only) is FAILED at once.
     {"trigger": "start", "source": INIT, "dest": STARTING, "after": "provision"},
     {"trigger": "provisioned", "source": STARTING, "dest": None,
      "after": ["launch", "start_menu"]},
+    {"trigger": "apps_mapped", "source": [*LIVE, UNHEALTHY], "dest": None,
+     "after": "menu_mapped"},
     {"trigger": "child_ready", "source": STARTING, "dest": None,
      "after": ["mark_ready", "launch"]},
     {"trigger": "launched", "source": STARTING, "dest": STARTED, "after": "start_probes"},
     # HEALTHY means a user can connect now: X display, VNC login, noVNC page and a VNC
-    # login through websockify's WebSocket all answer.  Verdicts of checks older than the
-    # last restart are stale: ignored.
+    # login through websockify's WebSocket all answer, and every child runs (no check
+    # looks at the session).  Verdicts of checks older than the last restart are stale.
     {"trigger": "probe_passed", "source": [STARTED, RECOVERING, RELOADING_TLS],
-     "dest": HEALTHY, "unless": "stale"},
+     "dest": HEALTHY, "conditions": "all_running", "unless": "stale"},
     # Only with --no-exit-on-failure does UNHEALTHY wait, and so can recover.
     {"trigger": "probe_passed", "source": UNHEALTHY, "dest": HEALTHY,
-     "unless": ["exit_on_failure", "stale"]},
-    # A restartable child (websockify: no user state) is restarted (with backoff, a
-    # bounded number of times in a window) instead of giving up the desktop; with its
-    # budget used up it is UNHEALTHY, and with --no-exit-on-failure it is tried again once
-    # the budget allows (retry_later).  Xvnc or the session dying loses the user's
-    # windows: UNHEALTHY at once.  Exits of replaced children are stale: ignored.
+     "conditions": "all_running", "unless": ["exit_on_failure", "stale"]},
+    # Logout (the session ends as lxsession-logout ends it): the person asked to stop.
+    {"trigger": "child_exited", "source": LIVE, "dest": STOPPING,
+     "conditions": "logged_out", "unless": "stale", "before": "note_logout"},
+    {"trigger": "child_exited", "source": UNHEALTHY, "dest": STOPPING,
+     "conditions": "logged_out", "unless": ["stale", "exit_on_failure"],
+     "before": "note_logout"},
+    # A restartable child (websockify, nginx, the sign-in service: no user state; the
+    # session: the X server keeps running) is restarted (with backoff, a bounded number
+    # of times in a window) instead of giving up the desktop; with its budget used up it
+    # is UNHEALTHY, and with --no-exit-on-failure it is tried again once the budget
+    # allows (retry_later).  Xvnc dying loses the user's windows: UNHEALTHY at once.
+    # Exits of replaced children are stale: ignored.
     {"trigger": "probe_failed", "source": HEALTHY, "dest": RECOVERING,
      "conditions": "restartable", "unless": "stale", "after": "recover"},
     {"trigger": "probe_failed", "source": HEALTHY, "dest": UNHEALTHY,

@@ -7,6 +7,7 @@ says; adding a child is adding a row.
 from __future__ import annotations
 
 import re
+import signal
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -53,6 +54,8 @@ class Program:
     wanted: Callable[[Config], bool] | None = None  # None: always; else only when true
     quiet: re.Pattern[str] | None = None  # output lines that are routine: not logged
     json_lines: bool = False  # its output lines are JSON objects whose fields are kept
+    # Exit codes that mean a person asked the desktop to stop (the session's Logout).
+    stop_exits: tuple[int, ...] = ()
 
     def enabled(self, config: Config) -> bool:
         return self.wanted is None or self.wanted(config)
@@ -107,6 +110,11 @@ def session_argv(launch: Launch) -> list[str]:
 
 # The web side holds no user state: each is restarted when it dies or hangs, windows
 # untouched.  nginx stops first (no new connections), Xvnc last.
+# The session: LXDE's Logout (lxsession-logout) sends SIGTERM to lxsession, and
+# dbus-run-session exits 128 + 15 = 143 (0 when lxsession ends by itself; -15 when
+# dbus-run-session itself gets the SIGTERM): the person asked to stop, so the desktop
+# stops (exit 0).  Any other end is a crash: what is left of its process group is
+# stopped and a fresh session starts on the same X server.
 PROGRAMS: tuple[Program, ...] = (
     Program("xvnc", xvnc_argv, ready="displayfd", stop_order=4, probes=("x_display",)),
     Program("websockify", websockify_argv, restart=Restart(), stop_order=3,
@@ -115,7 +123,8 @@ PROGRAMS: tuple[Program, ...] = (
             probes=("web_login", "novnc_page"), json_lines=True),
     Program("webauth", webauth_argv, restart=Restart(), stop_order=1, account="web",
             probes=("sign_in_check",), wanted=_sign_in, json_lines=True),
-    Program("session", session_argv, after="xvnc", stop_order=2),
+    Program("session", session_argv, after="xvnc", restart=Restart(), stop_order=2,
+            stop_exits=(0, 128 + signal.SIGTERM, -signal.SIGTERM)),
 )
 
 

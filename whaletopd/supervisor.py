@@ -103,6 +103,17 @@ class Supervisor:
     def has_restart_policy(self, name: str) -> bool:
         return name in self._budgets
 
+    def asked_to_stop(self, name: str, returncode: int) -> bool:
+        """Its exit says a person asked the desktop to stop (Logout from the session)."""
+        program = self._programs.get(name)
+        return program is not None and returncode in program.stop_exits
+
+    def all_running(self) -> bool:
+        """Every program of the table has a current child that runs: what HEALTHY needs
+        besides the checks (no check looks at the session)."""
+        return all(name in self._current and self._current[name].returncode is None
+                   and not self._current[name].retired for name in self._programs)
+
     def stale(self, name: str, pid: int) -> bool:
         """The exit of a child that was replaced or stopped on purpose is not news."""
         current = self._current.get(name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import urllib.request
@@ -273,3 +274,84 @@ def test_every_stdout_line_is_json(desktop):
     steps = {e["step"] for e in lines if e.get("event") == "step"}
     assert {"ensure_user", "vnc_password", "launch_xvnc", "launch_session"} <= steps
     assert all("duration_ms" in e for e in lines if e.get("event") == "step")
+
+
+def test_docker_stop_while_starting_exits_0(desktop):
+    """`docker stop` as soon as the status says STARTING: whaletopd stops by itself
+    (provisioning runs off its loop), so docker never has to kill it (137)."""
+    c = desktop()
+    wait_until(lambda: c.status() == "STARTING\n", "STARTING", timeout=30)
+    docker("stop", "-t", "5", c.name)
+    assert c.wait_exit() == 0
+    assert c.status() == "STOPPED\n"
+    assert c.transitions()[-2:] == ["STOPPING", "STOPPED"]
+    assert not [e for e in c.log_lines() if e.get("event") == "crash"]
+
+
+def test_read_only_state_folder_fails_with_exit_2_saying_what_to_do(image, tmp_path):
+    """`-v dir:/opt/whaletop:ro`: the status cannot be written, so the one error line
+    and the exit code say it; not a crash (exit 1, traceback)."""
+    state = tmp_path / "ro-state"
+    state.mkdir()
+    name = f"whaletop-test-ro-{os.getpid()}"
+    try:
+        docker("run", "-d", "--name", name, "--network", "host",
+               "-v", f"{state}:/opt/whaletop:ro", image)
+        assert int(docker("wait", name, timeout=60).stdout.strip()) == 2
+        lines = [json.loads(line) for line in docker("logs", name).stdout.splitlines()]
+    finally:
+        docker("rm", "-f", name, check=False)
+    problems = [e for e in lines if e.get("level") in ("warning", "error", "critical")]
+    assert [e["event"] for e in problems] == ["failed"], problems
+    reason = problems[0]["reason"]
+    assert reason.startswith("cannot write the status files in /opt/whaletop (Read-only file")
+    assert "--tmpfs /opt/whaletop" in reason
+    assert list(state.iterdir()) == []
+
+
+def _pid_of(c: Container, program: str) -> int:
+    """The pid of a program of the session, once it runs."""
+    def find() -> str:
+        return c.exec("pgrep", "-x", program, check=False).stdout.strip()
+    wait_until(find, f"{program} running")
+    return int(find().split()[0])
+
+
+def _lxsession_pid(c: Container) -> int:
+    return _pid_of(c, "lxsession")
+
+
+def test_logout_stops_the_desktop_with_exit_0(desktop):
+    """LXDE's Logout runs lxsession-logout, which sends SIGTERM to $_LXSESSION_PID (the
+    session's lxsession): done here as it does it, as the desktop user."""
+    c = desktop()
+    c.wait_status("HEALTHY")
+    panel = _pid_of(c, "lxpanel")
+    env = c.exec("sh", "-c", f"tr '\\0' '\\n' < /proc/{panel}/environ", user="user").stdout
+    (pid,) = [line.split("=", 1)[1] for line in env.splitlines()
+              if line.startswith("_LXSESSION_PID=")]
+    assert int(pid) == _lxsession_pid(c)
+    c.exec("kill", "-TERM", pid, user="user")
+    assert c.wait_exit() == 0
+    assert c.status() == "STOPPED\n"
+    assert c.status_json()["reason"].startswith("the desktop user logged out (session (pid")
+    assert c.transitions()[-3:] == ["HEALTHY", "STOPPING", "STOPPED"]
+
+
+def test_crashed_session_is_restarted_on_the_same_x_server(desktop):
+    """lxsession killed: RECOVERING, then HEALTHY with a fresh session; Xvnc untouched."""
+    c = desktop()
+    c.wait_status("HEALTHY")
+    before = c.status_json()["children"]
+    old = _lxsession_pid(c)
+    c.exec("kill", "-KILL", str(old), user="user")
+    wait_until(lambda: c.status_json()["children"]["session"]["pid"]
+               != before["session"]["pid"], "a new session")
+    c.wait_status("HEALTHY")
+    after = c.status_json()
+    assert after["children"]["xvnc"] == before["xvnc"]
+    assert after["children"]["session"]["running"] is True
+    assert after["restarts"]["session"]["used"] == 1
+    assert "RECOVERING" in c.transitions()
+    assert _lxsession_pid(c) != old
+    assert c.running()

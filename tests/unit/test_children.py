@@ -81,6 +81,37 @@ def test_long_lines_are_cut(run_as: RunAs, q: EventQueue) -> None:
     assert _lines(logs, "long")[0] == "x" * children.MAX_LINE
 
 
+def test_an_endless_line_is_cut_once_and_its_rest_never_kept(run_as: RunAs,
+                                                            q: EventQueue) -> None:
+    """50 MB without a newline: one line of MAX_LINE bytes is logged, saying it was
+    cut; the rest is read and dropped (whaletopd never holds it), and the lines after
+    it come through as usual."""
+    script = ("import sys; out = sys.stdout.buffer; chunk = b'x' * (1 << 20)\n"
+              "for _ in range(50): out.write(chunk)\n"
+              "out.write(b'tail of the long line\\nnext line\\n')")
+    with capture_logs() as logs:
+        children.spawn("endless", ["python3", "-c", script], run_as, ENV, q)
+        assert _next_exit(q).returncode == 0
+        wait_for(lambda: "next line" in _lines(logs, "endless"), "the line after it")
+    entries = [e for e in logs if e.get("source") == "endless"]
+    assert [e["event"] for e in entries] == ["x" * children.MAX_LINE, "next line"]
+    assert "longer than 4096 bytes" in entries[0]["cut"]
+    assert "cut" not in entries[1]
+    # Everything logged from the child: what it cost whaletopd to hold at a time.
+    assert sum(len(str(v)) for e in entries for v in e.values()) < 2 * children.MAX_LINE
+
+
+def test_a_line_that_fits_is_not_marked_cut(run_as: RunAs, q: EventQueue) -> None:
+    with capture_logs() as logs:
+        _spawn("fits", f"head -c {children.MAX_LINE - 1} /dev/zero | tr '\\0' y; echo",
+               run_as, q)
+        _next_exit(q)
+        wait_for(lambda: _lines(logs, "fits"), "the line")
+    (entry,) = [e for e in logs if e.get("source") == "fits"]
+    assert entry["event"] == "y" * (children.MAX_LINE - 1)
+    assert "cut" not in entry
+
+
 def test_undecodable_output_is_still_logged(run_as: RunAs, q: EventQueue) -> None:
     with capture_logs() as logs:
         _spawn("bin", "printf 'caf\\351\\n'", run_as, q)

@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,9 +34,10 @@ from whaletopd import frontdoor, loop, machine, nginx_conf, tls, webusers
 from whaletopd.children import Child, RunAs
 from whaletopd.config import Config
 from whaletopd.deadlines import Deadlines
-from whaletopd.desktop import Desktop, Seams
+from whaletopd.desktop import Desktop, Provisioner, Seams
 from whaletopd.events import (
     AppsChanged,
+    AppsMapped,
     CertificateChanged,
     CertificateCheckDue,
     CertificateExpired,
@@ -73,7 +74,7 @@ from whaletopd.machine import (
 )
 from whaletopd.paths import Paths
 from whaletopd.probes import Probe, ProbeError, Prober, Target
-from whaletopd.programs import Launch, Program, Restart
+from whaletopd.programs import PROGRAMS, Launch, Program, Restart
 from whaletopd.provision import Account, prepare_dirs
 from whaletopd.webusers import hash_password
 
@@ -106,6 +107,10 @@ def _sign_in(config: Config) -> bool:
     return config.sign_in
 
 
+# What a logout looks like from the table's session row (dbus-run-session's codes).
+LOGOUT_EXITS = next(p for p in PROGRAMS if p.name == "session").stop_exits
+
+
 def programs(session: Callable[[Launch], list[str]] = _sleeper,
              restart: Restart | None = None) -> tuple[Program, ...]:
     """The real table's shape (readiness, order, restart policy, accounts, blame, the
@@ -120,7 +125,8 @@ def programs(session: Callable[[Launch], list[str]] = _sleeper,
         Program("webauth", _sleeper, restart=restart or Restart(), stop_order=1,
                 account="web", probes=("sign_in_check",), wanted=_sign_in,
                 json_lines=True),
-        Program("session", session, after="xvnc", stop_order=2),
+        Program("session", session, after="xvnc", restart=restart or Restart(),
+                stop_order=2, stop_exits=LOGOUT_EXITS),
     )
 
 
@@ -180,6 +186,7 @@ EVENTS: dict[str, EventFactory] = {
     "restart_due": lambda d: RestartDue(name="websockify"),
     "certificate_changed": lambda d: CertificateChanged(),
     "apps_changed": lambda d: AppsChanged(),
+    "apps_mapped": lambda d: AppsMapped(),
     "web_users_changed": lambda d: WebUsersChanged(),
     "menu_check_due": lambda d: MenuCheckDue(),
     "certificate_check_due": lambda d: CertificateCheckDue(),
@@ -245,6 +252,7 @@ class Case:
 
 
 _WS_EXIT = _exit_of("websockify")
+_LOGOUT = _exit_of("session", 128 + signal.SIGTERM)
 _NGINX_EXIT = _exit_of("nginx")
 NO_BUDGET = programs(restart=Restart(attempts=0))
 ONE_RESTART = programs(restart=Restart(attempts=1))
@@ -283,7 +291,12 @@ CASES = [
     Case("child_exited", RELOADING_TLS, RECOVERING, calls=("recover",), event=_WS_EXIT),
     Case("child_exited", STARTING, UNHEALTHY, posts_shut_down=True),
     Case("child_exited", STARTED, UNHEALTHY, posts_shut_down=True),
-    Case("child_exited", HEALTHY, UNHEALTHY, event=_exit_of("session", -9), posts_shut_down=True),
+    Case("child_exited", HEALTHY, UNHEALTHY, event=_exit_of("xvnc", -9), posts_shut_down=True),
+    # Logout: the session ends as lxsession-logout ends it (SIGTERM to lxsession, 143).
+    *[Case("child_exited", state, STOPPING, calls=("note_logout",), posts_shut_down=True,
+           event=_LOGOUT) for state in (STARTING, STARTED, HEALTHY, RECOVERING, RELOADING_TLS)],
+    Case("child_exited", UNHEALTHY, STOPPING, calls=("note_logout",), posts_shut_down=True,
+         config=NO_EXIT, event=_LOGOUT),
     Case("child_exited", RECOVERING, UNHEALTHY, posts_shut_down=True),
     Case("child_exited", RELOADING_TLS, UNHEALTHY, posts_shut_down=True),
     Case("child_exited", UNHEALTHY, UNHEALTHY, calls=("retry_later",), internal=True,
@@ -316,6 +329,11 @@ CASES = [
          internal=True, config=NO_EXIT),
     *[Case("certificate_expired", state, UNHEALTHY, posts_shut_down=True)
       for state in (STARTED, HEALTHY, RECOVERING, RELOADING_TLS)],
+    # /Apps: mapped at start by a worker; from then on the loop's.
+    *[Case("apps_mapped", state, state, calls=("menu_mapped",), internal=True)
+      for state in (STARTING, STARTED, HEALTHY, RECOVERING, RELOADING_TLS)],
+    Case("apps_mapped", UNHEALTHY, UNHEALTHY, calls=("menu_mapped",), internal=True,
+         config=NO_EXIT),
     # /Apps: mapped again in every state where the desktop lives.
     *[Case("apps_changed", state, state, calls=("map_apps",), internal=True)
       for state in (STARTING, STARTED, HEALTHY, RECOVERING, RELOADING_TLS)],
@@ -357,7 +375,7 @@ INVALID = sorted((trigger, state) for trigger in EVENTS for state in STATES
 
 # The machine's actions.  In the table tests most only record that they ran; these run
 # for real too (they only change the desktop's own bookkeeping, or end it).
-CALLED_THROUGH = frozenset({"defer_certificate", "stop_children", "exit"})
+CALLED_THROUGH = frozenset({"defer_certificate", "note_logout", "stop_children", "exit"})
 
 
 def _actions() -> set[str]:
@@ -492,7 +510,10 @@ def test_transition(case: Case, paths: Paths, table_in: Callable[..., Table]) ->
     assert word == case.dest + "\n"
     assert doc["state"] == case.dest
     assert doc["pid"] == os.getpid()
-    assert doc["reason"] == (event.why or reason_before)
+    if "note_logout" in case.calls:
+        assert doc["reason"] == f"the desktop user logged out ({event.why})"
+    else:
+        assert doc["reason"] == (event.why or reason_before)
     assert doc["since"].endswith("Z")
     datetime.fromisoformat(doc["since"].replace("Z", "+00:00"))
     assert doc["username"] == case.config.username
@@ -814,10 +835,11 @@ class Run:
 
 
 def _desktop(paths: Paths, run_as: RunAs, config: Config,
-             table: Sequence[Program] | None = None) -> tuple[Desktop, Checks]:
+             table: Sequence[Program] | None = None,
+             provision: Provisioner | None = None) -> tuple[Desktop, Checks]:
     checks = Checks()
     desktop = Desktop(config, EventQueue(), Deadlines(), paths,
-                      Seams(table or programs(), provisioner(run_as), checks))
+                      Seams(table or programs(), provision or provisioner(run_as), checks))
     return desktop, checks
 
 
@@ -836,9 +858,10 @@ def started() -> Iterator[list[Run]]:
 
 @pytest.fixture
 def start(paths: Paths, run_as: RunAs, started: list[Run]) -> Callable[..., Run]:
-    def start(config: Config | None = None, table: Sequence[Program] | None = None) -> Run:
+    def start(config: Config | None = None, table: Sequence[Program] | None = None,
+              provision: Provisioner | None = None) -> Run:
         cfg = config or Config(startup_timeout=WAIT, probe_interval=0.005)
-        desktop, checks = _desktop(paths, run_as, cfg, table)
+        desktop, checks = _desktop(paths, run_as, cfg, table, provision)
         machine.build(desktop)
         desktop.events.post(Start())
         run = Run(desktop, paths, checks)
@@ -924,10 +947,10 @@ def test_lifecycle_xvnc_probe_failure_exits_3(start: Callable[..., Run], paths: 
     assert doc["reason"] == "health check failed: xvnc does not answer"
 
 
-@pytest.mark.parametrize("name", ["xvnc", "session"])
+@pytest.mark.parametrize("name", ["xvnc"])
 def test_lifecycle_death_of_a_stateful_child_exits_3(start: Callable[..., Run], paths: Paths,
                                                      name: str) -> None:
-    """The user's windows are gone with Xvnc or the session: no restart, UNHEALTHY."""
+    """The user's windows are gone with Xvnc: no restart, UNHEALTHY."""
     run = start()
     run.until_state(HEALTHY)
     dead = run.child(name)
@@ -1306,3 +1329,263 @@ def test_a_due_deadline_is_served_before_a_busy_queue() -> None:
     assert loop.next_event(events, deadlines) == StartupTimedOut(seconds=1.0)
     assert loop.next_event(events, deadlines) == AppsChanged()
     assert loop.next_event(events, deadlines, limit=0) is None
+
+
+# -- the session: a crash is repaired, a logout stops the desktop ------------------------
+
+def _session_stand_in(launch: Launch) -> list[str]:
+    """What `dbus-run-session -- startlxde` does: runs lxsession (here a `sleep`) and
+    exits with its status, 128 + the signal when it was killed (SIGTERM from
+    lxsession-logout: 143)."""
+    return ["bash", "-c", "sleep 60 & wait $!"]
+
+
+def _lxsession(run: Run) -> psutil.Process:
+    """The session's own child, as lxsession is dbus-run-session's."""
+    found: list[psutil.Process] = []
+    wait_for(lambda: found.extend(psutil.Process(run.child("session").pid).children())
+             or found, "the session's child")
+    return found[0]
+
+
+SESSION_TABLE = programs(session=_session_stand_in)
+
+
+def test_lifecycle_crashed_session_is_restarted_on_the_same_display(
+        start: Callable[..., Run], paths: Paths) -> None:
+    """The X server outlives the session: a crash (lxsession killed) is repaired by a
+    fresh session, RECOVERING → HEALTHY, Xvnc untouched."""
+    run = start(table=SESSION_TABLE)
+    run.until_state(HEALTHY)
+    old, xvnc = run.child("session"), run.child("xvnc")
+    _lxsession(run).kill()
+    run.until_state(RECOVERING)
+    assert _status(paths)[1]["reason"] == f"session (pid {old.pid}) exited with code 137"
+    run.until_state(HEALTHY)
+    new = run.child("session")
+    assert new.pid != old.pid
+    assert new.returncode is None
+    assert run.child("xvnc") is xvnc
+    assert xvnc.returncode is None
+    assert run.words == [STARTING, STARTED, HEALTHY, RECOVERING, HEALTHY]
+    _, doc = _status(paths)
+    assert doc["children"]["session"] == {"pid": new.pid, "running": True,
+                                          "returncode": None}
+    assert doc["restarts"]["session"]["used"] == 1
+    assert run.desktop.deadlines.armed("menu"), "the new menu-cached is looked for"
+    assert run.stop() == 0
+
+
+@pytest.mark.parametrize(("how", "code"), [
+    ("lxsession-logout", 128 + signal.SIGTERM),  # SIGTERM to $_LXSESSION_PID
+    ("the session's own SIGTERM", -signal.SIGTERM),
+])
+def test_lifecycle_logout_stops_the_desktop_with_exit_0(
+        start: Callable[..., Run], paths: Paths, how: str, code: int) -> None:
+    """A person who logs out asked to stop: STOPPING, STOPPED, exit 0; no restart."""
+    run = start(table=SESSION_TABLE)
+    run.until_state(HEALTHY)
+    session = run.child("session")
+    target = _lxsession(run) if code > 0 else psutil.Process(session.pid)
+    target.terminate()
+    assert run.until_exit() == 0
+    assert run.words == [STARTING, STARTED, HEALTHY, STOPPING, STOPPED]
+    assert session.returncode == code
+    word, doc = _status(paths)
+    assert word == "STOPPED\n"
+    exited = "exited with code 143" if code > 0 else "was killed by signal 15"
+    assert doc["reason"] == f"the desktop user logged out (session (pid {session.pid}) {exited})"
+    assert doc["restarts"]["session"]["used"] == 0
+    _assert_all_stopped(run.desktop.children.children())
+
+
+def test_lifecycle_no_exit_on_failure_is_not_healthy_without_a_session(
+        start: Callable[..., Run], paths: Paths) -> None:
+    """The session's restarts used up, --no-exit-on-failure: UNHEALTHY, and passing
+    checks (they do not look at the session) do not make it HEALTHY again."""
+    budget = Restart(attempts=1, window=60.0, first_delay=0.01, max_delay=0.01)
+    run = start(Config(no_exit_on_failure=True, startup_timeout=WAIT, probe_interval=3600),
+                table=programs(session=_session_stand_in, restart=budget))
+    run.until_state(HEALTHY)
+    first = run.child("session")
+    _lxsession(run).kill()
+    run.until_state(RECOVERING)
+    run.until(lambda: run.child("session") is not first)  # restarted; no check ran since
+    assert run.desktop.prober is not None
+    loop.dispatch(run.desktop, ProbePassed(generation=run.desktop.prober.generation))
+    assert run.desktop.state == HEALTHY
+    second = run.child("session")
+    _lxsession(run).kill()
+    run.until_state(UNHEALTHY)
+    assert second.returncode == 137
+    assert run.desktop.deadlines.armed("restart:session"), "tried again when the budget allows"
+    loop.dispatch(run.desktop, ProbePassed(generation=run.desktop.prober.generation))
+    assert run.desktop.state == UNHEALTHY
+    word, doc = _status(paths)
+    assert word == "UNHEALTHY\n"
+    assert doc["children"]["session"]["running"] is False
+    assert run.stop() == 0
+
+
+def test_probe_pass_with_a_dead_child_is_not_healthy(table_in: Callable[..., Table]) -> None:
+    """Whatever the checks say, HEALTHY needs every child running (its exit may still be
+    on its way)."""
+    t = table_in(STARTED)
+    session = t.desktop.children.child("session")
+    assert session is not None
+    os.kill(session.pid, signal.SIGKILL)
+    wait_for(lambda: session.returncode is not None, "the session's exit")
+    before = _status(t.paths)
+    t.dispatch(ProbePassed())
+    assert t.desktop.state == STARTED
+    assert _status(t.paths) == before
+
+
+# -- STARTING's blocking work runs off the loop --------------------------------------------
+
+class Stuck:
+    """A provisioner stuck until the test lets it go (a FIFO read, a hung mount)."""
+
+    def __init__(self, run_as: RunAs) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self._real = provisioner(run_as)
+
+    def __call__(self, config: Config, paths: Paths, display: int) -> Account:
+        self.entered.set()
+        self.release.wait()
+        return self._real(config, paths, display)
+
+
+@pytest.fixture
+def stuck(run_as: RunAs) -> Iterator[Stuck]:
+    s = Stuck(run_as)
+    yield s
+    s.release.set()
+
+
+def _provision_thread() -> threading.Thread:
+    (thread,) = [t for t in threading.enumerate() if t.name == "provision"]
+    return thread
+
+
+def test_stop_while_provisioning_is_stuck_ends_stopped_and_a_late_result_spawns_nothing(
+        start: Callable[..., Run], paths: Paths, stuck: Stuck) -> None:
+    run = start(provision=stuck)
+    run.until(stuck.entered.is_set)
+    assert _provision_thread().daemon, "a stuck worker must not keep the daemon alive"
+    assert run.stop() == 0
+    assert run.words == [STARTING, STOPPING, STOPPED]
+    assert run.desktop.children.children() == []
+    # The worker finishes after all: its Provisioned is refused, nothing is spawned.
+    stuck.release.set()
+    late = run.desktop.events.get(timeout=WAIT)
+    assert late == Provisioned()
+    with capture_logs() as logs:
+        loop.dispatch(run.desktop, late)
+    assert [(e["event"], e["trigger"]) for e in logs] == [("event_ignored", "provisioned")]
+    assert run.desktop.state == STOPPED
+    assert run.desktop.children.children() == []
+    assert _status(paths)[0] == "STOPPED\n"
+
+
+def test_startup_deadline_ends_a_desktop_whose_provisioning_is_stuck(
+        start: Callable[..., Run], paths: Paths, stuck: Stuck) -> None:
+    run = start(Config(startup_timeout=0.2), provision=stuck)
+    assert run.until_exit() == 3
+    assert run.words == [STARTING, UNHEALTHY]
+    assert _status(paths)[1]["reason"] == "not HEALTHY within 0.2 s of start"
+    assert run.desktop.children.children() == []
+
+
+def test_run_sigterm_while_provisioning_is_stuck_exits_0(
+        paths: Paths, run_as: RunAs, stuck: Stuck, restore_signals: None) -> None:
+    """`docker stop` in STARTING: the signal reaches the loop, not a blocked callback."""
+    desktop, _ = _desktop(paths, run_as, Config(startup_timeout=WAIT), provision=stuck)
+
+    def terminate_when_stuck() -> None:
+        if stuck.entered.wait(WAIT):
+            os.kill(os.getpid(), signal.SIGTERM)
+        else:
+            desktop.events.post(StopRequested(reason="test gave up waiting"))
+
+    threading.Thread(target=terminate_when_stuck, daemon=True).start()
+    assert loop.run(Config(startup_timeout=WAIT), desktop=desktop) == 0
+    word, doc = _status(paths)
+    assert word == "STOPPED\n"
+    assert doc["reason"] == "received SIGTERM"
+    assert doc["children"] == {}
+
+
+def test_a_bug_in_a_worker_ends_the_loop_as_a_crash(start: Callable[..., Run],
+                                                    run_as: RunAs) -> None:
+    """Not FAILED (bad input): the exception comes out of the loop, as one there would
+    (cli logs `crash`, exit 1)."""
+    def broken(config: Config, paths: Paths, display: int) -> Account:
+        raise KeyError("a bug")
+
+    run = start(provision=broken)
+    with pytest.raises(KeyError, match="a bug"):
+        run.until_exit()
+
+
+# -- the status folder ------------------------------------------------------------------
+
+def _unwritable(paths: Paths) -> Paths:
+    """A state folder nothing can be written in, even by root: its parent is a file."""
+    blocker = paths.state_dir.parent / "not-a-folder"
+    blocker.write_text("")
+    return replace(paths, state_dir=blocker / "state")
+
+
+def test_run_with_a_status_folder_that_cannot_be_written_fails_with_exit_2(
+        paths: Paths, run_as: RunAs, restore_signals: None) -> None:
+    """`-v dir:/opt/whaletop:ro`: FAILED, exit 2, one error line naming the folder and
+    what to do (the status files cannot say it), and nothing provisioned."""
+    bad = _unwritable(paths)
+    provisioned: list[str] = []
+
+    def provision(config: Config, paths: Paths, display: int) -> Account:
+        provisioned.append("called")
+        return provisioner(run_as)(config, paths, display)
+
+    desktop, _ = _desktop(bad, run_as, Config(), provision=provision)
+    with capture_logs() as logs:
+        assert loop.run(Config(), desktop=desktop) == 2
+    assert desktop.state == FAILED
+    problems = [e for e in logs if e["log_level"] in ("warning", "error", "critical")]
+    assert [e["event"] for e in problems] == ["failed"]
+    reason = problems[0]["reason"]
+    assert reason.startswith(f"cannot write the status files in {bad.state_dir} (")
+    assert f"--tmpfs {bad.state_dir}" in reason
+    assert "writable" in reason
+    assert provisioned == []
+    assert desktop.children.children() == []
+
+
+def test_status_write_failing_while_healthy_warns_once_and_the_desktop_runs_on(
+        start: Callable[..., Run], paths: Paths) -> None:
+    """The disk filled up: not a reason to end the user's desktop.  One warning, however
+    many writes fail; one line when writes work again."""
+    run = start()
+    run.until_state(HEALTHY)
+    kept = paths.state_dir.with_name("state-kept")
+    paths.state_dir.rename(kept)
+    paths.state_dir.write_text("")  # now every write in it fails (ENOTDIR)
+    with capture_logs() as logs:
+        os.kill(run.child("websockify").pid, signal.SIGKILL)
+        run.until_state(RECOVERING)
+        run.until_state(HEALTHY)
+    failed = [e for e in logs if e["event"] == "status_write_failed"]
+    assert len(failed) == 1, failed
+    assert failed[0]["log_level"] == "warning"
+    assert failed[0]["path"] == str(paths.state_dir)
+    assert failed[0]["state"] == RECOVERING
+    assert all(c.returncode is None for c in run.desktop.children.children())
+    paths.state_dir.unlink()
+    kept.rename(paths.state_dir)
+    with capture_logs() as logs:
+        assert run.stop() == 0
+    assert [(e["event"], e["state"]) for e in logs if e["event"].startswith("status_write")] \
+        == [("status_write_recovered", STOPPING)]
+    assert _status(paths)[0] == "STOPPED\n"

@@ -201,13 +201,20 @@ def test_every_program_builds_its_command_line(paths: Paths) -> None:
         assert all(isinstance(arg, str) for arg in argv), program.name
 
 
-def test_only_the_web_side_is_restartable() -> None:
-    """Xvnc's and the session's deaths lose the user's windows: no restart repairs them."""
+def test_all_but_the_x_server_are_restartable() -> None:
+    """Xvnc's death loses the user's windows: no restart repairs it.  The session runs
+    on Xvnc: a fresh one repairs a crash."""
     assert sorted(p.name for p in PROGRAMS if p.restart is not None) == [
-        "nginx", "webauth", "websockify"]
+        "nginx", "session", "webauth", "websockify"]
 
 
-@pytest.mark.parametrize("name", ["websockify", "nginx", "webauth"])
+def test_only_a_logout_of_the_session_stops_the_desktop() -> None:
+    """lxsession-logout's SIGTERM to lxsession: dbus-run-session exits 143."""
+    assert {p.name: p.stop_exits for p in PROGRAMS if p.stop_exits} == {
+        "session": (0, 143, -15)}
+
+
+@pytest.mark.parametrize("name", ["websockify", "nginx", "webauth", "session"])
 def test_restart_policy_of_the_web_side(name: str) -> None:
     restart = _program(name).restart
     assert restart is not None

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from whaletopd import status
 from whaletopd.files import atomic_write
@@ -140,3 +141,48 @@ def test_now_iso_is_utc_milliseconds() -> None:
     assert len(stamp) == len("2026-01-02T03:04:05.678Z")
     parsed = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     assert abs((datetime.now(UTC) - parsed).total_seconds()) < 60
+
+
+def _blocked(tmp_path: Path) -> StatusFile:
+    """Status files in a folder nothing can be written in, even by root."""
+    (tmp_path / "a-file").write_text("")
+    folder = tmp_path / "a-file" / "state"
+    return StatusFile(folder / "status", folder / "status.json")
+
+
+def test_a_folder_never_written_is_unwritable_with_what_to_do(tmp_path: Path) -> None:
+    sf = _blocked(tmp_path)
+    with capture_logs() as logs:
+        sf.write("STARTING", "", {})
+        sf.write("FAILED", "", {})
+    assert logs == [], "the desktop says it once, as its FAILED reason"
+    reason = sf.unwritable()
+    assert reason is not None
+    folder = tmp_path / "a-file" / "state"
+    assert reason == (f"cannot write the status files in {folder} (Not a directory): mount "
+                      f"{folder} writable (-v DIR:{folder}, without :ro) or as a tmpfs "
+                      f"(--tmpfs {folder})")
+
+
+def test_a_write_failing_later_warns_once_and_says_when_it_works_again(
+        tmp_path: Path) -> None:
+    folder = tmp_path / "state"
+    folder.mkdir()
+    sf = StatusFile(folder / "status", folder / "status.json")
+    sf.write("HEALTHY", "", {})
+    assert sf.unwritable() is None
+    folder.rename(tmp_path / "kept")
+    folder.write_text("")
+    with capture_logs() as logs:
+        for word in ("RECOVERING", "HEALTHY", "RECOVERING"):
+            sf.write(word, "", {})
+        folder.unlink()
+        (tmp_path / "kept").rename(folder)
+        sf.write("HEALTHY", "", {})
+        sf.write("STOPPING", "", {})
+    assert [(e["event"], e["log_level"], e["state"]) for e in logs] == [
+        ("status_write_failed", "warning", "RECOVERING"),
+        ("status_write_recovered", "info", "HEALTHY")]
+    assert logs[0]["reason"] == "Not a directory"
+    assert (folder / "status").read_text() == "STOPPING\n"
+    assert sf.unwritable() is None
