@@ -108,8 +108,9 @@ class Desktop:
         # tables without nginx).
         self._serves_web = any(p.name == "nginx" for p in table)
         self.menu = AppMenu(self.paths, events)
-        # The menu is a worker's until AppsMapped: till then status.json shows it empty.
-        self._menu_mapped = False
+        # The menu is a worker's while it maps (/Apps may be a hung mount): status.json
+        # shows what the last mapping left, and changes meanwhile wait for AppsMapped.
+        self._menu_busy = True  # the first mapping, from start_menu
         self._menu_detail = self.menu.describe()
         self._apps_pending = False  # a change under /Apps seen while it was mapped
         self._stopping = threading.Event()  # stop_children ran: workers must start nothing
@@ -167,7 +168,7 @@ class Desktop:
         })
 
     def _describe_menu(self) -> dict[str, object]:
-        if self._menu_mapped:
+        if not self._menu_busy:
             self._menu_detail = self.menu.describe()
         return self._menu_detail
 
@@ -230,7 +231,8 @@ class Desktop:
         self._off_loop("map-apps", start)
 
     def menu_mapped(self, event: EventData) -> None:
-        self._menu_mapped = True
+        self._menu_busy = False
+        self.write_status()  # what was mapped (a quiet event writes no status itself)
         if self._apps_pending:
             self._apps_pending = False
             self.map_apps(event)
@@ -372,11 +374,19 @@ class Desktop:
     # -- /Apps ---------------------------------------------------------------------------
 
     def map_apps(self, event: EventData) -> None:
-        if not self._menu_mapped:  # the worker's first mapping may have missed it
+        """Off the loop's thread too: a mount under /Apps that hangs while the desktop
+        runs must not keep `docker stop` waiting.  One mapping at a time; a change seen
+        meanwhile is mapped once it ends (it may have been missed)."""
+        if self._menu_busy:
             self._apps_pending = True
             return
-        with logs.step("map_apps") as out:
-            out["changes"] = self.menu.sync()
+        self._menu_busy = True
+
+        def sync() -> None:
+            with logs.step("map_apps") as out:
+                out["changes"] = self.menu.sync()
+            self.events.post(AppsMapped())
+        self._off_loop("map-apps", sync)
 
     def check_menu(self, event: EventData) -> None:
         if not self.menu.settle():

@@ -101,10 +101,12 @@ class AppsChanged(Event):
 
 @dataclass(frozen=True)
 class AppsMapped(Event):
-    """/Apps is in the menu and watched (done off the loop's thread at start): from now
-    on the menu is the loop's to read and sync."""
+    """A mapping of /Apps (done off the loop's thread: a mount may hang) ended: the menu
+    is the loop's to read again, and a change seen meanwhile is mapped next.  Its own
+    step line says what changed: the transition is not logged."""
 
     trigger: ClassVar[str] = "apps_mapped"
+    quiet: ClassVar[bool] = True
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,8 @@ TRANSITIONS: list[dict[str, Any]] = [
     # refused, the old one stays); nothing restarts.
     {"trigger": "web_users_changed", "source": [*LIVE, UNHEALTHY], "dest": None,
      "after": "reload_web_users"},
-    # /Apps: .desktop files created, changed or removed while the desktop runs.
+    # /Apps: .desktop files created, changed or removed while the desktop runs; mapped
+    # off the loop's thread, one mapping at a time (apps_mapped ends one).
     {"trigger": "apps_changed", "source": [*LIVE, UNHEALTHY], "dest": None,
      "after": "map_apps"},
     # Until the session's menu-cached watches the menu folder, look again and again;

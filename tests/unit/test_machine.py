@@ -1517,6 +1517,33 @@ def test_run_sigterm_while_provisioning_is_stuck_exits_0(
     assert doc["children"] == {}
 
 
+def test_stop_while_a_mapping_of_apps_hangs_in_healthy_ends_stopped(
+        start: Callable[..., Run], paths: Paths, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mount under /Apps that hangs while the desktop runs: the mapping waits in its
+    worker, the loop still serves `docker stop`; a change seen meanwhile waits for it."""
+    run = start()
+    run.until_state(HEALTHY)
+    entered, release = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def hung_sync() -> int:
+        calls.append("sync")
+        entered.set()
+        release.wait(WAIT)
+        return 0
+
+    monkeypatch.setattr(run.desktop.menu, "sync", hung_sync)
+    run.desktop.events.post(AppsChanged())
+    run.until(entered.is_set)
+    run.desktop.events.post(AppsChanged())  # seen while the first mapping hangs
+    run.until(lambda: run.desktop._apps_pending)
+    assert calls == ["sync"], "one mapping at a time"
+    assert run.stop() == 0, "the hung mapping kept the loop from stopping"
+    assert run.words[-2:] == [STOPPING, STOPPED]
+    assert calls == ["sync"]
+    release.set()
+
+
 def test_a_bug_in_a_worker_ends_the_loop_as_a_crash(start: Callable[..., Run],
                                                     run_as: RunAs) -> None:
     """Not FAILED (bad input): the exception comes out of the loop, as one there would
