@@ -98,10 +98,19 @@ class Supervisor:
 
     def restartable(self, name: str) -> bool:
         """A restart repairs it, and its budget allows one now."""
-        return name in self._budgets and self._budgets[name].allowed()
+        return self.has_restart_policy(name) and self._budgets[name].allowed()
 
     def has_restart_policy(self, name: str) -> bool:
-        return name in self._budgets
+        """It is restarted when it dies, and what it starts after still runs (a session
+        whose X server died cannot be repaired by a new session)."""
+        return name in self._budgets and self._after_runs(name)
+
+    def _after_runs(self, name: str) -> bool:
+        after = self._programs[name].after if name in self._programs else None
+        if after is None:
+            return True
+        child = self._current.get(after)
+        return child is not None and child.proc.poll() is None and not child.retired
 
     def asked_to_stop(self, name: str, returncode: int) -> bool:
         """Its exit says a person asked the desktop to stop (Logout from the session)."""

@@ -71,14 +71,16 @@ while True:
 # networking /proc/net/tcp{,6} lists the host's listeners too, so a socket counts only
 # when its inode is an open file of a process in the container (/proc/PID/fd).  Root in
 # a container (no CAP_SYS_PTRACE) cannot read another account's fds: the script says
-# whose it could not read, and runs again as each of those accounts.
+# whose it could not read, and runs again as each of those accounts (uid and gid: the
+# kernel lets only the same pair read them).
 LISTENERS = r"""
 import json, os, socket
 sockets, unreadable = {}, {}
 for pid in filter(str.isdigit, os.listdir("/proc")):
     try:
         comm = open(f"/proc/{pid}/comm").read().strip()
-        uid = os.stat(f"/proc/{pid}").st_uid
+        st = os.stat(f"/proc/{pid}")
+        uid = f"{st.st_uid}:{st.st_gid}"
         links = []
         for fd in os.listdir(f"/proc/{pid}/fd"):
             try:
@@ -153,8 +155,8 @@ def tcp_listeners(container: str) -> list[dict[str, Any]]:
     first = scan("0")
     sockets: dict[str, list[list[Any]]] = dict(first["sockets"])
     unread = dict(first["unreadable"])
-    for uid in sorted(set(first["unreadable"].values())):
-        again = scan(str(uid))
+    for account in sorted(set(first["unreadable"].values())):
+        again = scan(account)
         for inode, comms in again["sockets"].items():
             sockets.setdefault(inode, []).extend(comms)
         unread = {pid: u for pid, u in unread.items() if pid in again["unreadable"]}

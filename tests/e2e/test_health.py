@@ -39,7 +39,8 @@ def _wait_pid_changed(c: Container, name: str, old: int, timeout: float = 30) ->
     raise AssertionError(f"{name} was not replaced: {c.status_json()}")
 
 
-@pytest.mark.parametrize("name", ["xvnc", "session"])
+# The session's death is repaired (a fresh session on the same Xvnc): test_lifecycle.py.
+@pytest.mark.parametrize("name", ["xvnc"])
 def test_losing_the_users_windows_is_unhealthy_and_exits_3(desktop, name):
     c = desktop()
     _healthy_with_work(c)
@@ -56,7 +57,7 @@ def test_losing_the_users_windows_is_unhealthy_and_exits_3(desktop, name):
     assert _home_intact(c)
 
 
-@pytest.mark.parametrize("name", ["xvnc", "session"])
+@pytest.mark.parametrize("name", ["xvnc"])
 def test_no_exit_on_failure_keeps_everything_for_recovery(desktop, name):
     c = desktop("--no-exit-on-failure", *FAST)
     _healthy_with_work(c)
@@ -66,8 +67,9 @@ def test_no_exit_on_failure_keeps_everything_for_recovery(desktop, name):
     assert c.running()
     assert c.status() == "UNHEALTHY\n"
     assert c.status_json()["reason"] == f"{name} (pid {pid}) was killed by signal 9"
-    survivors = [n for n, info in c.status_json()["children"].items() if info["running"]]
-    assert sorted(survivors) == sorted({"xvnc", "session", "websockify", "nginx"} - {name})
+    survivors = {n for n, info in c.status_json()["children"].items() if info["running"]}
+    # The session may end with its X server (and is not restarted without one).
+    assert {"websockify", "nginx"} <= survivors <= {"session", "websockify", "nginx"}
     assert _home_intact(c)
     assert c.exec("whaletopd", "status", check=False).returncode == 1
     # ... and Docker says so too (HEALTHCHECK every 5 s runs `whaletopd status`).

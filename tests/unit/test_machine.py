@@ -1427,6 +1427,29 @@ def test_lifecycle_no_exit_on_failure_is_not_healthy_without_a_session(
     assert run.stop() == 0
 
 
+def test_a_session_that_ends_with_its_x_server_is_not_restarted(
+        start: Callable[..., Run], paths: Paths) -> None:
+    """Xvnc killed (--no-exit-on-failure: UNHEALTHY, waiting), then the session ends
+    because its display is gone: no restart (no new session can start without Xvnc), and
+    the reason stays Xvnc's, which is what a person has to know."""
+    run = start(Config(no_exit_on_failure=True, startup_timeout=WAIT, probe_interval=3600),
+                table=programs(session=_session_stand_in))
+    run.until_state(HEALTHY)
+    xvnc, session = run.child("xvnc"), run.child("session")
+    os.kill(xvnc.pid, signal.SIGKILL)
+    run.until_state(UNHEALTHY)
+    reason = _status(paths)[1]["reason"]
+    assert reason == f"xvnc (pid {xvnc.pid}) was killed by signal 9"
+    _lxsession(run).kill()
+    run.until(lambda: session.returncode is not None)
+    while (ev := loop.next_event(run.desktop.events, run.desktop.deadlines, 0.3)) is not None:
+        loop.dispatch(run.desktop, ev)  # its exit, and whatever that armed
+    assert run.desktop.state == UNHEALTHY
+    assert _status(paths)[1]["reason"] == reason
+    assert not run.desktop.deadlines.armed("restart:session")
+    assert run.stop() == 0
+
+
 def test_probe_pass_with_a_dead_child_is_not_healthy(table_in: Callable[..., Table]) -> None:
     """Whatever the checks say, HEALTHY needs every child running (its exit may still be
     on its way)."""
