@@ -81,8 +81,9 @@ def test_any_uid_gets_a_working_desktop_run_as_that_uid(desktop, user: str) -> N
     assert c.exec("sudo", "-n", "true", check=False).returncode != 0
 
 
-def test_read_only_root_filesystem_with_apps_in_the_menu(desktop, tmp_path: Path,
-                                                          home_volume: str) -> None:
+def test_read_only_root_filesystem_with_apps_in_the_menu(home_volume: str, desktop,
+                                                          tmp_path: Path) -> None:
+    # home_volume first: set up before the container, so removed after it.
     apps = tmp_path / "apps"
     apps.mkdir()
     (apps / "notes.desktop").write_text(
