@@ -48,6 +48,9 @@ MAX_SIGN_IN_ATTEMPTS = 1000
 MAX_WEB_PASSWORD_BYTES = 512
 # VNC authentication compares only this many characters of a password.
 VNC_PASSWORD_CHARS = 8
+# --stop-when-idle: from a few seconds (tests, demos) to a week.
+MIN_IDLE_MINUTES, MAX_IDLE_MINUTES = 0.05, 10080.0
+METRICS_TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off", ""}
 
@@ -148,6 +151,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("--startup-timeout", "WHALETOP_STARTUP_TIMEOUT", float, 60.0,
            "seconds allowed from start to HEALTHY before the desktop is UNHEALTHY "
            f"(at least {MIN_SECONDS['startup_timeout']:g})"),
+    Option("--stop-when-idle", "WHALETOP_STOP_WHEN_IDLE", float, 0.0,
+           "minutes with no client connected after which the desktop stops itself "
+           "(STOPPED, exit 0; a warning a minute before); 0: never"),
+    Option("--metrics-token", "METRICS_TOKEN", str, "",
+           "bearer token for /metrics (Prometheus text format on the web port); without "
+           "one, /metrics is open like the page unless sign-in is on, then it is off"),
     Option("--log-format", "WHALETOP_LOG_FORMAT", str, "json",
            "json (one object per line, the default) or console (for people)"),
 )
@@ -178,6 +187,8 @@ class Config:
     probe_interval: float = 5.0
     probe_timeout: float = 2.0
     startup_timeout: float = 60.0
+    stop_when_idle: float = 0.0
+    metrics_token: str = ""
     log_format: str = "json"
     vnc_password: str | None = None
     tls_key_password: bytes | None = None
@@ -407,6 +418,13 @@ def validate(config: Config) -> None:
             # A zone's name is free text (';', newlines) and nginx matches no zones.
             raise ConfigError(f"--trusted-proxy: {show(cidr)} has a zone (%...); give the "
                               "address or CIDR alone")
+    if config.stop_when_idle and not (MIN_IDLE_MINUTES <= config.stop_when_idle
+                                      <= MAX_IDLE_MINUTES):
+        raise ConfigError(f"--stop-when-idle: {config.stop_when_idle:g} must be 0 (never) or "
+                          f"between {MIN_IDLE_MINUTES:g} and {MAX_IDLE_MINUTES:g} minutes")
+    if config.metrics_token and not METRICS_TOKEN_RE.fullmatch(config.metrics_token):
+        # It is written into nginx's configuration: a token, never syntax.
+        raise ConfigError("--metrics-token: 16 to 256 characters of A-Z a-z 0-9 . _ ~ + / = -")
     if config.log_format not in ("json", "console"):
         raise ConfigError(f"--log-format: {show(config.log_format)} is not json or console")
 

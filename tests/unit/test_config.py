@@ -36,6 +36,8 @@ NON_DEFAULT = {
     "sign_in_lockout": ("60", 60.0),
     "connection_rate": ("120", 120),
     "trusted_proxy": ("10.0.0.0/8,fd00::/8", "10.0.0.0/8,fd00::/8"),
+    "stop_when_idle": ("30", 30.0),
+    "metrics_token": ("s3cret-token_0123", "s3cret-token_0123"),
 }
 # What the *-from-env flags read: every boolean flag can be turned on with these.
 SECRETS = {"VNC_PASSWORD": "secret1", "VNC_VIEW_ONLY_PASSWORD": "viewer1",
@@ -56,12 +58,18 @@ def test_defaults_without_flags_or_environment() -> None:
     assert cfg.tls_key_password is None
 
 
+SECRET_VARIABLES = {"METRICS_TOKEN"}
+
+
 def test_option_table_matches_config_defaults() -> None:
     """The --help text shows OPTIONS' defaults; Config must hold the same ones."""
     fields = {f.name: f.default for f in dataclasses.fields(Config)}
     for opt in OPTIONS:
         assert fields[opt.dest] == opt.default, opt.flag
-    assert all(opt.env.startswith("WHALETOP_") for opt in OPTIONS)
+    # Secrets keep the names people know from other images (METRICS_TOKEN, with a
+    # METRICS_TOKEN_FILE twin); every other variable is whaletop's own.
+    assert all(opt.env.startswith("WHALETOP_") for opt in OPTIONS
+               if opt.env not in SECRET_VARIABLES)
     assert len({opt.env for opt in OPTIONS}) == len(OPTIONS)
 
 
@@ -70,6 +78,21 @@ def test_option_table_matches_config_defaults() -> None:
 def test_uid_and_gid_must_be_ordinary_ids(flag: str, value: str) -> None:
     with pytest.raises(ConfigError, match=flag):
         parse([f"{flag}={value}"], {})
+
+
+@pytest.mark.parametrize(("flag", "value"), [
+    ("--stop-when-idle", "0.01"), ("--stop-when-idle", "20000"), ("--stop-when-idle", "-1"),
+    ("--metrics-token", "short"), ("--metrics-token", "sixteen chars ok"),
+    ("--metrics-token", "x" * 16 + ";"), ("--metrics-token", "x" * 257)])
+def test_idle_minutes_and_metrics_token_are_checked(flag: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=flag):
+        parse([f"{flag}={value}"], {})
+
+
+def test_idle_stop_is_off_by_default_and_zero_turns_it_off() -> None:
+    assert parse([], {}).stop_when_idle == 0
+    assert parse(["--stop-when-idle", "0"], {}).stop_when_idle == 0
+    assert parse(["--stop-when-idle", "0.05"], {}).stop_when_idle == 0.05
 
 
 def test_every_value_option_has_a_test_value() -> None:
