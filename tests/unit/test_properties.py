@@ -79,7 +79,11 @@ def assert_clean(cfg: Config) -> None:
             value.encode("utf-8")
         if isinstance(value, float):
             assert math.isfinite(value)
-            assert 0.1 <= value <= config.MAX_SECONDS
+            if field.name == "stop_when_idle":  # minutes; 0 is off
+                assert value == 0 or (config.MIN_IDLE_MINUTES <= value
+                                      <= config.MAX_IDLE_MINUTES)
+            else:
+                assert 0.1 <= value <= config.MAX_SECONDS
     assert config.USERNAME_RE.fullmatch(cfg.username)
     width, height = (int(side) for side in cfg.geometry.split("x"))
     assert config.MIN_SIDE <= width <= config.MAX_SIDE
