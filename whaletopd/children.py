@@ -16,7 +16,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -25,6 +25,8 @@ from whaletopd.events import ChildExited, EventQueue
 
 log = logs.get("whaletopd.children")
 MAX_LINE = 4096
+# Told each event of a JSON-lines child, from its pump's thread: (child, event).
+OnEvent = Callable[[str, str], None]
 
 
 @dataclass(frozen=True)
@@ -54,11 +56,13 @@ LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 def _pump_output(name: str, proc: subprocess.Popen[bytes],
-                 quiet: re.Pattern[str] | None = None, json_lines: bool = False) -> None:
+                 quiet: re.Pattern[str] | None = None, json_lines: bool = False,
+                 on_event: OnEvent | None = None) -> None:
     """Each line of the child's output as a JSON line of whaletopd's stream, with its
     `source`.  A child known to write JSON objects (nginx's access log, the sign-in
     service; never the desktop's programs, which could forge lines) has its fields
-    kept; `quiet` lines (routine chatter) are dropped."""
+    kept, and each of its events is told to `on_event` (the sign-in service's failures
+    are counted for /metrics); `quiet` lines (routine chatter) are dropped."""
     clog = log.bind(source=name, pid=proc.pid)
     assert proc.stdout is not None
     for raw, cut in _lines(proc.stdout):
@@ -80,6 +84,11 @@ def _pump_output(name: str, proc: subprocess.Popen[bytes],
             continue
         level = fields.pop("level", "info")
         event = str(fields.pop("event", "output"))
+        if on_event is not None:
+            try:
+                on_event(name, event)
+            except Exception:  # a bug there must not stop this pump (the child would block)
+                log.exception("event_hook_failed", child=name, event_name=event)
         # Whaletopd's own fields win; a key that is a parameter name of the logger's
         # methods ("self") or not a name at all is renamed, never fatal to this thread.
         kept = {(k if k.isidentifier() and k != "self" else f"field_{k}"): v
@@ -148,7 +157,8 @@ def _wait_and_post(child: Child, events: EventQueue) -> None:
 
 def spawn(name: str, argv: Sequence[str], run_as: RunAs, env: Mapping[str, str],
           events: EventQueue, pass_fds: Sequence[int] = (),
-          quiet: re.Pattern[str] | None = None, json_lines: bool = False) -> Child:
+          quiet: re.Pattern[str] | None = None, json_lines: bool = False,
+          on_event: OnEvent | None = None) -> Child:
     # Only root changes accounts; a daemon that is not root runs everything as itself
     # (setgroups would fail, even with no groups).
     root = os.geteuid() == 0
@@ -167,7 +177,7 @@ def spawn(name: str, argv: Sequence[str], run_as: RunAs, env: Mapping[str, str],
     )
     child = Child(name=name, proc=proc)
     log.info("child_started", child=name, pid=proc.pid, argv=list(argv))
-    threading.Thread(target=_pump_output, args=(name, proc, quiet, json_lines),
+    threading.Thread(target=_pump_output, args=(name, proc, quiet, json_lines, on_event),
                      name=f"out-{name}",
                      daemon=True).start()
     threading.Thread(target=_wait_and_post, args=(child, events), name=f"wait-{name}",

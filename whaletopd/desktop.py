@@ -8,6 +8,7 @@ callback named in machine.TRANSITIONS hands the work to the part that owns it:
     menu        menu.py        /Apps in LXDE's menu
     prober      probes.py      the health checks, in their own thread
     status      status.py      the status files
+    metrics     metrics.py     the numbers nginx serves at /metrics
     deadlines   deadlines.py   named deadlines, kept by the loop
 
 Parts never touch each other's fields; the desktop passes what one needs from another.
@@ -26,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from transitions import EventData
@@ -56,6 +58,7 @@ from whaletopd.events import (
 from whaletopd.frontdoor import FrontDoor, FrontDoorError
 from whaletopd.machine import EXIT_CODES
 from whaletopd.menu import SETTLE_INTERVAL, AppMenu
+from whaletopd.metrics import Metrics
 from whaletopd.paths import Paths
 from whaletopd.programs import DISPLAY, PROGRAMS, Launch, Program, blame
 from whaletopd.provision import Account, ProvisionError
@@ -100,7 +103,10 @@ class Desktop:
         self.paths = paths or Paths()
         self.status = StatusFile(self.paths.status, self.paths.status_json)
         table = [p for p in seams.programs if p.enabled(config)]
-        self.children = Supervisor(table, events)
+        self.metrics = Metrics(self.paths.metrics_file,
+                               [p.name for p in table if p.restart is not None],
+                               tls=config.tls, sign_in=config.sign_in)
+        self.children = Supervisor(table, events, on_event=self.metrics.child_event)
         self.web = WebFront(config, self.paths, events, deadlines)
         self._resolve_web_account = seams.web_account  # at provisioning: FAILED if missing
         self.front = FrontDoor(config, self.paths, events)
@@ -119,6 +125,7 @@ class Desktop:
         self.reason = ""
         self.cause: type[Event] | None = None  # the event that entered the current state
         self.exit_code: int | None = None
+        self.clients: int | None = None  # VNC clients connected; None: not known
         self._blame = blame(table)
         self._provisioner = seams.provisioner
         self._make_probes = seams.make_probes
@@ -141,7 +148,10 @@ class Desktop:
 
     def on_transition_done(self, event: EventData) -> None:
         """After every transition's work: children may have changed (pids, exit codes).
-        Internal transitions (no state entered) are logged here, unless quiet."""
+        Internal transitions (no state entered) are logged here, unless quiet.  Every
+        one, quiet too, is counted and /metrics rewritten."""
+        self.metrics.transition(event.event.name)
+        self.metrics.publish(self.state, self.clients, self._not_after())
         ev = event.kwargs.get("event")
         if ev is not None and ev.quiet:
             return
@@ -166,6 +176,13 @@ class Desktop:
             "tls": self.web.describe(),
             **self._describe_menu(),
         })
+
+    def _not_after(self) -> float | None:
+        """The certificate in service's notAfter, in Unix seconds (None without TLS)."""
+        tls = self.web.describe()
+        if tls is None:
+            return None
+        return datetime.fromisoformat(str(tls["not_after"])).timestamp()
 
     def _describe_menu(self) -> dict[str, object]:
         if not self._menu_busy:
@@ -260,7 +277,8 @@ class Desktop:
 
     def start_probes(self, event: EventData) -> None:
         self.prober = probes.Prober(self._probes(), self.events,
-                                    interval=self.config.probe_interval)
+                                    interval=self.config.probe_interval,
+                                    observe=self.metrics.observe_probes)
         self.prober.start()
 
     def _probes(self) -> list[probes.Probe]:
@@ -338,6 +356,7 @@ class Desktop:
     def restart_child(self, event: EventData) -> None:
         name = event.kwargs["event"].name
         if self.children.restart(name, self._launch_context()):
+            self.metrics.restarted(name)
             if name == SESSION:
                 self._session_started()
             self._reset_probes()

@@ -10,6 +10,12 @@ sign-in is on.  Its access log is JSON lines on stdout, which whaletopd re-emits
 whaletopd's own health checks carry a per-start secret header (the probe token): they
 are never rate-limited and never logged, so no client can lock them out and they do
 not drown the log.
+
+/metrics is the file whaletopd keeps (metrics.py), served as it is: open like the page
+when no sign-in is configured and no --metrics-token is set; with a token, only to a
+request that carries it (`Authorization: Bearer TOKEN`, compared exactly), 401 to any
+other before anything else; with sign-in and no token, off (404).  The token is only in
+this file (0600); the access log has the path and no header of the request.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
-from whaletopd.config import Config
+from whaletopd.config import METRICS_TOKEN_RE, Config
+from whaletopd.metrics import CONTENT_TYPE
 from whaletopd.paths import Paths
 from whaletopd.probes import PROBE_HEADER
 
@@ -57,6 +64,31 @@ def _headers(config: Config) -> list[str]:
 
 def _block(header: str, body: list[str], indent: str = "    ") -> list[str]:
     return [f"{header} {{", *(indent + line for line in body), "}"]
+
+
+def _metrics(config: Config, paths: Paths, headers: list[str]) -> list[str]:
+    """The location of /metrics (no auth_request: a scraper has no session)."""
+    token = config.metrics_token
+    if not token and config.sign_in:
+        return _block("location = /metrics", ["return 404;"])
+    body: list[str] = []
+    if token:
+        if not METRICS_TOKEN_RE.fullmatch(token):  # Config refused it already
+            raise ValueError("the metrics token must be a token, never nginx syntax")
+        # `if`'s string comparison is exact (a map's would ignore case).
+        body += _block(f'if ($http_authorization != "Bearer {token}")', [
+            *headers,
+            "add_header WWW-Authenticate 'Bearer realm=\"whaletop metrics\"' always;",
+            "return 401;"])
+    return _block("location = /metrics", [
+        *body,
+        *headers,
+        'add_header Cache-Control "no-store" always;',
+        *_block("types", [], ""),
+        f'default_type "{CONTENT_TYPE}";',
+        "charset off;",
+        f"alias {paths.metrics_file};",
+    ])
 
 
 def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
@@ -186,6 +218,7 @@ def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
         "proxy_send_timeout 7d;",
     ]
     server += _block("location = /websockify", websocket)
+    server += _metrics(config, paths, headers)
 
     if not sign_in:
         # The page asks whether sign-in is on; without it, a quiet no.

@@ -83,6 +83,11 @@ class Paths:
         return self.web_dir / "auth.sock"
 
     @property
+    def metrics_file(self) -> Path:
+        """The Prometheus text nginx serves at /metrics (metrics.py writes it whole)."""
+        return self.run_dir / "metrics" / "metrics.prom"
+
+    @property
     def tls_pem(self) -> Path:
         """nginx's certificate and decrypted key, in a private folder on the tmpfs
         (web.WebFront.pem says where it is when that folder cannot be used)."""

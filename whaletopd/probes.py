@@ -9,7 +9,8 @@ client's flood can get them limited, and they are not logged.
 
 The prober runs in its own thread with socket timeouts, so a hung server costs a probe
 timeout, never the machine's attention.  It posts only when its verdict changes, so an
-idle healthy desktop puts nothing on the queue.
+idle healthy desktop puts nothing on the queue.  How long each check took goes to an
+observer after each round (metrics.py), not through the queue.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -345,15 +347,21 @@ def desktop_probes(target: Target, blame: Mapping[str, str]) -> list[Probe]:
     return [Probe(name, blame[name], check) for name, check in checks]
 
 
-def run_all(probes: Sequence[Probe]) -> tuple[str, str] | None:
-    """None when every probe passed, else (reason, part) of the first failure."""
+def run_all(probes: Sequence[Probe],
+            seconds: dict[str, float] | None = None) -> tuple[str, str] | None:
+    """None when every probe passed, else (reason, part) of the first failure.  How
+    long each check that ran took (passed or failed) goes into `seconds`."""
     for probe in probes:
+        t0 = time.monotonic()
         try:
             probe.check()
         except ProbeError as exc:
             return str(exc), exc.part or probe.part
         except Exception as exc:  # a bug in a check must not end the prober silently
             return f"{probe.name}: {type(exc).__name__}: {exc}", probe.part
+        finally:
+            if seconds is not None:
+                seconds[probe.name] = time.monotonic() - t0
     return None
 
 
@@ -364,8 +372,10 @@ class Prober:
     ignores verdicts of an older one, however late they arrive."""
 
     def __init__(self, probes: Sequence[Probe], events: EventQueue, interval: float,
-                 failures_to_unhealthy: int = 2) -> None:
+                 failures_to_unhealthy: int = 2,
+                 observe: Callable[[Mapping[str, float]], None] | None = None) -> None:
         self._probes = list(probes)
+        self._observe = observe  # after each round: how long each check took (metrics)
         self._events = events
         self._interval = interval
         self._threshold = failures_to_unhealthy
@@ -404,7 +414,10 @@ class Prober:
                 generation, checks = self._generation, self._probes
             if generation != seen:
                 healthy, failures, seen = None, 0, generation
-            failure = run_all(checks)
+            seconds: dict[str, float] = {}
+            failure = run_all(checks, seconds)
+            if self._observe is not None and not self._stop.is_set():
+                self._observe(seconds)
             if self._stop.is_set() or generation != self.generation:
                 continue  # a verdict about a part that was just replaced: not news
             if failure is None:

@@ -27,9 +27,11 @@ REPLACE_DEADLINE = 0.5
 
 
 class Supervisor:
-    def __init__(self, programs: Sequence[Program], events: EventQueue) -> None:
+    def __init__(self, programs: Sequence[Program], events: EventQueue,
+                 on_event: children.OnEvent | None = None) -> None:
         self._programs = {p.name: p for p in programs}
         self._events = events
+        self._on_event = on_event  # each event a JSON-lines child logs (metrics)
         self._current: dict[str, Child] = {}  # in first-start order
         self._ready: set[str] = set()
         self._budgets = {p.name: RestartBudget(p.restart)
@@ -67,7 +69,7 @@ class Supervisor:
         if program.ready == "started":
             child = children.spawn(program.name, program.argv(launch), run_as,
                                    env, self._events, quiet=program.quiet,
-                                   json_lines=program.json_lines)
+                                   json_lines=program.json_lines, on_event=self._on_event)
             self._ready.add(program.name)
             return child
         # Its readiness pipe, also when it is restarted (a ChildReady after the start is
@@ -78,7 +80,7 @@ class Supervisor:
                                                                       ready_fd=write_fd)),
                                    run_as, env, self._events,
                                    pass_fds=(write_fd,), quiet=program.quiet,
-                                   json_lines=program.json_lines)
+                                   json_lines=program.json_lines, on_event=self._on_event)
         except BaseException:
             os.close(read_fd)
             raise

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from bench import certgen
-from whaletopd import nginx_conf, probes
+from whaletopd import metrics, nginx_conf, probes
 from whaletopd.config import Config
 from whaletopd.nginx_conf import (
     CONNECTION_BURST,
@@ -129,7 +129,9 @@ CONFIGS = {
     "connection-rate": Config(connection_rate=6000),
     "expose-vnc": Config(expose_vnc=True, web_port=443, vnc_port=5900),
     "everything": Config(web_users="/data/users", enable_tls=True, connection_rate=1,
-                         trusted_proxy="172.16.0.0/12,fd00::/8", web_port=9443),
+                         trusted_proxy="172.16.0.0/12,fd00::/8", web_port=9443,
+                         metrics_token="0123456789abcdef+/=._~-"),
+    "metrics-token": Config(metrics_token="0123456789abcdef"),
 }
 
 
@@ -747,3 +749,80 @@ def test_with_sign_in_websockify_gets_no_credentials(start: StartDoor,
     assert "Authorization" not in seen
     assert "session=ok" not in seen
     assert TOKEN not in seen
+
+
+# -- /metrics ----------------------------------------------------------------------------
+
+METRICS_TOKEN = "scrape.Token_0123456789+/="
+
+
+def _metrics_written(paths: Paths) -> str:
+    """The file as whaletopd writes it (the real part, not a copy of its text)."""
+    numbers = metrics.Metrics(paths.metrics_file, ["websockify", "nginx"])
+    numbers.publish("HEALTHY")
+    return paths.metrics_file.read_text()
+
+
+def test_metrics_are_open_like_the_page_without_sign_in_or_token(
+        start: StartDoor, paths: Paths) -> None:
+    text = _metrics_written(paths)
+    door = start()
+    answer = door.get("/metrics")
+    assert answer.status == 200
+    assert answer.body.decode() == text
+    assert answer.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert answer.headers["cache-control"] == "no-store"
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    assert 'whaletop_state{state="HEALTHY"} 1' in text
+
+
+def test_metrics_before_whaletopd_wrote_them_are_not_found(start: StartDoor) -> None:
+    assert start().get("/metrics").status == 404
+
+
+@pytest.mark.parametrize("config", [Config(), Config(web_users="/data/users")],
+                         ids=["open", "sign-in"])
+def test_metrics_behind_a_token_need_exactly_that_token(
+        start: StartDoor, paths: Paths, sign_in: SignInService, config: Config) -> None:
+    """With a token, /metrics asks nothing of the sign-in service (a scraper has no
+    session) and answers 401 to any request without the token."""
+    text = _metrics_written(paths)
+    door = start(config, metrics_token=METRICS_TOKEN)
+    for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"},
+                    {"Authorization": f"Bearer {METRICS_TOKEN}x"},
+                    {"Authorization": f"Bearer {METRICS_TOKEN[:-1]}"},
+                    {"Authorization": f"Basic {METRICS_TOKEN}"},
+                    {"Authorization": f"Bearer {METRICS_TOKEN.swapcase()}"},
+                    {"Cookie": "session=ok"}):
+        denied = door.get("/metrics", headers)
+        assert denied.status == 401, headers
+        assert denied.headers["www-authenticate"] == 'Bearer realm="whaletop metrics"'
+        assert text.encode() not in denied.body
+    allowed = door.get("/metrics", {"Authorization": f"Bearer {METRICS_TOKEN}"})
+    assert (allowed.status, allowed.body.decode()) == (200, text)
+    assert not [r for r in sign_in.requests if "/metrics" in r], "the sign-in service was asked"
+    # The page itself still needs signing in (with sign-in) whatever the token.
+    if config.sign_in:
+        assert door.get("/vnc.html", {"Authorization": f"Bearer {METRICS_TOKEN}"}).status == 302
+    logged = door.wait_logged(8)
+    assert [e["path"] for e in logged[:8]] == ["/metrics"] * 8
+    assert [e["status"] for e in logged[:8]] == [401] * 7 + [200]
+    assert not [line for line in door.access + door.errors if METRICS_TOKEN in line]
+
+
+def test_metrics_with_sign_in_and_no_token_are_off(start: StartDoor, paths: Paths,
+                                                   sign_in: SignInService) -> None:
+    _metrics_written(paths)
+    door = start(Config(web_users="/data/users"))
+    for headers in ({}, {"Cookie": "session=ok"}):
+        answer = door.get("/metrics", headers)
+        assert answer.status == 404
+        assert b"whaletop_state" not in answer.body
+    assert not [r for r in sign_in.requests if "/metrics" in r]
+
+
+@pytest.mark.parametrize("token", ['abc";\n}', "a b c d e f g h i j", "$http_host_0123456789"])
+def test_a_metrics_token_that_could_change_the_configuration_is_refused(
+        paths: Paths, token: str) -> None:
+    with pytest.raises(ValueError, match="metrics token"):
+        render(Config(metrics_token=token), paths, _spec())
