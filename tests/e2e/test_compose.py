@@ -20,6 +20,7 @@ A raw VNC client reaches each desktop's Xvnc through a bridge to its UNIX socket
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -350,6 +351,11 @@ def test_statefulset_container_runs_with_a_kubelet_secret_volume(
     volume = deploy.KubeletSecretVolume(tmp_path / "secret-volume", group=fs_group)
     first, key = certgen.make(cn="first.test")
     volume.write({cert_path.name: certgen.pem(first, key)})
+    # The passwords and the metrics token, files of the `secrets` volume (NAME_FILE).
+    secrets = deploy.KubeletSecretVolume(tmp_path / "secrets-volume", group=fs_group)
+    values = {**deploy.SECRET_VALUES, "VNC_PASSWORD": "pod-pass"}
+    secrets.write({name: values[name].encode()
+                   for name in deploy.secret_files(container)})
     home = tmp_path / "home"
     home.mkdir()
     if fs_group is not None:
@@ -358,10 +364,11 @@ def test_statefulset_container_runs_with_a_kubelet_secret_volume(
 
     # The pod has its own network; here the host's is shared: only the ports move.
     web, vnc_port = int(USERS["alice"]["web"]), int(USERS["alice"]["vnc"])
-    env = {**deploy.literal_env(container), "VNC_PASSWORD": "pod-pass",
+    env = {**deploy.literal_env(container),
            "WHALETOP_WEB_PORT": str(web), "WHALETOP_VNC_PORT": str(vnc_port)}
     run = _docker_run_args(container, pod, pod_container,
-                           {"tls": volume.folder, "home": home}, env, tmp_path)
+                           {"tls": volume.folder, "home": home, "secrets": secrets.folder},
+                           env, tmp_path)
     docker(*run, image, *container["args"])
 
     # Startup: liveness passes from the first moment; startup and readiness pass
@@ -379,7 +386,10 @@ def test_statefulset_container_runs_with_a_kubelet_secret_volume(
         (web, ["nginx"])], "only the web port (the Service's) listens"
     assert vnc.capture("pod-pass", tmp_path / "pod.png",
                        vnc_bridge(pod_container)).returncode == 0
-    session = vnc.WebVNC(web, "pod-pass", tls=True)  # a browser's, through the Ingress
+    # A script's, through the Ingress: sign-in is on, HTTP Basic is what scripts send.
+    basic = base64.b64encode(f"{cfg.username}:{cfg.web_password}".encode()).decode()
+    session = vnc.WebVNC(web, "pod-pass", tls=True,
+                         headers={"Authorization": f"Basic {basic}"})
 
     # Sized from the measurement: an idle desktop stays well under the request.
     requested = deploy._quantity(container["resources"]["requests"]["memory"])

@@ -3,7 +3,10 @@
 Every manifest is validated offline against the Kubernetes schemas (kubernetes-validate
 ships them), the kustomization and the README's per-user overlay are rendered with
 `kubectl kustomize` when kubectl is there, and every flag, environment variable and port
-is checked against whaletopd's own options.  The kubelet's secret update (a new
+is checked against whaletopd's own options, with the secrets read from files laid out as
+the kubelet mounts them.  The PodMonitor example, a custom resource with no schema in
+kubernetes-validate, is checked against the fields of the Prometheus Operator's CRD.
+The kubelet's secret update (a new
 `..<timestamp>` folder, then a `..data` symlink swap) is replayed against whaletopd's
 certificate watcher.
 """
@@ -11,15 +14,18 @@ certificate watcher.
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
+import functools
 import inspect
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,7 +43,9 @@ KUBE = DEPLOY / "kubernetes"
 # The manifests; KUBE renders them as they are, KUBE / "root" with root and sudo.
 KUBE_BASE = KUBE / "base"
 # Examples beside them, never applied by a kustomization.
-KUBE_EXAMPLES = ("secret.yaml", "namespace.yaml")
+KUBE_EXAMPLES = ("secret.yaml", "namespace.yaml", "podmonitor.yaml")
+# Examples of custom resources: no schema in kubernetes-validate, checked below.
+KUBE_CUSTOM = ("podmonitor.yaml",)
 COMPOSE = DEPLOY / "compose.yaml"
 ENV_EXAMPLE = DEPLOY / "desktops.env.example"
 # The oldest release with persistentVolumeClaimRetentionPolicy on by default, and newer.
@@ -46,6 +54,15 @@ MIN_KUBERNETES = (1, 27)
 EXTRA_ENV = {config.VNC_PASSWORD_ENV, config.TLS_KEY_PASSWORD_ENV}
 FLAGS = {opt.flag for opt in config.OPTIONS}
 ENVS = {opt.env for opt in config.OPTIONS}
+# The secrets whaletopd also reads from the file their NAME_FILE twin names.
+SECRET_VARIABLES = frozenset(getattr(config, "SECRET_VARIABLES", (
+    config.VNC_PASSWORD_ENV, config.VIEW_ONLY_PASSWORD_ENV, config.WEB_PASSWORD_ENV,
+    config.TLS_KEY_PASSWORD_ENV, "METRICS_TOKEN")))
+FILE_SUFFIX = "_FILE"
+FILE_TWINS = {name + FILE_SUFFIX for name in SECRET_VARIABLES}
+# What the secrets hold when a test does not say: valid for whaletopd.
+SECRET_VALUES = {"VNC_PASSWORD": "test-pw1", "WEB_PASSWORD": "test-web-pw1",
+                 "METRICS_TOKEN": "metrics-token-0123456789abcdef"}
 
 
 # -- loading -------------------------------------------------------------------------------
@@ -54,6 +71,11 @@ def manifest_files() -> list[Path]:
     """Every resource file: the base's and the examples beside it."""
     return sorted(p for folder in (KUBE, KUBE_BASE) for p in folder.glob("*.yaml")
                   if p.name != "kustomization.yaml")
+
+
+def builtin_manifest_files() -> list[Path]:
+    """The files of Kubernetes' own kinds, which the schemas cover."""
+    return [p for p in manifest_files() if p.name not in KUBE_CUSTOM]
 
 
 def load_docs(path: Path) -> list[dict[str, Any]]:
@@ -91,16 +113,61 @@ def literal_env(container: Mapping[str, Any]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
 
 
+@functools.cache
+def reads_file_twins() -> bool:
+    """Whether whaletopd reads NAME from the file NAME_FILE names (asked of whaletopd,
+    with a real file)."""
+    token = SECRET_VALUES["METRICS_TOKEN"]
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "token"
+        path.write_text(token + "\n")
+        try:
+            return config.parse([], {"METRICS_TOKEN_FILE": str(path)}).metrics_token == token
+        except config.ConfigError:
+            return False
+
+
+def secret_files(container: Mapping[str, Any]) -> dict[str, Path]:
+    """Each NAME_FILE of the container's environment: the file it names."""
+    return {e["name"].removesuffix(FILE_SUFFIX): Path(e["value"])
+            for e in container.get("env", []) if e["name"] in FILE_TWINS}
+
+
+@contextlib.contextmanager
+def secrets_env(container: Mapping[str, Any], values: Mapping[str, str],
+                ) -> Iterator[dict[str, str]]:
+    """The container's literal environment, its NAME_FILE variables pointing at files
+    that hold `values` (as the kubelet writes them: one per key, mode 0400), re-rooted
+    in a temporary folder.  Until whaletopd reads NAME_FILE itself, NAME is set to the
+    file's content instead, as whaletopd will read it."""
+    env = literal_env(container)
+    with tempfile.TemporaryDirectory() as folder:
+        for name, path in secret_files(container).items():
+            value = values[name]
+            if reads_file_twins():
+                there = Path(folder) / path.relative_to("/")
+                there.parent.mkdir(parents=True, exist_ok=True)
+                there.write_text(value)
+                there.chmod(0o400)
+                env[name + FILE_SUFFIX] = str(there)
+            else:
+                del env[name + FILE_SUFFIX]
+                env[name] = value
+        yield env
+
+
 def parse_container_config(container: Mapping[str, Any], password: str = "test-pw1",
+                           *, secrets: Mapping[str, str] | None = None,
                            **override: str) -> config.Config:
-    """whaletopd's own parser on the container's arguments and environment."""
+    """whaletopd's own parser on the container's arguments and environment, its secret
+    files holding `secrets` (by default SECRET_VALUES, the VNC password `password`)."""
     args = list(container["args"])
     assert args[0] == "/start.py", "the image's entry point, which runs `whaletopd run`"
-    env = {**literal_env(container), **override}
-    for entry in container.get("env", []):
-        if "valueFrom" in entry:
-            env[entry["name"]] = password
-    return config.parse(args[1:], env)
+    assert not [e for e in container.get("env", []) if "valueFrom" in e], \
+        "secrets are files, never variables"
+    values = {**SECRET_VALUES, "VNC_PASSWORD": password, **(secrets or {})}
+    with secrets_env(container, values) as env:
+        return config.parse(args[1:], {**env, **override})
 
 
 def versions() -> list[str]:
@@ -129,7 +196,7 @@ def _no_host_users(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- schemas ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("version", versions())
-@pytest.mark.parametrize("path", manifest_files(), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", builtin_manifest_files(), ids=lambda p: p.name)
 def test_manifest_is_valid_for_kubernetes(path: Path, version: str) -> None:
     docs = load_docs(path)
     assert docs, f"{path.name} holds no resource"
@@ -165,19 +232,63 @@ def test_every_flag_and_variable_in_the_statefulset_exists() -> None:
     flags = [a.split("=", 1)[0] for a in container["args"][1:]]
     assert set(flags) <= FLAGS, set(flags) - FLAGS
     names = {e["name"] for e in container["env"]}
-    assert names <= ENVS | EXTRA_ENV, names - ENVS - EXTRA_ENV
+    assert names <= ENVS | EXTRA_ENV | FILE_TWINS, names - ENVS - EXTRA_ENV - FILE_TWINS
     parse_container_config(container)  # and whaletopd accepts them together
 
 
-def test_statefulset_feeds_the_password_from_a_secret() -> None:
-    container = desktop_container()
-    cfg = parse_container_config(container, password="from-secret")
+def _secret_mounts(sts: dict[str, Any]) -> dict[Path, tuple[str, str]]:
+    """Every file the pod's secret volumes put in the container: (secret, key)."""
+    volumes = {v["name"]: v for v in pod_spec(sts)["volumes"]}
+    found: dict[Path, tuple[str, str]] = {}
+    for mount in desktop_container(sts)["volumeMounts"]:
+        volume = volumes.get(mount["name"], {})  # the home is a claim
+        sources = [s["secret"] for s in volume.get("projected", {}).get("sources", [])]
+        if "secret" in volume:
+            sources.append({"name": volume["secret"]["secretName"],
+                            "items": volume["secret"].get("items")})
+        for source in sources:
+            assert "subPath" not in mount, "a subPath mount never sees the kubelet's updates"
+            assert mount.get("readOnly") is True
+            for item in source.get("items") or []:
+                found[Path(mount["mountPath"]) / item["path"]] = (source["name"], item["key"])
+    return found
+
+
+def test_secrets_are_files_from_secrets_never_variables() -> None:
+    """The sign-in password, the VNC password and the metrics token: each NAME_FILE
+    names a file of a mounted secret volume, and whaletopd reads them from there."""
+    sts = statefulset()
+    container = desktop_container(sts)
+    assert not [e for e in container["env"] if "valueFrom" in e or e["name"] in
+                SECRET_VARIABLES], "a secret in a variable shows in `kubectl describe`"
+    files = secret_files(container)
+    assert set(files) == {"WEB_PASSWORD", "VNC_PASSWORD", "METRICS_TOKEN"}
+    mounted = _secret_mounts(sts)
+    docs = manifests()
+    for name, path in files.items():
+        assert path in mounted, f"{name}_FILE={path} is not in a secret volume"
+        secret, key = mounted[path]
+        assert key in find(docs, "Secret", secret)["stringData"], (secret, key)
+    values = {"WEB_PASSWORD": "from-a-file", "VNC_PASSWORD": "vnc-file",
+              "METRICS_TOKEN": "token-from-a-file-0123"}
+    cfg = parse_container_config(container, secrets=values)
+    assert cfg.sign_in
+    assert cfg.web_password == "from-a-file"
     assert cfg.vnc_password_from_env
-    assert cfg.vnc_password == "from-secret"
-    entry = next(e for e in container["env"] if e["name"] == config.VNC_PASSWORD_ENV)
-    ref = entry["valueFrom"]["secretKeyRef"]
-    secret = find(manifests(), "Secret", ref["name"])
-    assert ref["key"] in secret["stringData"]
+    assert cfg.vnc_password == "vnc-file"
+    assert cfg.metrics_token == "token-from-a-file-0123"
+    # With sign-in on and no token /metrics is off: the token's file must be there.
+    with pytest.raises(config.ConfigError, match="WEB_PASSWORD"):
+        parse_container_config(container, secrets={"WEB_PASSWORD": "short"})
+
+
+def test_the_metrics_token_is_the_namespaces_the_passwords_each_desktops() -> None:
+    """Prometheus sends one token to every desktop of a scrape job: the metrics token is
+    one secret for the namespace, apart from each desktop's passwords."""
+    mounted = _secret_mounts(statefulset())
+    files = secret_files(desktop_container())
+    secrets = {name: mounted[path][0] for name, path in files.items()}
+    assert secrets["WEB_PASSWORD"] == secrets["VNC_PASSWORD"] != secrets["METRICS_TOKEN"]
 
 
 def test_ports_are_the_daemons() -> None:
@@ -187,6 +298,12 @@ def test_ports_are_the_daemons() -> None:
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"web": cfg.web_port}, "only the web port leaves the pod"
     assert not cfg.expose_vnc
+    # No VNC port anywhere: not in the container, the Service, or its environment.
+    for doc in docs:
+        assert str(cfg.vnc_port) not in yaml.safe_dump(doc), doc["metadata"]["name"]
+    env = {e["name"] for e in container["env"]}
+    assert not env & {"WHALETOP_VNC_PORT", "WHALETOP_EXPOSE_VNC"}
+    assert not [a for a in container["args"] if a.startswith(("--vnc-port", "--expose-vnc"))]
     service = find(docs, "Service")
     (port,) = service["spec"]["ports"]
     assert port["targetPort"] == "web"
@@ -357,6 +474,176 @@ def test_ingress_is_websocket_friendly_on_a_sub_path() -> None:
     assert pattern.fullmatch("/desktop/")[2] == ""  # type: ignore[index]
 
 
+# -- metrics -----------------------------------------------------------------------------------
+
+# whaletopd's /metrics: the path --metrics-token's help names.
+METRICS_PATH = "/metrics"
+SCRAPE = "prometheus.io/"
+
+
+def test_metrics_path_is_whaletopds() -> None:
+    (option,) = [o for o in config.OPTIONS if o.flag == "--metrics-token"]
+    assert f"{METRICS_PATH} (" in option.help
+
+
+def test_pod_template_asks_to_be_scraped_where_metrics_are() -> None:
+    """The annotations of Prometheus's kubernetes-pods job: the web port by number (the
+    convention has no port names), the path, HTTPS when whaletopd serves it, and a token
+    to send, since sign-in turns /metrics off without one."""
+    sts = statefulset()
+    notes = sts["spec"]["template"]["metadata"]["annotations"]
+    container = desktop_container(sts)
+    cfg = parse_container_config(container)
+    (web,) = [p for p in container["ports"] if p["name"] == "web"]
+    assert notes[SCRAPE + "scrape"] == "true"
+    assert notes[SCRAPE + "port"] == str(web["containerPort"]) == str(cfg.web_port)
+    assert notes[SCRAPE + "path"] == METRICS_PATH
+    assert notes[SCRAPE + "scheme"] == ("https" if cfg.tls else "http")
+    assert cfg.sign_in
+    assert cfg.metrics_token, "with sign-in and no token, /metrics is off"
+    assert set(notes) == {SCRAPE + k for k in ("scrape", "port", "path", "scheme")}
+
+
+# The fields of the Prometheus Operator's PodMonitor (monitoring.coreos.com/v1) that this
+# example may use, from the CRD's reference: a field outside them is a typo the API
+# server would prune or refuse.  Required ones are marked by the checks below.
+PODMONITOR_SPEC = {"selector", "podMetricsEndpoints", "namespaceSelector", "jobLabel",
+                   "podTargetLabels", "sampleLimit", "attachMetadata"}
+PODMONITOR_ENDPOINT = {"port", "portNumber", "targetPort", "path", "scheme", "interval",
+                       "scrapeTimeout", "params", "honorLabels", "honorTimestamps",
+                       "bearerTokenSecret", "authorization", "basicAuth", "tlsConfig",
+                       "relabelings", "metricRelabelings", "followRedirects",
+                       "enableHttp2", "filterRunning", "proxyUrl"}
+SECRET_KEY_SELECTOR = {"name", "key", "optional"}
+SAFE_TLS_CONFIG = {"ca", "cert", "keySecret", "serverName", "insecureSkipVerify",
+                   "minVersion", "maxVersion"}
+LABEL_SELECTOR = {"matchLabels", "matchExpressions"}
+DURATION = re.compile(r"(\d+(ms|s|m|h|d|w|y))+")
+
+
+def podmonitor_problems(doc: Mapping[str, Any]) -> list[str]:
+    """What the PodMonitor CRD's schema refuses in `doc`, for the fields used here."""
+    problems = []
+
+    def only(where: str, node: Any, allowed: set[str]) -> bool:
+        if not isinstance(node, dict):
+            problems.append(f"{where}: not an object")
+            return False
+        problems.extend(f"{where}.{key}: not a field" for key in set(node) - allowed)
+        return True
+
+    if (doc.get("apiVersion"), doc.get("kind")) != ("monitoring.coreos.com/v1", "PodMonitor"):
+        problems.append("not a monitoring.coreos.com/v1 PodMonitor")
+    only("", doc, {"apiVersion", "kind", "metadata", "spec"})
+    if not doc.get("metadata", {}).get("name"):
+        problems.append("metadata.name: required")
+    spec = doc.get("spec")
+    if not only("spec", spec, PODMONITOR_SPEC):
+        return problems
+    selector = spec.get("selector")
+    if selector is None:
+        problems.append("spec.selector: required")
+    elif only("spec.selector", selector, LABEL_SELECTOR):
+        labels = selector.get("matchLabels", {})
+        if not all(isinstance(v, str) for v in labels.values()):
+            problems.append("spec.selector.matchLabels: values are strings")
+    endpoints = spec.get("podMetricsEndpoints")
+    if not isinstance(endpoints, list) or not endpoints:
+        problems.append("spec.podMetricsEndpoints: a list of endpoints")
+        return problems
+    for n, endpoint in enumerate(endpoints):
+        where = f"spec.podMetricsEndpoints[{n}]"
+        if not only(where, endpoint, PODMONITOR_ENDPOINT):
+            continue
+        if not isinstance(endpoint.get("port", ""), str):
+            problems.append(f"{where}.port: the name of a pod port (a string)")
+        if not str(endpoint.get("path", "/")).startswith("/"):
+            problems.append(f"{where}.path: an HTTP path")
+        if endpoint.get("scheme", "http").lower() not in ("http", "https"):
+            problems.append(f"{where}.scheme: http or https")
+        for key in ("interval", "scrapeTimeout"):
+            if key in endpoint and not DURATION.fullmatch(str(endpoint[key])):
+                problems.append(f"{where}.{key}: a duration, e.g. 30s")
+        if "bearerTokenSecret" in endpoint:
+            secret = endpoint["bearerTokenSecret"]
+            if only(f"{where}.bearerTokenSecret", secret, SECRET_KEY_SELECTOR) and \
+                    not secret.get("key"):
+                problems.append(f"{where}.bearerTokenSecret.key: required")
+        if "tlsConfig" in endpoint:
+            only(f"{where}.tlsConfig", endpoint["tlsConfig"], SAFE_TLS_CONFIG)
+    return problems
+
+
+def podmonitor() -> dict[str, Any]:
+    return find(manifests(), "PodMonitor")
+
+
+def podmonitor_endpoint() -> dict[str, Any]:
+    (endpoint,) = podmonitor()["spec"]["podMetricsEndpoints"]
+    return endpoint
+
+
+def test_podmonitor_has_the_crds_shape() -> None:
+    assert podmonitor_problems(podmonitor()) == []
+
+
+@pytest.mark.parametrize(("path", "value", "problem"), [
+    ("spec.podMetricsEndpoints.0.bearerTokenSecrets", {"name": "x", "key": "y"},
+     "bearerTokenSecrets: not a field"),
+    ("spec.podMetricsEndpoints.0.bearerTokenSecret", {"name": "whaletop-metrics"},
+     "bearerTokenSecret.key: required"),
+    ("spec.podMetricsEndpoints.0.bearerTokenSecret", {"key": "k", "secretName": "x"},
+     "bearerTokenSecret.secretName: not a field"),
+    ("spec.podMetricsEndpoints.0.port", 8080, "port: the name of a pod port"),
+    ("spec.podMetricsEndpoints.0.scheme", "ws", "scheme: http or https"),
+    ("spec.podMetricsEndpoints.0.path", "metrics", "path: an HTTP path"),
+    ("spec.podMetricsEndpoints.0.interval", "30", "interval: a duration"),
+    ("spec.podMetricsEndpoints.0.tlsConfig", {"insecure": True}, "insecure: not a field"),
+    ("spec.podMetricsEndpoint", [], "podMetricsEndpoint: not a field"),
+    ("spec.selector", {"matchLabel": {"a": "b"}}, "matchLabel: not a field"),
+    ("spec.podMetricsEndpoints", [], "a list of endpoints"),
+    ("kind", "ServiceMonitor", "not a monitoring.coreos.com/v1 PodMonitor"),
+])
+def test_the_podmonitor_check_refuses_what_the_crd_refuses(path: str, value: Any,
+                                                           problem: str) -> None:
+    doc = podmonitor()
+    *parents, last = path.split(".")
+    node: Any = doc
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    node[last] = value
+    assert any(problem in found for found in podmonitor_problems(doc)), \
+        podmonitor_problems(doc)
+    del node[last]
+    if last in ("selector", "podMetricsEndpoints"):
+        assert any(f"spec.{last}: " in found for found in podmonitor_problems(doc))
+
+
+def test_podmonitor_scrapes_every_desktop_with_the_desktops_token() -> None:
+    """The selector matches every desktop's pod (and per-user overlays only add labels),
+    the port is the container's web port by name, the path /metrics, HTTPS verified,
+    and the token is the one whaletopd reads from METRICS_TOKEN_FILE."""
+    sts = statefulset()
+    monitor = podmonitor()
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert "app.kubernetes.io/instance" not in monitor["spec"]["selector"]["matchLabels"]
+    assert "namespaceSelector" not in monitor["spec"], "its own namespace: the secret's"
+    endpoint = podmonitor_endpoint()
+    container = desktop_container(sts)
+    cfg = parse_container_config(container)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports[endpoint["port"]] == cfg.web_port
+    assert endpoint["path"] == METRICS_PATH
+    assert endpoint["scheme"] == ("https" if cfg.tls else "http")
+    tls = endpoint.get("tlsConfig", {})
+    assert not tls.get("insecureSkipVerify"), "the token goes to a verified desktop only"
+    bearer = endpoint["bearerTokenSecret"]
+    assert _secret_mounts(sts)[secret_files(container)["METRICS_TOKEN"]] == (
+        bearer["name"], bearer["key"])
+    assert bearer["key"] in find(manifests(), "Secret", bearer["name"])["stringData"]
+
+
 # -- rendering -------------------------------------------------------------------------------
 
 KUBECTL = shutil.which("kubectl")
@@ -388,6 +675,11 @@ def readme_overlay() -> str:
     return overlay
 
 
+def web_password(vnc_password: str) -> str:
+    """The sign-in password write_overlay gives the user of `vnc_password`."""
+    return f"web-{vnc_password}"
+
+
 def write_overlay(folder: Path, user: str, password: str) -> Path:
     overlay = folder / "desktops" / user
     overlay.mkdir(parents=True)
@@ -396,7 +688,8 @@ def write_overlay(folder: Path, user: str, password: str) -> Path:
     assert "  - ../../deploy/kubernetes\n" in text
     text = text.replace("  - ../../deploy/kubernetes\n", f"  - {base}\n")
     (overlay / "kustomization.yaml").write_text(text)
-    (overlay / "vnc.env").write_text(f"VNC_PASSWORD={password}\n")
+    (overlay / "passwords.env").write_text(
+        f"WEB_PASSWORD={web_password(password)}\nVNC_PASSWORD={password}\n")
     cert, key = certgen.make(cn=f"{user}.test")
     (overlay / "tls.pem").write_bytes(certgen.pem(cert, key))
     return overlay
@@ -427,11 +720,26 @@ def test_readme_overlays_give_each_user_a_desktop_of_their_own(tmp_path: Path) -
         assert path["backend"]["service"]["name"] == service["metadata"]["name"]
         # Secrets: generated per user, and referenced by their generated names.
         container = desktop_container(sts)
-        ref = next(e for e in container["env"] if "valueFrom" in e)["valueFrom"]
-        vnc = find(docs, "Secret", ref["secretKeyRef"]["name"])
-        assert vnc["metadata"]["name"].startswith(f"whaletop-vnc-{user}-")  # hashed
-        password = base64.b64decode(vnc["data"]["VNC_PASSWORD"]).decode()
-        assert parse_container_config(container, password=password).vnc_password == password
+        mounted = _secret_mounts(sts)
+        files = secret_files(container)
+        name, _ = mounted[files["WEB_PASSWORD"]]
+        assert mounted[files["VNC_PASSWORD"]][0] == name
+        passwords = find(docs, "Secret", name)
+        assert name.startswith(f"whaletop-passwords-{user}-")  # hashed
+        values = {key: base64.b64decode(passwords["data"][key]).decode()
+                  for key in ("WEB_PASSWORD", "VNC_PASSWORD")}
+        assert values == {"WEB_PASSWORD": web_password(f"{user}-pw1"),
+                          "VNC_PASSWORD": f"{user}-pw1"}
+        cfg = parse_container_config(container, secrets=values)
+        assert (cfg.web_password, cfg.vnc_password) == (values["WEB_PASSWORD"],
+                                                        values["VNC_PASSWORD"])
+        # The namespace's metrics token, made once and never suffixed: the one
+        # podmonitor.yaml sends to every desktop.
+        token_secret, token_key = mounted[files["METRICS_TOKEN"]]
+        bearer = podmonitor_endpoint()["bearerTokenSecret"]
+        assert (token_secret, token_key) == (bearer["name"], bearer["key"])
+        assert not [d for d in docs if d["kind"] == "Secret"
+                    and d["metadata"]["name"].startswith(token_secret)]
         tls_volume = next(v for v in pod_spec(sts)["volumes"] if v["name"] == "tls")
         # Not hashed: a renewal updates this secret in place, and is reloaded live.
         assert tls_volume["secret"]["secretName"] == f"whaletop-tls-{user}"

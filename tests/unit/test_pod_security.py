@@ -547,7 +547,7 @@ def test_root_variant_passes_baseline_and_cannot_pass_restricted() -> None:
 @needs_kubectl
 def test_root_variant_gives_sudo_and_keeps_the_rest() -> None:
     """Only the security context, sudo and the scratch volumes differ from the default:
-    the same desktop, probes, secrets and home."""
+    the same desktop, probes, secrets (as files), scrape annotations and home."""
     default, root = find(render(KUBE), "StatefulSet"), find(render(KUBE_ROOT), "StatefulSet")
     (container,) = root["spec"]["template"]["spec"]["containers"]
     cfg = parse_container_config(container)
@@ -560,7 +560,14 @@ def test_root_variant_gives_sudo_and_keeps_the_rest() -> None:
     assert [e for e in plain["env"] if e["name"] != "WHALETOP_NO_SUDO"] == container["env"]
     assert root["spec"]["volumeClaimTemplates"] == default["spec"]["volumeClaimTemplates"]
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
-    assert mounts == {f"/home/{cfg.username}", "/dev/shm", "/etc/whaletop/tls"}
+    assert mounts == {f"/home/{cfg.username}", "/dev/shm", "/etc/whaletop/tls",
+                      "/etc/whaletop/secrets"}
+    volumes = {v["name"]: v for v in root["spec"]["template"]["spec"]["volumes"]}
+    for volume in default["spec"]["template"]["spec"]["volumes"]:
+        if "emptyDir" not in volume or volume["name"] == "dshm":
+            assert volumes[volume["name"]] == volume, "the same secrets, the same files"
+    assert (root["spec"]["template"]["metadata"]["annotations"]
+            == default["spec"]["template"]["metadata"]["annotations"])
 
 
 @needs_kubectl
