@@ -2,6 +2,10 @@
 
 A flag beats its environment variable; the environment beats the default.  Every
 problem is a ConfigError whose message names the flag or variable at fault.
+
+Each secret variable (SECRET_VARIABLES) has a NAME_FILE twin, the convention of Docker's
+official images, for Docker and Kubernetes secrets mounted as files: the file's content
+stands for NAME and meets NAME's rules.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import math
 import os
 import pwd
 import re
+import stat
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +31,13 @@ VNC_PASSWORD_ENV = "VNC_PASSWORD"
 VIEW_ONLY_PASSWORD_ENV = "VNC_VIEW_ONLY_PASSWORD"
 WEB_PASSWORD_ENV = "WEB_PASSWORD"
 TLS_KEY_PASSWORD_ENV = "TLS_KEY_PASSWORD"
+METRICS_TOKEN_ENV = "METRICS_TOKEN"
+# Each may instead be read from the file that NAME_FILE names.
+SECRET_VARIABLES = (VNC_PASSWORD_ENV, VIEW_ONLY_PASSWORD_ENV, WEB_PASSWORD_ENV,
+                    TLS_KEY_PASSWORD_ENV, METRICS_TOKEN_ENV)
+FILE_SUFFIX = "_FILE"
+# A password or token is a line; anything larger is the wrong file.
+MAX_SECRET_FILE = 64 * 1024
 # What Debian's useradd accepts, narrowed to names that need no quoting anywhere.
 USERNAME_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 # ASCII digits only: int() and float() also take other scripts' digits ('١٢٣'), '_',
@@ -154,7 +166,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--stop-when-idle", "WHALETOP_STOP_WHEN_IDLE", float, 0.0,
            "minutes with no client connected after which the desktop stops itself "
            "(STOPPED, exit 0; a warning a minute before); 0: never"),
-    Option("--metrics-token", "METRICS_TOKEN", str, "",
+    Option("--metrics-token", METRICS_TOKEN_ENV, str, "",
            "bearer token for /metrics (Prometheus text format on the web port); without "
            "one, /metrics is open like the page unless sign-in is on, then it is off"),
     Option("--log-format", "WHALETOP_LOG_FORMAT", str, "json",
@@ -273,10 +285,88 @@ def _env_text(env: Mapping[str, str], name: str) -> str | None:
     return value
 
 
+def read_secret_file(variable: str, path: str) -> str:
+    """The secret in the file `variable` names: a regular file (links followed, as
+    Kubernetes mounts them) of at most MAX_SECRET_FILE bytes of UTF-8, without the one
+    line end `echo secret > file` adds.  Errors name the variable and the path, never
+    the content."""
+    where = f"{variable}={show(path, 200)}"
+    if not path.startswith("/"):
+        raise ConfigError(f"{where} is not an absolute path in the container (mount the "
+                          "file, e.g. /run/secrets/NAME)")
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot open: {e.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"{where} is not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_SECRET_FILE:
+            chunk = os.read(fd, MAX_SECRET_FILE + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if size > MAX_SECRET_FILE:
+        raise ConfigError(f"{where} is larger than {MAX_SECRET_FILE // 1024} KiB (it "
+                          "should hold one line: the secret)")
+    try:
+        text = b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where} is not UTF-8 text") from None
+    for end in ("\r\n", "\n"):
+        if text.endswith(end):
+            return text[:-len(end)]
+    return text
+
+
+def resolve_secret_files(env: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """`env` with each secret's NAME_FILE replaced by NAME holding the file's content,
+    and for each NAME so read, where it came from (for messages)."""
+    resolved = dict(env)
+    origins: dict[str, str] = {}
+    for name in SECRET_VARIABLES:
+        variable = name + FILE_SUFFIX
+        path = _env_text(env, variable)
+        if path is None:
+            continue
+        if name in env:
+            raise ConfigError(f"{name} and {variable} are both set: use one of them")
+        if not path:
+            raise ConfigError(f"{variable} is empty (give the path of the file that "
+                              f"holds {name})")
+        resolved[name] = read_secret_file(variable, path)
+        del resolved[variable]
+        origins[name] = f"{variable}={show(path, 200)}"
+    return resolved, origins
+
+
 def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Config:
-    """Flags, then environment, then defaults; validated."""
-    env = os.environ if environ is None else environ
+    """Flags, then environment (secrets perhaps from files), then defaults; validated."""
     args = vars(_parser().parse_args(list(argv)))
+    env, origins = resolve_secret_files(os.environ if environ is None else environ)
+    try:
+        return _parse(args, env)
+    except ConfigError as exc:
+        # "VNC_PASSWORD is shorter than 6 characters" means the file's content.
+        message = str(exc)
+        for name, origin in origins.items():
+            named = re.search(rf"(?<![A-Z_]){name}(?![A-Z_])", message) or (
+                name == METRICS_TOKEN_ENV and args["metrics_token"] is None
+                and message.startswith("--metrics-token"))
+            if named:
+                raise ConfigError(f"{message} (read from {origin})") from None
+        raise
+
+
+def _parse(args: dict[str, Any], env: Mapping[str, str]) -> Config:
     values: dict[str, Any] = {}
     for opt in OPTIONS:
         given = args[opt.dest]
