@@ -13,6 +13,9 @@ from whaletopd import paths as paths_mod
 # States a desktop does not leave by itself: the daemon is exiting or has given up.  For
 # `status --alive` (a liveness probe), everything else, starting included, is alive.
 TERMINAL = frozenset({"UNHEALTHY", "STOPPED", "FAILED"})
+# States in which a user can connect now (IDLE: nobody is, and --stop-when-idle's stop
+# is coming; the desktop works, and a client that connects keeps it).
+SERVING = frozenset({"HEALTHY", "IDLE"})
 
 
 def main(argv: Sequence[str]) -> int:
@@ -59,8 +62,8 @@ def _run(args: list[str]) -> int:
 def _status(args: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="whaletopd status",
-        description="Print the desktop's state; exit 0 only when HEALTHY "
-                    "(with --alive: unless the desktop is finished).")
+        description="Print the desktop's state; exit 0 only when a user can connect now: "
+                    "HEALTHY or IDLE (with --alive: unless the desktop is finished).")
     parser.add_argument("--json", action="store_true", help="print status.json")
     parser.add_argument(
         "--alive", action="store_true",
@@ -91,7 +94,7 @@ def _status(args: list[str]) -> int:
         # With --no-exit-on-failure UNHEALTHY waits to be repaired, files kept: alive.
         waiting = word == "UNHEALTHY" and detail.get("exit_on_failure") is False
         return 1 if word in TERMINAL and not waiting else 0
-    return 0 if word == "HEALTHY" else 1
+    return 0 if word in SERVING else 1
 
 
 def entry() -> None:

@@ -7,6 +7,7 @@ callback named in machine.TRANSITIONS hands the work to the part that owns it:
     front       frontdoor.py   nginx's configuration, the sign-in service's people
     menu        menu.py        /Apps in LXDE's menu
     prober      probes.py      the health checks, in their own thread
+    counter     clients.py     the VNC clients connected (for --stop-when-idle, /metrics)
     status      status.py      the status files
     metrics     metrics.py     the numbers nginx serves at /metrics
     deadlines   deadlines.py   named deadlines, kept by the loop
@@ -34,6 +35,7 @@ from transitions import EventData
 
 from whaletopd import frontdoor, logs, probes, provision
 from whaletopd.children import RunAs
+from whaletopd.clients import ClientCounter
 from whaletopd.config import Config
 from whaletopd.deadlines import Deadlines
 from whaletopd.events import (
@@ -41,10 +43,14 @@ from whaletopd.events import (
     CertificateChanged,
     CertificateExpired,
     ChildExited,
+    ClientsChanged,
+    ClientsCheckDue,
     Crashed,
     Event,
     EventQueue,
     Failed,
+    IdleSoon,
+    IdleTimedOut,
     Launched,
     MenuCheckDue,
     ProbeFailed,
@@ -74,6 +80,12 @@ ProbeMaker = Callable[[probes.Target, Mapping[str, str]], list[probes.Probe]]
 STARTUP = "startup"
 RECOVERY = "recovery"
 MENU = "menu"
+CLIENTS = "clients"
+IDLE_SOON = "idle-soon"
+IDLE_STOP = "idle-stop"
+# How often the clients are counted: every 10 s (a count costs well under a millisecond),
+# more often for a short --stop-when-idle, so its warning and stop come on time.
+CLIENTS_INTERVAL = 10.0
 # The program whose start starts LXDE's menu-cached (programs.py's session row).
 SESSION = "session"
 
@@ -130,6 +142,14 @@ class Desktop:
         self._provisioner = seams.provisioner
         self._make_probes = seams.make_probes
         self._t0 = time.monotonic()
+        # VNC clients connected: None until counted (from the first HEALTHY on) or when
+        # they cannot be counted.  /metrics shows it too.
+        self.clients: int | None = None
+        self.counter = ClientCounter(self.paths.vnc_socket,
+                                     config.vnc_port if config.expose_vnc else None)
+        self._idle_since: float | None = None  # --stop-when-idle: nobody connected since
+        self._idle_warned = False  # the idle_stop_soon warning of this idle spell
+        self._uncountable_logged = False
 
     # -- every transition ----------------------------------------------------------------
 
@@ -174,6 +194,7 @@ class Desktop:
             **self.front.describe(),
             **self.children.describe(),
             "tls": self.web.describe(),
+            "clients": self.clients,
             **self._describe_menu(),
         })
 
@@ -330,6 +351,15 @@ class Desktop:
             return self.prober is None or ev.generation != self.prober.generation
         return False
 
+    def has_clients(self, event: EventData) -> bool:
+        """Somebody connected, or nobody can tell any more: no stop is coming."""
+        count: int | None = event.kwargs["event"].count
+        return count != 0
+
+    def nobody_connected(self, event: EventData) -> bool:
+        """An idle verdict still holds: nobody connected since it was armed."""
+        return self._idle_since is not None and self.clients == 0
+
     def new_certificate_valid(self, event: EventData) -> bool:
         return self.web.candidate_valid()
 
@@ -411,12 +441,94 @@ class Desktop:
         if not self.menu.settle():
             self.deadlines.arm(MENU, SETTLE_INTERVAL, MenuCheckDue())
 
+    # -- clients and --stop-when-idle ------------------------------------------------------
+
+    @property
+    def _idle_seconds(self) -> float:
+        return self.config.stop_when_idle * 60
+
+    @property
+    def _warn_after(self) -> float:
+        """When the warning comes: a minute before the stop, or halfway for a timeout of
+        2 minutes or less (a minute ahead would be most of it)."""
+        seconds = self._idle_seconds
+        return seconds - 60 if seconds > 120 else seconds / 2
+
+    def _clients_interval(self) -> float:
+        if not self.config.stop_when_idle:
+            return CLIENTS_INTERVAL
+        return min(CLIENTS_INTERVAL, max(0.5, self._idle_seconds / 12))
+
+    def count_clients(self, event: EventData) -> None:
+        self.deadlines.arm(CLIENTS, self._clients_interval(), ClientsCheckDue())
+        try:
+            count: int | None = self.counter.count()
+        except OSError as exc:
+            count = None
+            if not self._uncountable_logged:
+                self._uncountable_logged = True
+                log.warning("clients_uncountable", socket=str(self.counter.vnc_socket),
+                            error=str(exc), stop_when_idle=self.config.stop_when_idle,
+                            hint="the desktop does not stop itself for want of clients "
+                                 "while they cannot be counted (the kernel's sock_diag "
+                                 "must answer: a seccomp profile may refuse AF_NETLINK)")
+        if count != self.clients:
+            self.events.post(ClientsChanged(count=count))
+
+    def note_clients(self, event: EventData) -> None:
+        self._take_count(event.kwargs["event"].count)
+
+    def _take_count(self, count: int | None) -> None:
+        """A new count: into status.json (a quiet event writes no status itself), and
+        the idle deadlines armed from now when nobody is connected any more, cancelled
+        when somebody is (or nobody can tell)."""
+        before, self.clients = self.clients, count
+        self.write_status()
+        if not self.config.stop_when_idle:
+            return
+        if self.clients != 0:
+            self.deadlines.cancel(IDLE_SOON, IDLE_STOP)
+            self._idle_since, self._idle_warned = None, False
+        elif before != 0:
+            self._idle_since = time.monotonic()
+            minutes, warn_after = self.config.stop_when_idle, self._warn_after
+            self.deadlines.arm(IDLE_SOON, warn_after, IdleSoon(
+                idle_minutes=round(warn_after / 60, 2),
+                minutes_left=round(minutes - warn_after / 60, 2)))
+            self.deadlines.arm(IDLE_STOP, self._idle_seconds, IdleTimedOut(minutes=minutes))
+
+    def note_client_back(self, event: EventData) -> None:
+        self._take_count(event.kwargs["event"].count)
+        if self.clients is None:
+            self.reason = "the clients connected cannot be counted: no stop for being idle"
+        else:
+            self.reason = (f"a client connected ({self.clients} connected): no stop for "
+                           "being idle while one is")
+
+    def on_enter_IDLE(self, event: EventData) -> None:
+        if not self._idle_warned:
+            self._idle_warned = True
+            ev = event.kwargs["event"]
+            log.warning("idle_stop_soon", minutes_left=ev.minutes_left,
+                        stop_when_idle=self.config.stop_when_idle,
+                        hint="connect to the desktop to keep it running; else it stops "
+                             "(exit 0, the home kept)")
+
     # -- arriving and leaving --------------------------------------------------------------
 
     def on_enter_HEALTHY(self, event: EventData) -> None:
         self.deadlines.cancel(STARTUP, RECOVERY)
         if self.web.take_deferred():
             self.events.post(CertificateChanged())
+        if not self.deadlines.armed(CLIENTS):
+            self.deadlines.arm(CLIENTS, 0, ClientsCheckDue())  # the first count
+        if (self._idle_since is not None and self.clients == 0
+              and not self.deadlines.armed(IDLE_SOON)):
+            # The warning came due while RECOVERING or RELOADING_TLS: it comes now.
+            seconds_left = self._idle_seconds - (time.monotonic() - self._idle_since)
+            self.events.post(IdleSoon(
+                idle_minutes=round((self._idle_seconds - seconds_left) / 60, 2),
+                minutes_left=round(max(0.0, seconds_left) / 60, 2)))
 
     def note_logout(self, event: EventData) -> None:
         ev = event.kwargs["event"]

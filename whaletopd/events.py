@@ -146,6 +146,48 @@ class CertificateExpired(Event):
 
 
 @dataclass(frozen=True)
+class ClientsCheckDue(Event):
+    """Time to count the VNC clients connected (clients.py)."""
+
+    trigger: ClassVar[str] = "clients_check_due"
+    quiet: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class ClientsChanged(Event):
+    """The number of VNC clients connected changed (None: it cannot be told).  Quiet:
+    status.json's `clients` says it; a client back in IDLE is a transition, logged."""
+
+    trigger: ClassVar[str] = "clients_changed"
+    quiet: ClassVar[bool] = True
+    count: int | None
+
+
+@dataclass(frozen=True)
+class IdleSoon(Event):
+    """--stop-when-idle: nobody connected for a while; the stop comes `minutes_left` later."""
+
+    trigger: ClassVar[str] = "idle_soon"
+    idle_minutes: float
+    minutes_left: float
+
+    @property
+    def why(self) -> str:
+        return (f"no client connected for {self.idle_minutes:g} minutes: stopping in "
+                f"{self.minutes_left:g} minutes unless one connects")
+
+
+@dataclass(frozen=True)
+class IdleTimedOut(Event):
+    trigger: ClassVar[str] = "idle_timed_out"
+    minutes: float
+
+    @property
+    def why(self) -> str:
+        return f"no client connected for {self.minutes:g} minutes"
+
+
+@dataclass(frozen=True)
 class StartupTimedOut(Event):
     trigger: ClassVar[str] = "startup_timed_out"
     seconds: float

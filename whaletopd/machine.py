@@ -7,6 +7,7 @@ to the part that owns it.
 
 Status words: STARTING, STARTED and HEALTHY keep the original project's meaning;
 UNHEALTHY, STOPPING, STOPPED and FAILED are what it left out.  INIT is never written.
+IDLE (--stop-when-idle) is HEALTHY with nobody connected and a stop coming.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ INIT = "INIT"
 STARTING = "STARTING"
 STARTED = "STARTED"
 HEALTHY = "HEALTHY"
+IDLE = "IDLE"
 UNHEALTHY = "UNHEALTHY"
 STOPPING = "STOPPING"
 STOPPED = "STOPPED"
@@ -27,9 +29,10 @@ FAILED = "FAILED"
 RECOVERING = "RECOVERING"
 RELOADING_TLS = "RELOADING_TLS"
 
-STATES: list[str] = [INIT, STARTING, STARTED, HEALTHY, RECOVERING, RELOADING_TLS, UNHEALTHY,
-                     STOPPING, STOPPED, FAILED]
-UP = [STARTED, HEALTHY, RECOVERING, RELOADING_TLS]  # launched: the user's windows exist
+STATES: list[str] = [INIT, STARTING, STARTED, HEALTHY, IDLE, RECOVERING, RELOADING_TLS,
+                     UNHEALTHY, STOPPING, STOPPED, FAILED]
+UP = [STARTED, HEALTHY, IDLE, RECOVERING, RELOADING_TLS]  # launched: the user's windows exist
+SERVING = [HEALTHY, IDLE]  # a user can connect now; checks judge both alike
 LIVE = [STARTING, *UP]
 
 TRANSITIONS: list[dict[str, Any]] = [
@@ -67,11 +70,11 @@ TRANSITIONS: list[dict[str, Any]] = [
     # is UNHEALTHY, and with --no-exit-on-failure it is tried again once the budget
     # allows (retry_later).  Xvnc dying loses the user's windows: UNHEALTHY at once.
     # Exits of replaced children are stale: ignored.
-    {"trigger": "probe_failed", "source": HEALTHY, "dest": RECOVERING,
+    {"trigger": "probe_failed", "source": SERVING, "dest": RECOVERING,
      "conditions": "restartable", "unless": "stale", "after": "recover"},
-    {"trigger": "probe_failed", "source": HEALTHY, "dest": UNHEALTHY,
+    {"trigger": "probe_failed", "source": SERVING, "dest": UNHEALTHY,
      "conditions": "retryable", "unless": "stale", "after": "retry_later"},
-    {"trigger": "probe_failed", "source": HEALTHY, "dest": UNHEALTHY, "unless": "stale"},
+    {"trigger": "probe_failed", "source": SERVING, "dest": UNHEALTHY, "unless": "stale"},
     {"trigger": "child_exited", "source": UP, "dest": RECOVERING,
      "conditions": "restartable", "unless": "stale", "after": "recover"},
     {"trigger": "child_exited", "source": UP, "dest": UNHEALTHY,
@@ -86,7 +89,7 @@ TRANSITIONS: list[dict[str, Any]] = [
     # TLS rotation: a changed --tls-certificate is validated first (a bad one is refused,
     # logged, and the old one stays in service); a good one is reloaded by nginx
     # gracefully (connected sessions stay); HEALTHY again once served.
-    {"trigger": "certificate_changed", "source": HEALTHY, "dest": RELOADING_TLS,
+    {"trigger": "certificate_changed", "source": SERVING, "dest": RELOADING_TLS,
      "conditions": "new_certificate_valid", "after": "reload_certificate"},
     {"trigger": "certificate_changed", "source": UNHEALTHY, "dest": RELOADING_TLS,
      "conditions": ["expiry_is_the_problem", "new_certificate_valid"],
@@ -111,6 +114,26 @@ TRANSITIONS: list[dict[str, Any]] = [
      "after": "check_certificate"},
     {"trigger": "certificate_expired", "source": UP, "dest": UNHEALTHY,
      "conditions": "certificate_expired_now"},
+    # Clients (clients.py), counted from the first HEALTHY on, every few seconds; a
+    # change is news only for status.json, /metrics and the idle stop.
+    {"trigger": "clients_check_due", "source": [*UP, UNHEALTHY], "dest": None,
+     "after": "count_clients"},
+    {"trigger": "clients_changed", "source": IDLE, "dest": HEALTHY,
+     "conditions": "has_clients", "before": "note_client_back"},
+    {"trigger": "clients_changed", "source": [*UP, UNHEALTHY], "dest": None,
+     "after": "note_clients"},
+    # --stop-when-idle: nobody connected for a while (the whole timeout less a minute,
+    # or half of a timeout of 2 minutes or less): IDLE, with a warning; a client that
+    # connects makes it HEALTHY again.  Nobody for the whole timeout: stop, exit 0, the
+    # home kept, so an orchestrator or a script can scale unused desktops to zero.
+    # Each verdict holds only while nobody connected since it was due.  A warning due
+    # while RECOVERING or RELOADING_TLS comes on the next HEALTHY (on_enter_HEALTHY);
+    # the stop comes in any state a user could come back to.
+    {"trigger": "idle_soon", "source": HEALTHY, "dest": IDLE, "conditions": "nobody_connected"},
+    {"trigger": "idle_timed_out", "source": [*SERVING, RECOVERING, RELOADING_TLS],
+     "dest": STOPPING, "conditions": "nobody_connected"},
+    {"trigger": "idle_timed_out", "source": UNHEALTHY, "dest": STOPPING,
+     "conditions": "nobody_connected", "unless": "exit_on_failure"},
     # Bad flags, environment or a provisioning step that cannot succeed.
     {"trigger": "fail", "source": [INIT, STARTING], "dest": FAILED},
     # docker stop, Ctrl-C: stop the children in reverse order, then exit 0.

@@ -26,7 +26,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("WHALETOP_IMAGE", "whaletop:test")
 WEB = "http://127.0.0.1:8080"
-STATUS_WORDS = {"STARTING", "STARTED", "HEALTHY", "UNHEALTHY", "STOPPING", "STOPPED", "FAILED"}
+STATUS_WORDS = {"STARTING", "STARTED", "HEALTHY", "IDLE", "UNHEALTHY", "STOPPING", "STOPPED",
+                "FAILED"}
 VNC_SOCKET = "/run/whaletop/desktop/vnc.sock"
 
 # A TCP -> UNIX socket bridge, run inside the container (python3 is in the image): it

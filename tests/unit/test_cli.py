@@ -31,6 +31,22 @@ def test_status_healthy_with_running_daemon_passes(state_dir: Path,
     assert capsys.readouterr().out.strip() == "HEALTHY: all probes answer"
 
 
+def test_status_idle_passes(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """IDLE works as HEALTHY does (a person may connect): Docker must not call it
+    unhealthy, nor an orchestrator restart it, while its own stop is coming."""
+    reason = "no client connected for 4 minutes: stopping in 1 minutes unless one connects"
+    write_status(state_dir, "IDLE", reason)
+    assert cli.main(["status"]) == 0
+    assert cli.main(["status", "--alive"]) == 0
+    assert capsys.readouterr().out.strip().splitlines() == [f"IDLE: {reason}"] * 2
+
+
+def test_idle_is_a_state_of_the_machine() -> None:
+    from whaletopd import machine
+
+    assert {machine.HEALTHY, machine.IDLE} == cli.SERVING
+
+
 @pytest.mark.parametrize("word", ["STARTING", "STARTED", "RECOVERING", "UNHEALTHY",
                                   "STOPPING", "STOPPED", "FAILED"])
 def test_status_other_than_healthy_fails(state_dir: Path, word: str,

@@ -15,7 +15,7 @@ import pytest
 from tests.unit.helpers import write_stale, write_status
 from whaletopd import cli, machine
 
-ALIVE = ["STARTING", "STARTED", "HEALTHY", "RECOVERING", "RELOADING_TLS", "STOPPING"]
+ALIVE = ["STARTING", "STARTED", "HEALTHY", "IDLE", "RECOVERING", "RELOADING_TLS", "STOPPING"]
 
 
 def test_every_written_state_is_either_alive_or_terminal() -> None:
@@ -72,9 +72,11 @@ def test_alive_with_json_prints_the_detail(state_dir: Path,
     assert json.loads(capsys.readouterr().out)["state"] == "RECOVERING"
 
 
-@pytest.mark.parametrize(("word", "code"), [("HEALTHY", 0), ("STARTING", 1), ("FAILED", 1)])
+@pytest.mark.parametrize(("word", "code"), [("HEALTHY", 0), ("IDLE", 0), ("STARTING", 1),
+                                           ("FAILED", 1)])
 def test_plain_status_is_unchanged(state_dir: Path, word: str, code: int) -> None:
-    """Readiness and the image's HEALTHCHECK still mean HEALTHY, and nothing else."""
+    """Readiness and the image's HEALTHCHECK mean a user can connect now: HEALTHY, or
+    IDLE (nobody is, and --stop-when-idle's stop is coming)."""
     write_status(state_dir, word)
     assert cli.main(["status"]) == code
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -43,9 +45,13 @@ from whaletopd.events import (
     CertificateExpired,
     ChildExited,
     ChildReady,
+    ClientsChanged,
+    ClientsCheckDue,
     Event,
     EventQueue,
     Failed,
+    IdleSoon,
+    IdleTimedOut,
     Launched,
     MenuCheckDue,
     ProbeFailed,
@@ -62,6 +68,7 @@ from whaletopd.events import (
 from whaletopd.machine import (
     FAILED,
     HEALTHY,
+    IDLE,
     INIT,
     RECOVERING,
     RELOADING_TLS,
@@ -197,6 +204,10 @@ EVENTS: dict[str, EventFactory] = {
     "fail": lambda d: Failed(reason="useradd -u 1000 failed (4): UID 1000 is not unique"),
     "stop": lambda d: StopRequested(reason="received SIGTERM"),
     "shut_down": lambda d: ShutDown(),
+    "clients_check_due": lambda d: ClientsCheckDue(),
+    "clients_changed": lambda d: ClientsChanged(count=1),
+    "idle_soon": lambda d: IdleSoon(idle_minutes=4.0, minutes_left=1.0),
+    "idle_timed_out": lambda d: IdleTimedOut(minutes=5.0),
 }
 WS_PROBE_FAILED = ProbeFailed(
     reason="WebSocket on /run/whaletop/desktop/websockify.sock: connection refused",
@@ -213,6 +224,7 @@ ROUTES: dict[str, list[Event]] = {
     STARTING: [Start()],
     STARTED: _TO_STARTED,
     HEALTHY: [*_TO_STARTED, ProbePassed()],
+    IDLE: [*_TO_STARTED, ProbePassed(), IdleSoon(idle_minutes=4.0, minutes_left=1.0)],
     RECOVERING: [*_TO_STARTED, ProbePassed(), WS_PROBE_FAILED],
     RELOADING_TLS: [*_TO_STARTED, ProbePassed(), CertificateChanged()],
     UNHEALTHY: [*_TO_STARTED, ProbePassed(),
@@ -274,27 +286,31 @@ CASES = [
     Case("probe_passed", RELOADING_TLS, HEALTHY),
     Case("probe_passed", UNHEALTHY, HEALTHY, config=NO_EXIT),
     # websockify and nginx hold no user state: restart them.  Xvnc or the session: give up.
-    Case("probe_failed", HEALTHY, RECOVERING, calls=("recover",),
-         event=lambda d: WS_PROBE_FAILED),
-    Case("probe_failed", HEALTHY, UNHEALTHY, posts_shut_down=True),
+    # IDLE is HEALTHY with nobody connected: checks judge it alike.
+    *[Case("probe_failed", state, RECOVERING, calls=("recover",),
+           event=lambda d: WS_PROBE_FAILED) for state in (HEALTHY, IDLE)],
+    *[Case("probe_failed", state, UNHEALTHY, posts_shut_down=True) for state in (HEALTHY, IDLE)],
     # Its budget used up, with --no-exit-on-failure: UNHEALTHY, and tried again later.
-    Case("probe_failed", HEALTHY, UNHEALTHY, calls=("retry_later",), config=NO_EXIT,
-         event=lambda d: WS_PROBE_FAILED, table=NO_BUDGET),
+    *[Case("probe_failed", state, UNHEALTHY, calls=("retry_later",), config=NO_EXIT,
+           event=lambda d: WS_PROBE_FAILED, table=NO_BUDGET) for state in (HEALTHY, IDLE)],
     *[Case("child_exited", state, UNHEALTHY, calls=("retry_later",), config=NO_EXIT,
            event=_WS_EXIT, table=NO_BUDGET)
-      for state in (STARTED, HEALTHY, RELOADING_TLS)],
+      for state in (STARTED, HEALTHY, IDLE, RELOADING_TLS)],
     Case("child_exited", RECOVERING, UNHEALTHY, calls=("retry_later",), config=NO_EXIT,
          event=_WS_EXIT, table=ONE_RESTART, prepare=_use_the_one_restart),
     Case("child_exited", STARTED, RECOVERING, calls=("recover",), event=_WS_EXIT),
     Case("child_exited", HEALTHY, RECOVERING, calls=("recover",), event=_NGINX_EXIT),
+    Case("child_exited", IDLE, RECOVERING, calls=("recover",), event=_WS_EXIT),
     Case("child_exited", RECOVERING, RECOVERING, calls=("recover",), event=_WS_EXIT),
     Case("child_exited", RELOADING_TLS, RECOVERING, calls=("recover",), event=_WS_EXIT),
     Case("child_exited", STARTING, UNHEALTHY, posts_shut_down=True),
     Case("child_exited", STARTED, UNHEALTHY, posts_shut_down=True),
     Case("child_exited", HEALTHY, UNHEALTHY, event=_exit_of("xvnc", -9), posts_shut_down=True),
+    Case("child_exited", IDLE, UNHEALTHY, event=_exit_of("xvnc", -9), posts_shut_down=True),
     # Logout: the session ends as lxsession-logout ends it (SIGTERM to lxsession, 143).
     *[Case("child_exited", state, STOPPING, calls=("note_logout",), posts_shut_down=True,
-           event=_LOGOUT) for state in (STARTING, STARTED, HEALTHY, RECOVERING, RELOADING_TLS)],
+           event=_LOGOUT)
+      for state in (STARTING, STARTED, HEALTHY, IDLE, RECOVERING, RELOADING_TLS)],
     Case("child_exited", UNHEALTHY, STOPPING, calls=("note_logout",), posts_shut_down=True,
          config=NO_EXIT, event=_LOGOUT),
     Case("child_exited", RECOVERING, UNHEALTHY, posts_shut_down=True),
@@ -314,41 +330,60 @@ CASES = [
     Case("stop", STARTING, STOPPING, posts_shut_down=True),
     Case("stop", STARTED, STOPPING, posts_shut_down=True),
     Case("stop", HEALTHY, STOPPING, posts_shut_down=True),
+    Case("stop", IDLE, STOPPING, posts_shut_down=True),
     Case("stop", RECOVERING, STOPPING, posts_shut_down=True),
     Case("stop", RELOADING_TLS, STOPPING, posts_shut_down=True),
     Case("stop", UNHEALTHY, STOPPING, posts_shut_down=True),
     # TLS rotation and expiry.
     Case("certificate_changed", HEALTHY, RELOADING_TLS, calls=("reload_certificate",)),
+    Case("certificate_changed", IDLE, RELOADING_TLS, calls=("reload_certificate",)),
     Case("certificate_changed", UNHEALTHY, RELOADING_TLS, calls=("reload_certificate",),
          config=NO_EXIT, route=tuple(_EXPIRED)),
     *[Case("certificate_changed", state, state, calls=("defer_certificate",), internal=True)
       for state in (STARTING, STARTED, RECOVERING, RELOADING_TLS)],
     *[Case("certificate_check_due", state, state, calls=("check_certificate",), internal=True)
-      for state in (STARTED, HEALTHY, RECOVERING, RELOADING_TLS)],
+      for state in (STARTED, HEALTHY, IDLE, RECOVERING, RELOADING_TLS)],
     Case("certificate_check_due", UNHEALTHY, UNHEALTHY, calls=("check_certificate",),
          internal=True, config=NO_EXIT),
     *[Case("certificate_expired", state, UNHEALTHY, posts_shut_down=True)
-      for state in (STARTED, HEALTHY, RECOVERING, RELOADING_TLS)],
+      for state in (STARTED, HEALTHY, IDLE, RECOVERING, RELOADING_TLS)],
     # /Apps: mapped at start by a worker; from then on the loop's.
     *[Case("apps_mapped", state, state, calls=("menu_mapped",), internal=True)
-      for state in (STARTING, STARTED, HEALTHY, RECOVERING, RELOADING_TLS)],
+      for state in (STARTING, STARTED, HEALTHY, IDLE, RECOVERING, RELOADING_TLS)],
     Case("apps_mapped", UNHEALTHY, UNHEALTHY, calls=("menu_mapped",), internal=True,
          config=NO_EXIT),
     # /Apps: mapped again in every state where the desktop lives.
     *[Case("apps_changed", state, state, calls=("map_apps",), internal=True)
-      for state in (STARTING, STARTED, HEALTHY, RECOVERING, RELOADING_TLS)],
+      for state in (STARTING, STARTED, HEALTHY, IDLE, RECOVERING, RELOADING_TLS)],
     Case("apps_changed", UNHEALTHY, UNHEALTHY, calls=("map_apps",), internal=True,
          config=NO_EXIT),
     # --web-users: a changed file is checked and in service at once; nothing moves.
     *[Case("web_users_changed", state, state, calls=("reload_web_users",), internal=True)
-      for state in (STARTING, STARTED, HEALTHY, RECOVERING, RELOADING_TLS)],
+      for state in (STARTING, STARTED, HEALTHY, IDLE, RECOVERING, RELOADING_TLS)],
     Case("web_users_changed", UNHEALTHY, UNHEALTHY, calls=("reload_web_users",),
          internal=True, config=NO_EXIT),
     # menu-cached: looked at until it watches the menu folder.
     *[Case("menu_check_due", state, state, calls=("check_menu",), internal=True)
-      for state in (STARTED, HEALTHY, RECOVERING, RELOADING_TLS)],
+      for state in (STARTED, HEALTHY, IDLE, RECOVERING, RELOADING_TLS)],
     Case("menu_check_due", UNHEALTHY, UNHEALTHY, calls=("check_menu",), internal=True,
          config=NO_EXIT),
+    # Clients, counted from the first HEALTHY on; a change is noted, quietly.
+    *[Case("clients_check_due", state, state, calls=("count_clients",), internal=True)
+      for state in (STARTED, HEALTHY, IDLE, RECOVERING, RELOADING_TLS)],
+    Case("clients_check_due", UNHEALTHY, UNHEALTHY, calls=("count_clients",), internal=True,
+         config=NO_EXIT),
+    *[Case("clients_changed", state, state, calls=("note_clients",), internal=True)
+      for state in (STARTED, HEALTHY, RECOVERING, RELOADING_TLS)],
+    Case("clients_changed", IDLE, IDLE, calls=("note_clients",), internal=True,
+         event=lambda d: ClientsChanged(count=0)),
+    Case("clients_changed", UNHEALTHY, UNHEALTHY, calls=("note_clients",), internal=True,
+         config=NO_EXIT),
+    # --stop-when-idle: a client back in IDLE keeps the desktop; nobody, it stops.
+    Case("clients_changed", IDLE, HEALTHY, calls=("note_client_back",)),
+    Case("idle_soon", HEALTHY, IDLE),
+    *[Case("idle_timed_out", state, STOPPING, posts_shut_down=True)
+      for state in (HEALTHY, IDLE, RECOVERING, RELOADING_TLS)],
+    Case("idle_timed_out", UNHEALTHY, STOPPING, posts_shut_down=True, config=NO_EXIT),
     Case("shut_down", STOPPING, STOPPED, calls=("stop_children", "exit"), exit_code=0),
     Case("shut_down", FAILED, FAILED, calls=("stop_children", "exit"), exit_code=2,
          internal=True),
@@ -375,7 +410,8 @@ INVALID = sorted((trigger, state) for trigger in EVENTS for state in STATES
 
 # The machine's actions.  In the table tests most only record that they ran; these run
 # for real too (they only change the desktop's own bookkeeping, or end it).
-CALLED_THROUGH = frozenset({"defer_certificate", "note_logout", "stop_children", "exit"})
+CALLED_THROUGH = frozenset({"defer_certificate", "note_logout", "note_client_back",
+                            "stop_children", "exit"})
 
 
 def _actions() -> set[str]:
@@ -399,6 +435,9 @@ class Table:
     # Verdicts on certificate files (test_web.py tests the real ones).
     certificate_valid: bool = True
     certificate_expired: bool = True
+    # Whether nobody connected since an idle deadline was armed (the lifecycle tests
+    # count real clients).
+    nobody_connected: bool = True
 
     def record(self, name: str) -> None:
         real = getattr(self.desktop, name)
@@ -458,6 +497,7 @@ def table_in(tables: list[Table], paths: Paths,
             t.record(name)
         desktop.new_certificate_valid = lambda event: t.certificate_valid  # type: ignore[method-assign]
         desktop.certificate_expired_now = lambda event: t.certificate_expired  # type: ignore[method-assign]
+        desktop.nobody_connected = lambda event: t.nobody_connected  # type: ignore[method-assign]
         for ev in ROUTES[state] if route is None else route:
             t.dispatch(ev)
         assert desktop.state == state
@@ -500,7 +540,7 @@ def test_transition(case: Case, paths: Paths, table_in: Callable[..., Table]) ->
     assert tuple(t.calls) == case.calls
     assert desktop.exit_code == case.exit_code
     assert t.posted() == ([ShutDown()] if case.posts_shut_down else [])
-    if event.quiet:  # routine: neither a log line nor a status write
+    if event.quiet and case.internal:  # routine: neither a log line nor a status write
         assert [e for e in logs if e["event"] == "transition"] == []
         assert _status(paths) == status_before
         return
@@ -512,6 +552,8 @@ def test_transition(case: Case, paths: Paths, table_in: Callable[..., Table]) ->
     assert doc["pid"] == os.getpid()
     if "note_logout" in case.calls:
         assert doc["reason"] == f"the desktop user logged out ({event.why})"
+    elif "note_client_back" in case.calls:
+        assert doc["reason"].startswith("a client connected (1 connected)")
     else:
         assert doc["reason"] == (event.why or reason_before)
     assert doc["since"].endswith("Z")
@@ -1639,3 +1681,186 @@ def test_status_write_failing_while_healthy_warns_once_and_the_desktop_runs_on(
     assert [(e["event"], e["state"]) for e in logs if e["event"].startswith("status_write")] \
         == [("status_write_recovered", STOPPING)]
     assert _status(paths)[0] == "STOPPED\n"
+
+
+# -- --stop-when-idle: real clients on a real listener ------------------------------------
+
+def _xvnc_listening(launch: Launch) -> list[str]:
+    """Says it is ready as Xvnc does, and serves its UNIX socket as Xvnc does: each
+    connection kept until its client closes it."""
+    script = (
+        "import os, socket, sys, threading\n"
+        "path, fd = sys.argv[1], int(sys.argv[2])\n"
+        "os.makedirs(os.path.dirname(path), exist_ok=True)\n"
+        "server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+        "server.bind(path)\n"
+        "server.listen(16)\n"
+        "os.write(fd, b'1\\n')\n"
+        "def serve(conn):\n"
+        "    while conn.recv(4096):\n"
+        "        pass\n"
+        "    conn.close()\n"
+        "while True:\n"
+        "    conn, _ = server.accept()\n"
+        "    threading.Thread(target=serve, args=(conn,), daemon=True).start()\n")
+    return [sys.executable, "-c", script, str(launch.paths.vnc_socket), str(launch.ready_fd)]
+
+
+def _listening_table() -> tuple[Program, ...]:
+    return tuple(replace(p, argv=_xvnc_listening) if p.name == "xvnc" else p
+                 for p in programs())
+
+
+IDLE_SOON_CONFIG = Config(startup_timeout=WAIT, probe_interval=0.005, stop_when_idle=0.05)
+
+
+@pytest.fixture
+def vnc_clients(paths: Paths) -> Iterator[Callable[[], socket.socket]]:
+    made: list[socket.socket] = []
+
+    def connect() -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(str(paths.vnc_socket))
+        made.append(sock)
+        return sock
+    yield connect
+    for sock in made:
+        sock.close()
+
+
+def _warnings(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in logs if e["event"] == "idle_stop_soon"]
+
+
+def test_lifecycle_nobody_connects_idle_then_stopped_with_exit_0(
+        start: Callable[..., Run], paths: Paths) -> None:
+    run = start(IDLE_SOON_CONFIG, table=_listening_table())
+    with capture_logs() as logs:
+        assert run.until_exit() == 0
+    assert run.words[-4:] == [HEALTHY, IDLE, STOPPING, STOPPED]
+    warning, = _warnings(logs)
+    assert warning["log_level"] == "warning"
+    assert warning["minutes_left"] == pytest.approx(0.025, abs=0.01)
+    assert "connect" in warning["hint"]
+    word, doc = _status(paths)
+    assert (word, doc["reason"]) == ("STOPPED\n", "no client connected for 0.05 minutes")
+    assert doc["clients"] == 0
+    # The count is a quiet event: no line for it, and none on each check.
+    assert not [e for e in logs if e.get("trigger") in ("clients_check_due",
+                                                         "clients_changed")]
+
+
+def test_lifecycle_a_connected_client_keeps_the_desktop_until_it_leaves(
+        start: Callable[..., Run], paths: Paths,
+        vnc_clients: Callable[[], socket.socket]) -> None:
+    run = start(IDLE_SOON_CONFIG, table=_listening_table())
+    run.until_state(HEALTHY)
+    client = vnc_clients()
+    run.until(lambda: run.desktop.clients == 1)
+    assert _status(paths)[1]["clients"] == 1
+    # Nothing to wait for: while somebody is connected, no stop is even armed.
+    assert not {"idle-soon", "idle-stop"} & set(run.desktop.deadlines.names())
+    assert run.desktop.state == HEALTHY
+    client.close()
+    run.until(lambda: run.desktop.clients == 0)
+    assert {"idle-soon", "idle-stop"} <= set(run.desktop.deadlines.names())
+    assert run.until_exit() == 0
+    assert run.words[-4:] == [HEALTHY, IDLE, STOPPING, STOPPED]
+
+
+def test_lifecycle_a_client_back_in_idle_makes_it_healthy_again(
+        start: Callable[..., Run], paths: Paths,
+        vnc_clients: Callable[[], socket.socket]) -> None:
+    run = start(IDLE_SOON_CONFIG, table=_listening_table())
+    with capture_logs() as logs:
+        run.until_state(IDLE)
+        client = vnc_clients()
+        run.until_state(HEALTHY)
+    word, doc = _status(paths)
+    assert word == "HEALTHY\n"
+    assert doc["reason"].startswith("a client connected (1 connected)")
+    assert doc["clients"] == 1
+    back = [e for e in logs if e["event"] == "transition" and e["source"] == IDLE]
+    assert [(e["trigger"], e["dest"]) for e in back] == [("clients_changed", HEALTHY)]
+    assert len(_warnings(logs)) == 1
+    client.close()
+    assert run.until_exit() == 0
+    assert run.words[-6:] == [HEALTHY, IDLE, HEALTHY, IDLE, STOPPING, STOPPED]
+
+
+def test_lifecycle_idle_desktop_whose_checks_fail_recovers_as_a_healthy_one(
+        start: Callable[..., Run]) -> None:
+    """IDLE is HEALTHY for the checks: a hung websockify is restarted; once HEALTHY
+    again the stop is still coming (nobody connected meanwhile), without a second
+    warning for the same idle spell."""
+    run = start(replace(IDLE_SOON_CONFIG, stop_when_idle=0.1), table=_listening_table())
+    with capture_logs() as logs:
+        run.until_state(IDLE)
+        run.checks.broken.add("websockify")
+        run.until_state(RECOVERING)
+        run.checks.broken.clear()
+        assert run.until_exit() == 0
+    assert run.words[-1] == STOPPED
+    assert RECOVERING in run.words[run.words.index(IDLE):]
+    assert len(_warnings(logs)) == 1
+
+
+def test_idle_stop_off_counts_clients_but_never_stops(
+        start: Callable[..., Run], paths: Paths) -> None:
+    run = start(table=_listening_table())
+    run.until(lambda: run.desktop.clients == 0)
+    assert _status(paths)[1]["clients"] == 0
+    assert "clients" in run.desktop.deadlines.names()
+    assert not {"idle-soon", "idle-stop"} & set(run.desktop.deadlines.names())
+    assert run.stop() == 0
+
+
+def test_clients_that_cannot_be_counted_warn_once_and_stop_nothing(
+        start: Callable[..., Run], paths: Paths) -> None:
+    """The stand-in Xvnc of the other tests has no socket: the count cannot be told.
+    A desktop somebody may be using is never stopped for want of a count."""
+    run = start(IDLE_SOON_CONFIG)
+    with capture_logs() as logs:
+        run.until_state(HEALTHY)
+        for _ in range(3):
+            run.desktop.deadlines.arm("clients", 0, ClientsCheckDue())
+            run.until(lambda: not run.desktop.deadlines.armed("clients")
+                      or run.desktop.deadlines.timeout() != 0)
+    assert run.desktop.clients is None
+    assert _status(paths)[1]["clients"] is None
+    assert len([e for e in logs if e["event"] == "clients_uncountable"]) == 1
+    assert not {"idle-soon", "idle-stop"} & set(run.desktop.deadlines.names())
+    assert run.stop() == 0
+
+
+def test_idle_verdicts_after_a_client_connected_are_ignored(
+        table_in: Callable[..., Table]) -> None:
+    t = table_in(IDLE)
+    t.nobody_connected = False
+    before = _status(t.paths)
+    t.dispatch(IdleTimedOut(minutes=5.0))
+    _assert_unmoved(t, IDLE, before)
+    t = table_in(HEALTHY)
+    t.nobody_connected = False
+    before = _status(t.paths)
+    t.dispatch(IdleSoon(idle_minutes=4.0, minutes_left=1.0))
+    _assert_unmoved(t, HEALTHY, before)
+
+
+def test_idle_stop_does_not_hide_unhealthy_when_exiting_on_failure(
+        table_in: Callable[..., Table]) -> None:
+    """UNHEALTHY is on its way out with exit 3: an idle stop must not turn it into 0."""
+    t = table_in(UNHEALTHY)
+    before = _status(t.paths)
+    t.dispatch(IdleTimedOut(minutes=5.0))
+    _assert_unmoved(t, UNHEALTHY, before)
+    t.dispatch(ShutDown())
+    assert t.desktop.exit_code == 3
+
+
+@pytest.mark.parametrize(("minutes", "warn_after"), [(0.05, 1.5), (2.0, 60.0), (5.0, 240.0),
+                                                     (60.0, 3540.0)])
+def test_the_warning_comes_a_minute_ahead_or_halfway(
+        minutes: float, warn_after: float, paths: Paths, run_as: RunAs) -> None:
+    desktop, _ = _desktop(paths, run_as, Config(stop_when_idle=minutes))
+    assert desktop._warn_after == pytest.approx(warn_after)
