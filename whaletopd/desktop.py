@@ -137,7 +137,6 @@ class Desktop:
         self.reason = ""
         self.cause: type[Event] | None = None  # the event that entered the current state
         self.exit_code: int | None = None
-        self.clients: int | None = None  # VNC clients connected; None: not known
         self._blame = blame(table)
         self._provisioner = seams.provisioner
         self._make_probes = seams.make_probes
