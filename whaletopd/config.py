@@ -165,7 +165,8 @@ OPTIONS: tuple[Option, ...] = (
            f"(at least {MIN_SECONDS['startup_timeout']:g})"),
     Option("--stop-when-idle", "WHALETOP_STOP_WHEN_IDLE", float, 0.0,
            "minutes with no client connected after which the desktop stops itself "
-           "(STOPPED, exit 0; a warning a minute before); 0: never"),
+           "(STOPPED, exit 0; IDLE with a warning a minute before, or halfway for 2 "
+           "minutes or less); 0: never"),
     Option("--metrics-token", METRICS_TOKEN_ENV, str, "",
            "bearer token for /metrics (Prometheus text format on the web port); without "
            "one, /metrics is open like the page unless sign-in is on, then it is off"),
