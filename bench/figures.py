@@ -45,6 +45,14 @@ FIGURES: list[Figure] = [
            None, 1),
     Figure("container_cpu", "container CPU while idle (cgroup; HEALTHCHECK included)",
            "CPU-s/min", None, 3),
+    Figure("unused_mem", "container memory of a desktop nobody uses (--stop-when-idle, "
+           "before it stops)", "MiB", None, 1),
+    Figure("unused_cpu", "container CPU of a desktop nobody uses (before it stops)",
+           "CPU-s/min", None, 3),
+    Figure("idle_stop_late", "--stop-when-idle: container exited, after its timeout", "s",
+           None, 3, condition="exit 0"),
+    Figure("unused_mem_after", "memory of that desktop after it stopped itself", "MiB",
+           None, 1),
     Figure("image_size", "image size (with Chromium)", "MB", 1000.0, 0, original="1882 MB"),
     Figure("apps_copied", ".desktop written under /Apps → in the menu folder", "s",
            None, 3),
@@ -72,6 +80,7 @@ GROUPS: dict[str, list[str]] = {
     "cert": ["cert_served", "cert_healthy", "cert_dropped"],
     "home": ["home_empty", "home_big", "home_ratio"],
     "idle": ["idle_cpu", "daemon_rss", "container_mem", "container_cpu"],
+    "idle_stop": ["unused_mem", "unused_cpu", "idle_stop_late", "unused_mem_after"],
 }
 
 

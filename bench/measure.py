@@ -275,6 +275,45 @@ class Bench:
                 f"{mem['usage_minus_inactive_file'] / 2**20:.1f} MiB, "
                 f"{container_cpu:.3f} CPU-s/min")
 
+    def fig_idle_stop(self, i: int) -> None:
+        """A desktop nobody connects to, with --stop-when-idle: what it costs until it
+        stops itself, how late after its timeout it is gone, and what it costs after."""
+        minutes = 0.1 if self.quick else 1.0
+        timeout = minutes * 60
+        with self.container(f"idlestop{i}", flags=(f"--stop-when-idle={minutes:g}",)) as c:
+            t_healthy = c.wait_healthy()
+            cid = c.inspect("{{.Id}}")
+            # Once the session finished starting, and before the warning (IDLE comes
+            # halfway for short timeouts): a desktop still HEALTHY that nobody uses.
+            settle = 1.0 if self.quick else 15.0
+            time.sleep(settle)
+            window = timeout / 2 - settle - 1.0
+            cpu0, h0 = cgroups.cpu_seconds(cid), time.monotonic()
+            time.sleep(window)
+            cpu1, h1 = cgroups.cpu_seconds(cid), time.monotonic()
+            mem = cgroups.memory(cid)
+            code = int(docker("wait", c.name, timeout=timeout + 60).stdout.strip())
+            finished = parse_time(c.inspect("{{.State.FinishedAt}}"))
+            try:
+                after = cgroups.memory(cid)["usage_minus_inactive_file"] / 2**20
+            except BenchError:
+                after = 0.0  # the container's cgroup is gone with it
+            words = [e.get("dest") for e in parse_log(c.logs())
+                     if e.get("event") == "transition" and e.get("source") != e.get("dest")]
+            self.record("unused_mem", mem["usage_minus_inactive_file"] / 2**20)
+            self.record("unused_cpu", (cpu1 - cpu0) / (h1 - h0) * 60)
+            self.record("idle_stop_late", finished - (t_healthy + timeout))
+            self.record("unused_mem_after", after)
+            self.results.require("idle_stop_late", code == 0 and words[-3:] == [
+                "IDLE", "STOPPING", "STOPPED"])
+            self.results.detail.setdefault("idle_stop", []).append({
+                "timeout_s": timeout, "exit_code": code, "states": words,
+                "cgroup_mib": {k: round(v / 2**20, 1) for k, v in mem.items()}})
+            log(f"idle stop {i + 1}/{self.runs}: {mem['usage_minus_inactive_file'] / 2**20:.1f}"
+                f" MiB, {(cpu1 - cpu0) / (h1 - h0) * 60:.3f} CPU-s/min, exited {code} "
+                f"{finished - (t_healthy + timeout):.2f} s after its {timeout:g} s; "
+                f"states {words}")
+
     def fig_apps(self, i: int) -> None:
         apps = Path(tempfile.mkdtemp(prefix="apps-", dir=self.workdir))
         try:
@@ -449,7 +488,8 @@ class Bench:
         per_run: dict[str, Callable[[int], None]] = {
             "start": self.fig_start, "http": self.fig_http, "tls": self.fig_tls,
             "kill": self.fig_kill, "apps": self.fig_apps, "cert": self.fig_cert,
-            "idle": self.fig_idle, "browser": self.fig_browser}
+            "idle": self.fig_idle, "browser": self.fig_browser,
+            "idle_stop": self.fig_idle_stop}
         if group == "browser" and self.browser.missing:
             log(f"browser: skipped: {self.browser.missing}")
             self.results.skip(GROUPS[group], self.browser.missing)
