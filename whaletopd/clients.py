@@ -118,9 +118,19 @@ class ClientCounter:
         self._first_seen: dict[tuple[str, int], float] = {}
 
     def count(self) -> int:
+        """Connections that have been open at least MIN_AGE: clients."""
+        now = self._look()
+        return sum(1 for t in self._first_seen.values() if now - t >= MIN_AGE)
+
+    def connected_now(self) -> int:
+        """Every connection open now, however young (a check's too)."""
+        self._look()
+        return len(self._first_seen)
+
+    def _look(self) -> float:
         now = self._clock()
         seen = {("unix", inode) for inode in connected_unix(self.vnc_socket)}
         if self.tcp_port is not None:
             seen |= {("tcp", inode) for inode in connected_tcp(self.tcp_port)}
         self._first_seen = {key: self._first_seen.get(key, now) for key in seen}
-        return sum(1 for t in self._first_seen.values() if now - t >= MIN_AGE)
+        return now

@@ -35,7 +35,7 @@ from transitions import EventData
 
 from whaletopd import frontdoor, logs, probes, provision
 from whaletopd.children import RunAs
-from whaletopd.clients import ClientCounter
+from whaletopd.clients import MIN_AGE, ClientCounter
 from whaletopd.config import Config
 from whaletopd.deadlines import Deadlines
 from whaletopd.events import (
@@ -161,6 +161,8 @@ class Desktop:
         """On entering any state (also re-entering it), before the transition's work."""
         ev = event.kwargs.get("event")
         self.cause = type(ev) if ev is not None else None
+        # /metrics first: whoever reads the new word in the status file finds it there.
+        self.metrics.publish(self.state, self.clients, self._not_after())
         self.status.enter(self.state)
         self._log_transition(event)
         self.write_status()
@@ -359,6 +361,13 @@ class Desktop:
         """An idle verdict still holds: nobody connected since it was armed."""
         return self._idle_since is not None and self.clients == 0
 
+    def someone_connecting(self, event: EventData) -> bool:
+        """A connection is open that is too young to count (clients.MIN_AGE)."""
+        try:
+            return self.counter.connected_now() > 0
+        except OSError:
+            return False  # counted as before; a count that fails says so by itself
+
     def new_certificate_valid(self, event: EventData) -> bool:
         return self.web.candidate_valid()
 
@@ -495,6 +504,13 @@ class Desktop:
                 idle_minutes=round(warn_after / 60, 2),
                 minutes_left=round(minutes - warn_after / 60, 2)))
             self.deadlines.arm(IDLE_STOP, self._idle_seconds, IdleTimedOut(minutes=minutes))
+
+    def look_again(self, event: EventData) -> None:
+        """The stop waits until the young connection could count: a person's keeps the
+        desktop up (the count cancels the stop), a health check's is gone by then."""
+        later = MIN_AGE + 0.25
+        self.deadlines.arm(CLIENTS, later, ClientsCheckDue())
+        self.deadlines.arm(IDLE_STOP, later + 0.25, event.kwargs["event"])
 
     def note_client_back(self, event: EventData) -> None:
         self._take_count(event.kwargs["event"].count)

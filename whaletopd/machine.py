@@ -129,7 +129,12 @@ TRANSITIONS: list[dict[str, Any]] = [
     # Each verdict holds only while nobody connected since it was due.  A warning due
     # while RECOVERING or RELOADING_TLS comes on the next HEALTHY (on_enter_HEALTHY);
     # the stop comes in any state a user could come back to.
+    # At the stop, a connection too young to count yet (a person who just came, or a
+    # health check) is looked at again once it could count: the stop waits that long.
     {"trigger": "idle_soon", "source": HEALTHY, "dest": IDLE, "conditions": "nobody_connected"},
+    {"trigger": "idle_timed_out", "source": [*SERVING, RECOVERING, RELOADING_TLS, UNHEALTHY],
+     "dest": None, "conditions": ["nobody_connected", "someone_connecting"],
+     "after": "look_again"},
     {"trigger": "idle_timed_out", "source": [*SERVING, RECOVERING, RELOADING_TLS],
      "dest": STOPPING, "conditions": "nobody_connected"},
     {"trigger": "idle_timed_out", "source": UNHEALTHY, "dest": STOPPING,
