@@ -550,6 +550,7 @@ class Desktop:
         self.reason = f"the desktop user logged out ({ev.why})"
 
     def on_enter_STOPPING(self, event: EventData) -> None:
+        self.deadlines.cancel_all()  # nothing is due any more: a timer's news is moot
         self.events.post(ShutDown())
 
     def on_enter_FAILED(self, event: EventData) -> None:
