@@ -18,11 +18,12 @@ import math
 import os
 import pwd
 import re
-import stat
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from whaletopd.files import ReadRefused, read_regular
 
 # Debian's split: below 1000 and from 60000 (nobody is 65534) belong to the system.
 MIN_USER_UID = 1000
@@ -296,30 +297,17 @@ def read_secret_file(variable: str, path: str) -> str:
         raise ConfigError(f"{where} is not an absolute path in the container (mount the "
                           "file, e.g. /run/secrets/NAME)")
     try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer.
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as e:
-        raise ConfigError(f"{where}: cannot open: {e.strerror}") from None
+        data = read_regular(path, MAX_SECRET_FILE)
+    except ReadRefused as e:
+        raise ConfigError({
+            "open": f"{where}: cannot open: {e.strerror}",
+            "kind": f"{where} is not a regular file",
+            "read": f"{where}: cannot read: {e.strerror}",
+            "size": f"{where} is larger than {MAX_SECRET_FILE // 1024} KiB (it should "
+                    "hold one line: the secret)",
+        }[e.step]) from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ConfigError(f"{where} is not a regular file")
-        chunks: list[bytes] = []
-        size = 0
-        while size <= MAX_SECRET_FILE:
-            chunk = os.read(fd, MAX_SECRET_FILE + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError as e:
-        raise ConfigError(f"{where}: cannot read: {e.strerror}") from None
-    finally:
-        os.close(fd)
-    if size > MAX_SECRET_FILE:
-        raise ConfigError(f"{where} is larger than {MAX_SECRET_FILE // 1024} KiB (it "
-                          "should hold one line: the secret)")
-    try:
-        text = b"".join(chunks).decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{where} is not UTF-8 text") from None
     for end in ("\r\n", "\n"):

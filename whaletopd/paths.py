@@ -6,6 +6,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+# The default files of a new home (Debian's), copied into one that lacks them.
+SKEL = Path("/etc/skel")
+
 
 @dataclass(frozen=True)
 class Paths:

@@ -14,7 +14,6 @@ import grp
 import os
 import pwd
 import secrets
-import shutil
 import socket
 import stat
 import subprocess
@@ -28,9 +27,9 @@ import psutil
 from whaletopd import logs, rootless
 from whaletopd.children import RunAs
 from whaletopd.config import Config, system_group
-from whaletopd.files import atomic_write
+from whaletopd.files import atomic_write, copy_missing
 from whaletopd.logs import step
-from whaletopd.paths import Paths
+from whaletopd.paths import SKEL, Paths
 
 # No look-alikes (0/O, 1/l/I): the password is read off a log and typed by hand.
 PASSWORD_ALPHABET = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
@@ -39,7 +38,6 @@ VNC_PASSWORD_LENGTH = 8
 DEFAULT_UID = 1000
 # A live X server answers at once; this only bounds a hung one.
 X_SOCKET_CONNECT_TIMEOUT = 2.0
-SKEL = Path("/etc/skel")
 log = logs.get("whaletopd")
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -212,21 +210,6 @@ def _ensure_group(name: str, gid: int) -> None:
         _run(["groupadd", "-g", str(gid), group_name])
 
 
-def _populate_home(home: Path, uid: int, gid: int) -> None:
-    """Copy /etc/skel into an empty home; never overwrite, never re-own what exists."""
-    if not SKEL.is_dir():
-        return
-    for src in SKEL.rglob("*"):
-        dest = home / src.relative_to(SKEL)
-        if dest.exists() or dest.is_symlink():
-            continue
-        if src.is_dir():
-            dest.mkdir()
-        else:
-            shutil.copy2(src, dest, follow_symlinks=False)
-        os.lchown(dest, uid, gid)
-
-
 def ensure_user(config: Config, paths: Paths) -> tuple[RunAs, list[str]]:
     """The desktop user, created once.  Returns how to run as it and what was done."""
     name = config.username
@@ -269,7 +252,7 @@ def ensure_user(config: Config, paths: Paths) -> tuple[RunAs, list[str]]:
         done.append(f"took ownership of {home} (not its contents)")
     if created:
         # First start of this user: add the default files the home lacks, keep the rest.
-        _populate_home(home, uid, gid)
+        copy_missing(SKEL, home, (uid, gid))
         done.append(f"added missing default files from {SKEL}")
     groups = tuple(g.gr_gid for g in grp.getgrall() if name in g.gr_mem and g.gr_gid != gid)
     return RunAs(uid=uid, gid=gid, groups=groups, home=str(home)), done

@@ -13,16 +13,14 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import shutil
 import stat
 from pathlib import Path
 
 from whaletopd.children import RunAs
 from whaletopd.config import Config
-from whaletopd.files import atomic_write
-from whaletopd.paths import Paths
+from whaletopd.files import atomic_write, copy_missing
+from whaletopd.paths import SKEL, Paths
 
-SKEL = Path("/etc/skel")
 NSS_WRAPPER = "libnss_wrapper.so"
 
 
@@ -83,7 +81,7 @@ def _ensure_home(home: Path, uid: int, gid: int) -> list[str]:
             raise RootlessError(
                 f"cannot create the home {home} as {who} ({exc.strerror}): mount a volume "
                 f"there that {who} can write, e.g. -v whaletop-home:{home}") from None
-        _populate(home)
+        copy_missing(SKEL, home)  # owned by whoever we are
         return [f"created {home}", f"added default files from {SKEL}"]
     if not stat.S_ISDIR(st.st_mode):
         raise RootlessError(f"{home} exists and is not a directory")
@@ -96,23 +94,9 @@ def _ensure_home(home: Path, uid: int, gid: int) -> list[str]:
             f"writable by uid {uid} or by group 0 (OpenShift's convention)")
     done = []
     if not any(home.iterdir()):
-        _populate(home)
+        copy_missing(SKEL, home)  # owned by whoever we are
         done.append(f"added default files from {SKEL} to the empty {home}")
     return done
-
-
-def _populate(home: Path) -> None:
-    """/etc/skel into a fresh home; never over what exists.  Owned by whoever we are."""
-    if not SKEL.is_dir():
-        return
-    for src in SKEL.rglob("*"):
-        dest = home / src.relative_to(SKEL)
-        if dest.exists() or dest.is_symlink():
-            continue
-        if src.is_dir():
-            dest.mkdir()
-        else:
-            shutil.copy2(src, dest, follow_symlinks=False)
 
 
 def _named(uid: int, name: str, home: Path) -> bool:

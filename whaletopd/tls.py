@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
-import os
 import re
 import stat
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
 
 from whaletopd.config import TLS_KEY_PASSWORD_ENV
-from whaletopd.files import atomic_write
+from whaletopd.files import ReadRefused, atomic_write, read_regular
 
 PrivateKey: TypeAlias = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
@@ -173,43 +172,32 @@ _NOT_REGULAR = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character 
                 stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
 
 
+def _refusal(e: ReadRefused) -> str:
+    if e.step == "open":
+        if isinstance(e.error, FileNotFoundError):
+            return "file not found"
+        if isinstance(e.error, PermissionError):
+            return "cannot read the file (permission denied)"
+        if e.error is not None and e.error.errno == errno.ENXIO:  # a socket: not opened
+            return "is a socket, not a regular file"
+    if e.step in ("open", "read"):
+        return f"cannot read the file ({e.strerror})"
+    if e.step == "size":
+        return f"file is larger than {MAX_FILE_SIZE // 1024} KiB; not a certificate and key"
+    if stat.S_ISDIR(e.mode):
+        return "is a directory, not a PEM file"
+    kind = _NOT_REGULAR.get(stat.S_IFMT(e.mode), "not a regular file")
+    return f"is {kind}, not a regular file"
+
+
 def read(path: Path) -> bytes:
     """The bytes of a regular file of at most MAX_FILE_SIZE; TLSError for anything else.
     Opened without blocking and checked with fstat before a byte is read: a FIFO (which
     would wait for a writer forever) or a device is refused, never read."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise TLSError(path, "file not found") from None
-    except PermissionError:
-        raise TLSError(path, "cannot read the file (permission denied)") from None
-    except OSError as exc:
-        if exc.errno == errno.ENXIO:  # a socket: nothing to open
-            raise TLSError(path, "is a socket, not a regular file") from None
-        raise TLSError(path, f"cannot read the file ({exc.strerror or exc})") from None
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise TLSError(path, "is a directory, not a PEM file")
-        if not stat.S_ISREG(st.st_mode):
-            kind = _NOT_REGULAR.get(stat.S_IFMT(st.st_mode), "not a regular file")
-            raise TLSError(path, f"is {kind}, not a regular file")
-        chunks: list[bytes] = []
-        size = 0
-        while size <= MAX_FILE_SIZE and st.st_size <= MAX_FILE_SIZE:
-            chunk = os.read(fd, MAX_FILE_SIZE + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError as exc:
-        raise TLSError(path, f"cannot read the file ({exc.strerror or exc})") from None
-    finally:
-        os.close(fd)
-    if st.st_size > MAX_FILE_SIZE or size > MAX_FILE_SIZE:
-        raise TLSError(path, f"file is larger than {MAX_FILE_SIZE // 1024} KiB; "
-                             "not a certificate and key")
-    data = b"".join(chunks)
+        data = read_regular(path, MAX_FILE_SIZE)
+    except ReadRefused as e:
+        raise TLSError(path, _refusal(e)) from None
     if not data.strip():
         raise TLSError(path, "file is empty")
     return data

@@ -30,13 +30,13 @@ from __future__ import annotations
 import ctypes
 import functools
 import hmac
-import os
 import re
 import secrets
-import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from whaletopd.files import ReadRefused, read_regular
 
 ROLES = ("full", "viewer")
 MAX_FILE = 1024 * 1024
@@ -160,28 +160,14 @@ def load(path: Path) -> dict[str, WebUser]:
     """Read and parse the users file.  Links are followed (Kubernetes secrets are links)
     but what they lead to must be a regular file; at most 1 MiB is read."""
     try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer.
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as e:
-        raise WebUsersError(f"{path}: cannot open: {e.strerror}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise WebUsersError(f"{path}: not a regular file")
-        chunks: list[bytes] = []
-        size = 0
-        while size <= MAX_FILE:
-            chunk = os.read(fd, MAX_FILE + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError as e:
-        raise WebUsersError(f"{path}: cannot read: {e.strerror}") from None
-    finally:
-        os.close(fd)
-    if size > MAX_FILE:
-        raise WebUsersError(f"{path}: larger than 1 MiB")
-    data = b"".join(chunks)
+        data = read_regular(path, MAX_FILE)
+    except ReadRefused as e:
+        raise WebUsersError({
+            "open": f"{path}: cannot open: {e.strerror}",
+            "kind": f"{path}: not a regular file",
+            "read": f"{path}: cannot read: {e.strerror}",
+            "size": f"{path}: larger than 1 MiB",
+        }[e.step]) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
