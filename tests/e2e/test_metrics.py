@@ -4,19 +4,17 @@ checker (promtool); scraped on and on while a child is killed and repaired."""
 from __future__ import annotations
 
 import http.client
-import shutil
-import subprocess
 import threading
 import time
 
 import pytest
 
 from tests.e2e.conftest import Container, wait_until
+from tests.unit.test_metrics import promtool_check, samples
 
 pytestmark = pytest.mark.e2e
 FAST = ("--probe-interval=0.5", "--probe-timeout=1")
 TOKEN = "e2e-scrape-token.0123456789"
-PROMTOOL = shutil.which("promtool")
 
 
 def scrape(headers: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -30,28 +28,10 @@ def scrape(headers: dict[str, str] | None = None) -> tuple[int, str, str]:
         conn.close()
 
 
-def samples(text: str) -> dict[str, float]:
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            out[key] = float(value)
-    return out
-
-
 def states(text: str) -> list[str]:
     """The states whose gauge is 1."""
     return [key.split('"')[1] for key, value in samples(text).items()
             if key.startswith("whaletop_state{") and value == 1]
-
-
-def promtool_check(text: str) -> None:
-    if PROMTOOL is None:
-        pytest.skip("promtool is not installed (Debian: apt-get install prometheus)")
-    result = subprocess.run([PROMTOOL, "check", "metrics"], input=text, text=True,
-                            capture_output=True, check=False, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout + result.stderr == "", "promtool has remarks"
 
 
 def test_a_live_desktop_s_metrics_pass_promtool(desktop):
