@@ -14,6 +14,7 @@ RUN apt-get update \
         dbus dbus-x11 lxde-core lxterminal lxde-icon-theme gnome-themes-extra \
         x11-utils x11-xserver-utils xdotool xclip fonts-dejavu-core libnss-wrapper \
         chromium \
+        pipewire pipewire-pulse wireplumber pulseaudio-utils opus-tools \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /usr/share/doc/* /usr/share/man/*
 
