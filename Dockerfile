@@ -32,6 +32,12 @@ RUN sed -i 's|^wallpaper=.*|wallpaper=/usr/share/lxde/wallpapers/lxde_blue.jpg|'
  && sed -i 's|^\[Session\]$|[Session]\npolkit/command=/bin/true|' /etc/xdg/lxsession/LXDE/desktop.conf \
  && sed -i '/xscreensaver/d' /etc/xdg/lxsession/LXDE/autostart
 
+# Ctrl+Alt+T opens a terminal, as on most desktops (LXDE's openbox binds no such key);
+# new homes get it (startlxde copies this file to ~/.config/openbox/lxde-rc.xml once).
+RUN sed -i 's|^<keyboard>$|<keyboard>\n  <keybind key="C-A-t"><action name="Execute"><command>lxterminal</command></action></keybind>|' \
+        /etc/xdg/openbox/LXDE/rc.xml \
+ && grep -q 'key="C-A-t"' /etc/xdg/openbox/LXDE/rc.xml
+
 # The web root (on to noVNC, keeping the address's parameters) and whaletop's additions
 # to noVNC's page (sign out; the handed-over password out of the address bar).
 COPY docker/web/ /usr/share/novnc/

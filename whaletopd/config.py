@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from whaletopd import keyboard
 from whaletopd.files import ReadRefused, read_regular
 
 # Debian's split: below 1000 and from 60000 (nobody is 65534) belong to the system.
@@ -149,6 +150,13 @@ OPTIONS: tuple[Option, ...] = (
            f"initial desktop size WIDTHxHEIGHT, each {MIN_SIDE} to {MAX_SIDE} (the browser "
            "can resize it)"),
     Option("--depth", "WHALETOP_DEPTH", int, 24, "colour depth: 16, 24 or 32"),
+    Option("--keyboard-layout", "WHALETOP_KEYBOARD_LAYOUT", str, "us",
+           "the session's keyboard layout, as xkb-data names it: LAYOUT or "
+           "LAYOUT(VARIANT), e.g. de, fr, gb, de(nodeadkeys); the person's own, since the "
+           "browser sends physical keys"),
+    Option("--dpi", "WHALETOP_DPI", int, keyboard.DEFAULT_DPI,
+           f"screen density for fonts and panels, {keyboard.MIN_DPI} to {keyboard.MAX_DPI} "
+           "(192 for a 2x screen)"),
     Option("--web-port", "WHALETOP_WEB_PORT", int, 8080, "port of the noVNC web page"),
     Option("--vnc-port", "WHALETOP_VNC_PORT", int, 5901,
            "port of the raw VNC server, with --expose-vnc"),
@@ -195,6 +203,8 @@ class Config:
     tls_certificate: str = ""
     geometry: str = "1280x800"
     depth: int = 24
+    keyboard_layout: str = "us"
+    dpi: int = keyboard.DEFAULT_DPI
     web_port: int = 8080
     vnc_port: int = 5901
     expose_vnc: bool = False
@@ -460,6 +470,10 @@ def validate(config: Config) -> None:
     _validate_geometry(config.geometry)
     if config.depth not in (16, 24, 32):
         raise ConfigError(f"--depth: {config.depth} is not one of 16, 24, 32")
+    if (why := keyboard.problem(config.keyboard_layout)) is not None:
+        raise ConfigError(f"--keyboard-layout: {show(config.keyboard_layout)} {why}")
+    if (why := keyboard.dpi_problem(config.dpi)) is not None:
+        raise ConfigError(f"--dpi: {config.dpi} {why}")
     for flag, port in (("--web-port", config.web_port), ("--vnc-port", config.vnc_port)):
         if not 1 <= port <= 65535:
             raise ConfigError(f"{flag}: {port} is not a TCP port")

@@ -24,6 +24,7 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from whaletopd import keyboard
 from whaletopd.config import METRICS_TOKEN_RE, Config
 from whaletopd.metrics import CONTENT_TYPE
 from whaletopd.paths import Paths
@@ -88,6 +89,19 @@ def _metrics(config: Config, paths: Paths, headers: list[str]) -> list[str]:
         f'default_type "{CONTENT_TYPE}";',
         "charset off;",
         f"alias {paths.metrics_file};",
+    ])
+
+
+def _keyboard(config: Config, gate: list[str], headers: list[str]) -> list[str]:
+    """The session's keyboard layout for the page (whaletop-keys.js), which compares it
+    with the browser's and says how to match them; behind the same sign-in as the page."""
+    layout = config.keyboard_layout
+    if keyboard.LAYOUT_RE.fullmatch(layout) is None:  # Config refused it already
+        raise ValueError("the keyboard layout must be a layout's name, never nginx syntax")
+    return _block("location = /whaletop/keyboard", [
+        *gate, *headers, 'add_header Cache-Control "no-store" always;',
+        "default_type application/json;",
+        f"return 200 '{{\"layout\": \"{layout}\", \"dpi\": {config.dpi}}}';",
     ])
 
 
@@ -219,6 +233,7 @@ def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
     ]
     server += _block("location = /websockify", websocket)
     server += _metrics(config, paths, headers)
+    server += _keyboard(config, gate, headers)
 
     if not sign_in:
         # The page asks whether sign-in is on; without it, a quiet no.

@@ -14,6 +14,7 @@ from typing import Literal
 
 from whaletopd.backoff import Restart
 from whaletopd.config import Config
+from whaletopd.keyboard import session_prefix
 from whaletopd.paths import Paths
 
 DISPLAY = 1
@@ -70,7 +71,7 @@ def xvnc_argv(launch: Launch) -> list[str]:
            else ["-rfbport", "-1"])
     return [
         "Xvnc", f":{DISPLAY}",
-        "-geometry", cfg.geometry, "-depth", str(cfg.depth),
+        "-geometry", cfg.geometry, "-depth", str(cfg.depth), "-dpi", str(cfg.dpi),
         "-rfbunixpath", str(paths.vnc_socket), "-rfbunixmode", "0600", *tcp,
         "-UseBlacklist=0",
         "-SecurityTypes", "VncAuth", "-PasswordFile", str(paths.vnc_auth),
@@ -105,7 +106,10 @@ def _sign_in(config: Config) -> bool:
 
 
 def session_argv(launch: Launch) -> list[str]:
-    return ["dbus-run-session", "--", "startlxde"]
+    # Keyboard layout and density first, on the ready X server (keyboard.py).
+    cfg = launch.config
+    return [*session_prefix(cfg.keyboard_layout, cfg.dpi),
+            "dbus-run-session", "--", "startlxde"]
 
 
 # The web side holds no user state: each is restarted when it dies or hangs, windows

@@ -171,8 +171,9 @@ def test_tls_configuration(paths: Paths) -> None:
 def test_sign_in_configuration(paths: Paths) -> None:
     conf = render(Config(web_users="/data/users"), paths, _spec())
     assert f"server unix:{paths.auth_socket};" in conf
-    # Every location that reaches the desktop asks the sign-in service first.
-    assert conf.count("auth_request /auth/check;") == 2
+    # Every location that reaches the desktop asks the sign-in service first (the page,
+    # the WebSocket, /whaletop/keyboard).
+    assert conf.count("auth_request /auth/check;") == 3
     assert "internal;" in conf
 
 
