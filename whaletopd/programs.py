@@ -76,6 +76,10 @@ def xvnc_argv(launch: Launch) -> list[str]:
         "-UseBlacklist=0",
         "-SecurityTypes", "VncAuth", "-PasswordFile", str(paths.vnc_auth),
         "-AlwaysShared", "-AcceptSetDesktopSize", "-desktop", "whaletop",
+        # noVNC's QEMU extended key events carry the physical key: mapped through the
+        # session's layout (--keyboard-layout), not guessed back from the browser's
+        # keysym (which loses dead keys: the browser has no keysym for them).
+        "-RawKeyboard",
         "-nolisten", "tcp", "-nolisten", "local", "-Log", XVNC_LOG,
         "-displayfd", str(launch.ready_fd),
     ]

@@ -88,6 +88,7 @@ def test_dpi_is_a_whole_number() -> None:
 def test_xvnc_gets_the_dpi(paths: Paths) -> None:
     argv = xvnc_argv(Launch(Config(dpi=192), paths))
     assert argv[argv.index("-dpi") + 1] == "192"
+    assert "-RawKeyboard" in argv  # physical keys through the session's layout
 
 
 def test_the_session_applies_layout_and_dpi_then_becomes_the_session(paths: Paths) -> None:
