@@ -76,15 +76,32 @@ def dpi_problem(dpi: int) -> str | None:
     return None
 
 
+# LXDE's panel: its height and icon size in pixels (lxpanel's defaults), and where its
+# system-wide configuration is.
+PANEL_HEIGHT, PANEL_ICONS = 26, 24
+PANEL_CONF = "/etc/xdg/lxpanel/LXDE/panels/panel"
+
 # Run as the desktop user once Xvnc is ready, before each session (a fresh session after
 # a crash gets them again): the layout into the X server, Xft.dpi into its resources
-# (GTK and LXDE's fonts; xrdb without cpp, which need not be in the image).  Then the
-# session itself, in the same process (exec): its exit codes are the session's.
-PREPARE = ('setxkbmap -layout "$1" -variant "$2" -option "" && '
-           'printf "Xft.dpi: %s\\n" "$3" | xrdb -nocpp -merge - && shift 3 && exec "$@"')
+# (GTK and LXDE's fonts; xrdb without cpp, which need not be in the image).  Off 96 dpi,
+# the panel (sized in pixels) is scaled too: a scaled copy of its configuration, in the
+# session's runtime folder, comes first on XDG_CONFIG_DIRS (a panel the person set up
+# in their home wins).  Then the session itself, in the same process (exec): its exit
+# codes are the session's.
+PREPARE = (
+    'setxkbmap -layout "$1" -variant "$2" -option "" && '
+    'printf "Xft.dpi: %s\\n" "$3" | xrdb -nocpp -merge - && '
+    'if [ "$3" != 96 ] && [ -n "$XDG_RUNTIME_DIR" ] && [ -r "$6" ]; then '
+    'd="$XDG_RUNTIME_DIR/whaletop-xdg" && mkdir -p "$d/lxpanel/LXDE/panels" && '
+    'sed "s/^    height=.*/    height=$4\\n    iconsize=$5/" "$6" '
+    '> "$d/lxpanel/LXDE/panels/panel" && '
+    'export XDG_CONFIG_DIRS="$d:${XDG_CONFIG_DIRS:-/etc/xdg}"; fi && '
+    'shift 6 && exec "$@"')
 
 
-def session_prefix(spec: str, dpi: int) -> list[str]:
+def session_prefix(spec: str, dpi: int, panel_conf: str = PANEL_CONF) -> list[str]:
     """The command line before the session's own: applies layout and density."""
     layout, variant = split(spec)
-    return ["sh", "-c", PREPARE, "whaletop-session", layout, variant, str(dpi)]
+    return ["sh", "-c", PREPARE, "whaletop-session", layout, variant, str(dpi),
+            str(PANEL_HEIGHT * dpi // DEFAULT_DPI), str(PANEL_ICONS * dpi // DEFAULT_DPI),
+            panel_conf]

@@ -205,6 +205,13 @@ def _resolution(c: Container) -> tuple[int, int]:
     return int(across), int(down)
 
 
+def _panel_height(c: Container) -> int | None:
+    out = _x(c, "xdotool search --onlyvisible --class lxpanel getwindowgeometry %@",
+             check=False)
+    heights = [int(line.split("x")[-1]) for line in out.splitlines() if "Geometry:" in line]
+    return max(heights) if heights else None
+
+
 @pytest.mark.parametrize("dpi", [96, 192])
 def test_dpi_scales_the_session(desktop, tmp_path, dpi):
     c = desktop(f"--dpi={dpi}")
@@ -215,6 +222,8 @@ def test_dpi_scales_the_session(desktop, tmp_path, dpi):
         # Also once the desktop took the browser's size (noVNC's remote resize).
         wait_until(lambda: "1200x760 pixels" in _x(c, "xdpyinfo"), "the desktop resized")
         assert all(abs(d - dpi) <= 2 for d in _resolution(c)), _resolution(c)
+        # LXDE's panel (26 pixels high at 96 dpi) scaled with the fonts.
+        wait_until(lambda: _panel_height(c) == 26 * dpi // 96, f"a panel {26 * dpi // 96} high")
         _terminal(c, "density", "echo whaletop at $(xrdb -query | grep dpi); cat")
         shot = browser.artifact(f"dpi-{dpi}.png")
         wait_until(lambda: page.screenshot(path=str(shot)) is not None, "a screenshot")

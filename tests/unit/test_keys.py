@@ -94,8 +94,8 @@ def test_xvnc_gets_the_dpi(paths: Paths) -> None:
 def test_the_session_applies_layout_and_dpi_then_becomes_the_session(paths: Paths) -> None:
     argv = session_argv(Launch(Config(keyboard_layout="de(nodeadkeys)", dpi=144), paths))
     assert argv[:2] == ["sh", "-c"]
-    assert argv[3:] == ["whaletop-session", "de", "nodeadkeys", "144",
-                        "dbus-run-session", "--", "startlxde"]
+    assert argv[3:] == ["whaletop-session", "de", "nodeadkeys", "144", "39", "36",
+                        keyboard.PANEL_CONF, "dbus-run-session", "--", "startlxde"]
 
 
 def _fake(bin_dir: Path, name: str, record: Path) -> None:
@@ -111,12 +111,34 @@ def test_the_prefix_runs_setxkbmap_and_xrdb_then_execs(tmp_path: Path) -> None:
     record = tmp_path / "record"
     for name in ("setxkbmap", "xrdb"):
         _fake(tmp_path, name, record)
-    argv = [*keyboard.session_prefix("fr(oss)", 192), "sh", "-c", 'echo "session $$"']
+    argv = [*keyboard.session_prefix("fr(oss)", 96), "sh", "-c",
+            'echo "session $$ ${XDG_CONFIG_DIRS:-unset}"']
     out = subprocess.run(argv, capture_output=True, text=True, check=True,
-                         env={"PATH": f"{tmp_path}:/usr/bin:/bin"})
+                         env={"PATH": f"{tmp_path}:/usr/bin:/bin",
+                              "XDG_RUNTIME_DIR": str(tmp_path)})
     assert out.stdout.startswith("session ")
+    assert out.stdout.endswith(" unset\n")  # at 96 dpi, LXDE's own panel
     assert record.read_text() == ("setxkbmap|-layout|fr|-variant|oss|-option||"
-                                  "xrdb|-nocpp|-merge|-|Xft.dpi: 192\n")
+                                  "xrdb|-nocpp|-merge|-|Xft.dpi: 96\n")
+
+
+def test_off_96_dpi_the_panel_is_scaled_in_a_copy(tmp_path: Path) -> None:
+    for name in ("setxkbmap", "xrdb"):
+        _fake(tmp_path, name, tmp_path / "record")
+    panel = tmp_path / "panel"
+    panel.write_text("Global {\n    edge=bottom\n    height=26\n}\n")
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    argv = [*keyboard.session_prefix("us", 192, str(panel)), "sh", "-c",
+            'echo "$XDG_CONFIG_DIRS"']
+    out = subprocess.run(argv, capture_output=True, text=True, check=True,
+                         env={"PATH": f"{tmp_path}:/usr/bin:/bin",
+                              "XDG_RUNTIME_DIR": str(runtime)})
+    assert out.stdout == f"{runtime}/whaletop-xdg:/etc/xdg\n"
+    scaled = runtime / "whaletop-xdg/lxpanel/LXDE/panels/panel"
+    assert scaled.read_text() == ("Global {\n    edge=bottom\n    height=52\n"
+                                  "    iconsize=48\n}\n")
+    assert panel.read_text().count("height=26")  # the image's own is untouched
 
 
 def test_a_failing_setxkbmap_starts_no_session(tmp_path: Path) -> None:
