@@ -469,9 +469,9 @@ def merge(doc: dict[str, Any], original: dict[str, Any]) -> dict[str, Any]:
     figures = []
     for entry in doc.get("figures", []):
         key = QUOTED.get(entry["key"])
-        if key is not None and key in measured:
-            m = measured[key]
-            fig = BY_KEY[key]
+        m = measured.get(key or "", {})
+        if m.get("median") is not None or m.get("error"):
+            fig = BY_KEY[key or ""]
             entry = {**entry, "original": (
                 f"{format_value(m.get('median'), fig.digits)} {fig.unit} (measured "
                 f"{original.get('date', '')}, see \"original\")" if m.get("median") is not None
