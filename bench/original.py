@@ -31,7 +31,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -215,11 +215,19 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 # -- the measurements --------------------------------------------------------------------
 
+class StartFailed(BenchError):
+    """The container exited before it was up: that run is tried again."""
+
+
+ATTEMPTS = 4  # containers started for one run at most
+
+
 @dataclass
 class SideResults:
     values: dict[str, list[float]]
     notes: dict[str, list[str]]
     errors: dict[str, str]
+    failed_starts: list[str] = field(default_factory=list)
 
     @classmethod
     def empty(cls) -> SideResults:
@@ -262,24 +270,32 @@ class Compare:
         """When the VNC server first answered through the web port, and when the status
         file first said HEALTHY."""
         seen: dict[str, float] = {}
+        looks = 0
 
         def both() -> bool:
+            nonlocal looks
             if "healthy" not in seen and c.word() == "HEALTHY":
                 seen["healthy"] = time.time()
             if "rfb" not in seen and rfb_answers(self.web_port):
                 seen["rfb"] = time.time()
+            looks += 1
+            if len(seen) < 2 and looks % 100 == 0 and not self.running(c):
+                raise StartFailed(self.exited_why(c))
             return len(seen) == 2
         c.wait("VNC through the web port and HEALTHY", both, timeout)
         return seen["rfb"], seen["healthy"]
 
     def running(self, c: Running) -> bool:
-        return c.inspect("{{.State.Running}}") == "true"
+        return docker("inspect", "-f", "{{.State.Running}}", c.name,
+                      check=False).stdout.strip() == "true"
 
     def exited_why(self, c: Running) -> str:
         code = c.inspect("{{.State.ExitCode}}")
         lines = [ln for ln in (c.logs() + docker("logs", c.name, check=False).stderr)
                  .splitlines() if ln.strip()]
-        return f"the container exited ({code}); its last log line: {lines[-1] if lines else ''!r}"
+        telling = [ln for ln in lines if re.search(r"rror|issue|exited|failed", ln)] or lines
+        return (f"the container exited ({code}); its log's last word on it: "
+                f"{telling[-1].strip() if telling else ''!r}")
 
     # -- per figure group --
 
@@ -337,11 +353,13 @@ class Compare:
             waiter = subprocess.Popen(["docker", "wait", c.name], stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True)
             time.sleep(0.2)  # attached before the kill
-            out = docker(*compare_argv(c.name, "kill")[1:], timeout=60, check=False).stdout
-            lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+            out = docker(*compare_argv(c.name, "kill")[1:], timeout=60, check=False)
+            lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
             if not lines:
                 waiter.kill()
-                raise BenchError(f"the kill script printed nothing: {out!r}")
+                if not self.running(c):  # gone before the kill: it did not stay up
+                    raise StartFailed(self.exited_why(c))
+                raise BenchError(f"the kill script failed: {out.stderr.strip()[-300:]}")
             res = json.loads(lines[-1])
             if res["word"] == "HEALTHY":
                 self.res.errors.setdefault("kill_detected", "still HEALTHY 30 s after the kill")
@@ -429,7 +447,7 @@ class Compare:
                         self.fig_image()
                     else:
                         for i in range(self.runs):
-                            per_run(i)
+                            self.attempt(per_run, i)
                 except (BenchError, OSError, ValueError, KeyError,
                         subprocess.SubprocessError) as exc:
                     log(f"{side.key} {group}: ERROR {exc}")
@@ -437,6 +455,31 @@ class Compare:
                         self.res.errors.setdefault(key, f"{type(exc).__name__}: {exc}")
                 finally:
                     self.launcher.cleanup()
+
+    def attempt(self, per_run: Callable[[int], None], i: int) -> None:
+        """One run; a container that exits before it is up is noted, and the run is
+        tried again with a new one (ATTEMPTS containers at most)."""
+        for _ in range(ATTEMPTS - 1):
+            try:
+                per_run(i)
+                return
+            except StartFailed as exc:
+                self.res.failed_starts.append(str(exc))
+                log(f"{self.side.key}: a container exited before it was up, trying again: "
+                    f"{exc}")
+                self.launcher.cleanup()
+        per_run(i)
+
+    def start_notes(self) -> None:
+        """How many of each side's containers exited before they were up, and why."""
+        for side in self.sides:
+            res = self.results[side.key]
+            if res.failed_starts:
+                started = len(self.launchers[side.key].host)
+                why = sorted(set(res.failed_starts), key=res.failed_starts.index)
+                res.note("start_connectable", f"{len(res.failed_starts)} of {started} "
+                         f"containers exited before they were up (that run was tried "
+                         f"again): {'; '.join(why[:3])}")
 
     def cleanup(self) -> None:
         for launcher in self.launchers.values():
@@ -543,6 +586,7 @@ def main(source: Path, image: str, out: Path, runs: int, quick: bool, web_port: 
     t0 = time.monotonic()
     try:
         runner.run()
+        runner.start_notes()
     finally:
         runner.cleanup()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -6,7 +6,8 @@ container, whaletop's or the original project's, the same way in both.
 
 `kill`: finds the X server by its process name (Xtigervnc or Xvnc; the original keeps
 no pid where the runner can read it), notes the time, kills it and polls
-/opt/whaletop/status every 1 ms until it no longer says HEALTHY.  Prints {"t_kill",
+/opt/whaletop/status every 1 ms until it says another word than HEALTHY (an empty
+read is the original rewriting the file in place, not a new word).  Prints {"t_kill",
 "t_left", "word", "xvnc_pid"}.
 
 `keys`: a VNC client through the web port's WebSocket, as noVNC connects (the password
@@ -61,7 +62,8 @@ def kill_and_watch(state: Path = STATE, limit: float = 30.0,
     t_kill = time.time()
     os.kill(pid, signal.SIGKILL)
     word = "HEALTHY"
-    while word == "HEALTHY" and time.time() - t_kill < limit:
+    # "": a writer that truncates, then writes (the original's open('w')); not a new word
+    while word in ("HEALTHY", "") and time.time() - t_kill < limit:
         time.sleep(0.001)
         word = status_word(state)
     return {"t_kill": t_kill, "t_left": time.time(), "word": word, "xvnc_pid": pid}
