@@ -290,3 +290,18 @@ def test_kill_finds_xvnc_by_name_kills_it_and_times_the_status(tmp_path: Path) -
 def test_kill_without_an_x_server_says_so(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="no Xtigervnc or Xvnc process"):
         compare.find_xvnc(_fake_proc(tmp_path, {1: "python3", 2: "Xvncfake"}))
+
+
+def test_containers_that_exited_before_they_were_up_are_counted_once_per_reason(
+        tmp_path: Path) -> None:
+    runner = original.Compare([original.Side("original", "o"), original.Side("whaletop", "w")],
+                              8391, tmp_path, 3, True, 0.0)
+    res = runner.results["original"]
+    res.failed_starts += ["the container exited (0): X", "the container exited (0): X",
+                          "up, then 'UNHEALTHY'"]
+    runner.launchers["original"].host += [{}] * 7  # containers started
+    runner.start_notes()
+    assert res.notes["start_connectable"] == [
+        "3 of 7 containers exited before they were up (that run was tried again): "
+        "the container exited (0): X; up, then 'UNHEALTHY'"]
+    assert runner.results["whaletop"].notes["start_connectable"] == []
