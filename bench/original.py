@@ -279,7 +279,8 @@ class Compare:
             if "rfb" not in seen and rfb_answers(self.web_port):
                 seen["rfb"] = time.time()
             looks += 1
-            if len(seen) < 2 and looks % 100 == 0 and not self.running(c):
+            if (len(seen) < 2 and looks % 100 == 0 and c.proc.poll() is not None
+                    and not self.running(c)):  # created (docker run -d returned), then gone
                 raise StartFailed(self.exited_why(c))
             return len(seen) == 2
         c.wait("VNC through the web port and HEALTHY", both, timeout)
@@ -300,7 +301,8 @@ class Compare:
                       check=False).stdout.strip() == "true"
 
     def exited_why(self, c: Running) -> str:
-        code = c.inspect("{{.State.ExitCode}}")
+        code = docker("inspect", "-f", "{{.State.ExitCode}}", c.name,
+                      check=False).stdout.strip() or "?"
         lines = [ln for ln in (c.logs() + docker("logs", c.name, check=False).stderr)
                  .splitlines() if ln.strip()]
         telling = [ln for ln in lines if re.search(r"rror|issue|exited|failed", ln)] or lines
