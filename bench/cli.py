@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import bench
+from bench import original
 from bench.browser import find_browser
 from bench.containers import BenchError, Launcher, docker
 from bench.cpu import QUIET_BUSY
@@ -56,6 +57,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--chromium", default="/usr/bin/chromium",
                    help="the browser Playwright drives (default Debian's /usr/bin/chromium; "
                         "none is ever downloaded)")
+    p.add_argument("--original", type=Path, metavar="SOURCE",
+                   help="side by side with the original project: build its image from "
+                        "SOURCE, a checkout of mbainrot/whaletop, and measure both images "
+                        "(results.json's \"original\" section and original.md)")
     p.add_argument("--render", type=Path, metavar="RESULTS_JSON",
                    help="only re-render results.md and timeline.png from a results.json")
     return p
@@ -70,11 +75,38 @@ def render(results_json: Path, out: Path | None) -> int:
     return 0
 
 
+def compare_original(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """--original: the side-by-side comparison (bench/original.py) instead of the groups."""
+    try:
+        original.check_source(args.original)
+    except BenchError as exc:
+        p.error(str(exc))
+    if docker("image", "inspect", args.image, check=False).returncode != 0:
+        log(f"building {args.image} with scripts/build")
+        subprocess.run(["bash", str(ROOT / "scripts" / "build"), args.image], check=True)
+    out = args.out or (Path(tempfile.mkdtemp(prefix="whaletop-bench-out-")) if args.quick
+                       else HERE)
+    quiet_wait = args.quiet_wait if args.quiet_wait is not None else (10 if args.quick else 60)
+
+    def on_signal(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # the same clean-up as Ctrl-C: no container left behind
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        return original.main(args.original, args.image, out, args.runs or (1 if args.quick
+                                                                             else 5),
+                             args.quick, args.web_port, quiet_wait)
+    except KeyboardInterrupt:
+        log("interrupted: containers removed")
+        return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     if args.render:
         return render(args.render, args.out)
+    if args.original is not None:
+        return compare_original(p, args)
     groups = [g.strip() for g in args.only.split(",") if g.strip()]
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
