@@ -18,6 +18,7 @@ import pytest
 from tests.e2e import browser
 from tests.e2e import test_front_door as front
 from tests.e2e.conftest import Container, wait_until
+from tests.e2e.test_lifecycle import _lxsession_pid
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium")]
@@ -251,9 +252,9 @@ def _put_layout(body: bytes, cookie: str | None = None) -> int:
     return front.request("PUT", LAYOUT_PATH, headers, body).status
 
 
-def _query_layout(c: Container) -> str:
-    return next(line.split()[1] for line in _x(c, "setxkbmap -query").splitlines()
-                if line.startswith("layout:"))
+def _query_layout(c: Container, user: str = "user") -> str:
+    out = c.exec("sh", "-c", "DISPLAY=:1 setxkbmap -query", user=user).stdout
+    return next(line.split()[1] for line in out.splitlines() if line.startswith("layout:"))
 
 
 @pytest.fixture
@@ -278,6 +279,7 @@ def test_the_page_switches_the_desktops_layout_for_full_access_only(desktop, use
         use = page.locator("#whaletop_keyboard_use")
         use.wait_for()
         assert use.inner_text() == "Use us on the desktop"
+        page.screenshot(path=str(browser.artifact("keys-switch.png")))
         use.click()
         page.wait_for_selector("#whaletop_keyboard_note[data-state=done]")
         page.screenshot(path=str(browser.artifact("keys-switched.png")))
@@ -299,6 +301,14 @@ def test_the_page_switches_the_desktops_layout_for_full_access_only(desktop, use
             _stroke(cdp, stroke)
         wait_until(lambda: _read(c, "/home/user/typed") == expected + "\n",
                    f"the terminal got {expected!r}")
+
+    # A session restarted after a crash keeps the layout the page chose.
+    session = c.status_json()["children"]["session"]["pid"]
+    c.exec("kill", "-KILL", str(_lxsession_pid(c)), user="user")
+    wait_until(lambda: c.status_json()["children"]["session"]["pid"] != session,
+               "a new session")
+    c.wait_status("HEALTHY")
+    assert _query_layout(c) == "us"
 
     # A viewer may not switch it: 403 before anything is written.
     viewer = front.sign_in("bob", front.PASSWORDS["bob"]).cookie()
@@ -333,3 +343,16 @@ def test_without_sign_in_the_layout_is_not_switched(desktop):
     assert _query_layout(c) == "de"
     assert _layout_served()["layout"] == "de"
     assert not [e for e in c.log_lines() if e.get("event", "").startswith("keyboard_")]
+
+
+def test_without_root_nginx_and_whaletopd_share_the_requests_folder(desktop, users_dir):
+    """--user: nginx's worker is whaletopd's own uid."""
+    c = desktop("--web-users=/users/users", "--keyboard-layout=fr",
+                extra=("--user", "1000:1000"), volumes=(f"{users_dir}:/users:ro",))
+    c.wait_status("HEALTHY")
+    full = front.sign_in("alice", front.PASSWORDS["alice"]).cookie()
+    assert full
+    assert _put_layout(b"de", full) in (201, 204)
+    wait_until(lambda: _layout_served(full)["layout"] == "de", "the layout switched")
+    assert _query_layout(c, "1000:1000") == "de"
+    assert c.exec("stat", "-c", "%u %a", "/run/whaletop/requests").stdout == "1000 700\n"
