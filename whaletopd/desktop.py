@@ -64,7 +64,7 @@ from whaletopd.events import (
     StartupTimedOut,
 )
 from whaletopd.frontdoor import FrontDoor, FrontDoorError
-from whaletopd.kbswitch import KeyboardSwitch
+from whaletopd.kbswitch import Asked, KeyboardSwitch
 from whaletopd.machine import EXIT_CODES, UP
 from whaletopd.menu import SETTLE_INTERVAL, AppMenu
 from whaletopd.metrics import Metrics
@@ -450,12 +450,15 @@ class Desktop:
         assert account is not None
 
         def work() -> None:
-            asked = self.keyboard.take()
-            layout = asked.layout
-            if layout is not None and not self.keyboard.apply(layout, account.run_as,
-                                                              account.env):
-                layout = None
-            self.events.post(KeyboardSwitched(layout=layout, who=asked.who))
+            asked, layout = Asked(None), None
+            try:
+                asked = self.keyboard.take()
+                layout = asked.layout
+                if layout is not None and not self.keyboard.apply(layout, account.run_as,
+                                                                  account.env):
+                    layout = None
+            finally:  # whatever happened, the next request is taken
+                self.events.post(KeyboardSwitched(layout=layout, who=asked.who))
         self._off_loop("keyboard", work)
 
     def refuse_keyboard(self, event: EventData) -> None:

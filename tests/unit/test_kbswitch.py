@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from structlog.testing import capture_logs
@@ -32,10 +33,14 @@ from tests.unit.test_nginx_conf import (
 from whaletopd import kbswitch, keyboard
 from whaletopd.children import RunAs
 from whaletopd.config import Config
-from whaletopd.events import EventQueue, KeyboardAsked
+from whaletopd.deadlines import Deadlines
+from whaletopd.desktop import Desktop
+from whaletopd.events import EventQueue, KeyboardAsked, KeyboardSwitched
+from whaletopd.machine import HEALTHY
 from whaletopd.nginx_conf import render
 from whaletopd.paths import Paths
 from whaletopd.programs import Launch, session_argv
+from whaletopd.provision import Account
 
 needs_xkb = pytest.mark.skipif(not keyboard.XKB_RULES.exists(), reason="needs xkb-data")
 SIGNED = Config(web_users="/data/users")
@@ -338,3 +343,32 @@ def test_nginx_writes_a_full_users_put_and_refuses_the_others(
     assert status == 200
     assert json.loads(body)["layout"] == "us"
     assert _request(port, "GET", "/whaletop/keyboard")[0] == 401
+
+
+# -- the desktop: a request taken off the loop, its result back on it -----------------------
+
+@needs_xkb
+def test_the_desktop_applies_a_request_and_a_fresh_session_gets_it(
+        paths: Paths, run_as: RunAs, tmp_path: Path) -> None:
+    record = tmp_path / "record"
+    env = _fake_setxkbmap(tmp_path / "bin", record)
+    events = EventQueue()
+    desktop = Desktop(SIGNED, events, Deadlines(), paths)
+    desktop.keyboard.prepare(None)
+    desktop.account = Account(run_as, env, "password")
+    desktop.state = HEALTHY
+    _ask(paths, b"de", "alice")
+    desktop.switch_keyboard(SimpleNamespace(kwargs={}))  # type: ignore[arg-type]
+    desktop.switch_keyboard(SimpleNamespace(kwargs={}))  # type: ignore[arg-type]  # busy
+    done = events.get(timeout=10)
+    assert done == KeyboardSwitched(layout="de", who="alice")
+    assert record.read_text() == ":1 -layout de -variant  -option \n"
+    with capture_logs() as logs:
+        desktop.keyboard_switched_done(SimpleNamespace(kwargs={"event": done}))  # type: ignore[arg-type]
+    assert [(e["event"], e["old"], e["new"]) for e in logs] == [
+        ("keyboard_layout_changed", "us", "de")]
+    assert json.loads(paths.keyboard_file.read_text())["layout"] == "de"
+    assert desktop._launch_context().config.keyboard_layout == "de"
+    # The request seen while the first was taken: taken now, nothing left, nothing changes.
+    assert events.get(timeout=10) == KeyboardSwitched(layout=None)
+    assert record.read_text().count("\n") == 1
