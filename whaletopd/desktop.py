@@ -10,6 +10,7 @@ callback named in machine.TRANSITIONS hands the work to the part that owns it:
     counter     clients.py     the VNC clients connected (for --stop-when-idle, /metrics)
     status      status.py      the status files
     metrics     metrics.py     the numbers nginx serves at /metrics
+    keyboard    kbswitch.py    the session's layout, and the page's requests to switch it
     deadlines   deadlines.py   named deadlines, kept by the loop
 
 Parts never touch each other's fields; the desktop passes what one needs from another.
@@ -27,7 +28,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -51,6 +52,7 @@ from whaletopd.events import (
     Failed,
     IdleSoon,
     IdleTimedOut,
+    KeyboardSwitched,
     Launched,
     MenuCheckDue,
     ProbeFailed,
@@ -62,7 +64,8 @@ from whaletopd.events import (
     StartupTimedOut,
 )
 from whaletopd.frontdoor import FrontDoor, FrontDoorError
-from whaletopd.machine import EXIT_CODES
+from whaletopd.kbswitch import Asked, KeyboardSwitch
+from whaletopd.machine import EXIT_CODES, UP
 from whaletopd.menu import SETTLE_INTERVAL, AppMenu
 from whaletopd.metrics import Metrics
 from whaletopd.paths import Paths
@@ -126,6 +129,9 @@ class Desktop:
         # tables without nginx).
         self._serves_web = any(p.name == "nginx" for p in table)
         self.menu = AppMenu(self.paths, events)
+        self.keyboard = KeyboardSwitch(config, self.paths, events)
+        self._keyboard_busy = False  # a worker takes the requests
+        self._keyboard_pending = False  # a request came meanwhile
         # The menu is a worker's while it maps (/Apps may be a hung mount): status.json
         # shows what the last mapping left, and changes meanwhile wait for AppsMapped.
         self._menu_busy = True  # the first mapping, from start_menu
@@ -253,6 +259,8 @@ class Desktop:
             self.front.prepare(account.run_as, self.web.pem, account.password,
                                account.view_only_password)
             self.front.watch()
+            self.keyboard.prepare(web)
+            self.keyboard.watch()
         self.children.use(account.run_as, account.env)
         self.children.use(web or frontdoor.root_account(),
                           frontdoor.web_env(), "web")
@@ -295,7 +303,8 @@ class Desktop:
         self.deadlines.arm(MENU, SETTLE_INTERVAL, MenuCheckDue())
 
     def _launch_context(self) -> Launch:
-        return Launch(self.config, self.paths)
+        # The layout the page switched to, if it did: a fresh session keeps it.
+        return Launch(replace(self.config, keyboard_layout=self.keyboard.layout), self.paths)
 
     def start_probes(self, event: EventData) -> None:
         self.prober = probes.Prober(self._probes(), self.events,
@@ -427,6 +436,43 @@ class Desktop:
 
     def reload_web_users(self, event: EventData) -> None:
         self.front.reload_users()
+
+    # -- keyboard: the page asked for another layout ----------------------------------------
+
+    def switch_keyboard(self, event: EventData) -> None:
+        """Off the loop's thread (setxkbmap waits for the X server); one at a time, a
+        request seen meanwhile is taken once it ends."""
+        if self._keyboard_busy:
+            self._keyboard_pending = True
+            return
+        self._keyboard_busy = True
+        account = self.account
+        assert account is not None
+
+        def work() -> None:
+            asked, layout = Asked(None), None
+            try:
+                asked = self.keyboard.take()
+                layout = asked.layout
+                if layout is not None and not self.keyboard.apply(layout, account.run_as,
+                                                                  account.env):
+                    layout = None
+            finally:  # whatever happened, the next request is taken
+                self.events.post(KeyboardSwitched(layout=layout, who=asked.who))
+        self._off_loop("keyboard", work)
+
+    def refuse_keyboard(self, event: EventData) -> None:
+        log.warning("keyboard_request_ignored", state=self.state,
+                    hint="the layout can be switched once the desktop is up; ask again")
+
+    def keyboard_switched_done(self, event: EventData) -> None:
+        self._keyboard_busy = False
+        ev = event.kwargs["event"]
+        if ev.layout is not None:
+            self.keyboard.switched(ev.layout, ev.who)
+        if self._keyboard_pending and self.state in UP:
+            self._keyboard_pending = False
+            self.switch_keyboard(event)
 
     # -- /Apps ---------------------------------------------------------------------------
 
@@ -575,6 +621,7 @@ class Desktop:
         """The watches (each stop may run again: a worker that finished late)."""
         self.web.stop()
         self.front.stop()
+        self.keyboard.stop()
         self.menu.stop()
 
     def exit(self, event: EventData) -> None:

@@ -133,6 +133,26 @@ class WebUsersChanged(Event):
 
 
 @dataclass(frozen=True)
+class KeyboardAsked(Event):
+    """A request appeared in the keyboard's requests folder (debounced; kbswitch.py).
+    Quiet: the work logs what it did."""
+
+    trigger: ClassVar[str] = "keyboard_asked"
+    quiet: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class KeyboardSwitched(Event):
+    """A worker took the keyboard's requests: `layout` is applied to the X server (None:
+    nothing was, and the requests are gone).  Quiet: its own line says what changed."""
+
+    trigger: ClassVar[str] = "keyboard_switched"
+    quiet: ClassVar[bool] = True
+    layout: str | None
+    who: str = ""
+
+
+@dataclass(frozen=True)
 class CertificateCheckDue(Event):
     """Time to log an expiry warning, or to notice that the certificate expired."""
 

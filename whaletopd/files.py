@@ -72,14 +72,16 @@ class ReadRefused(Exception):
         return (self.error.strerror or str(self.error)) if self.error else ""
 
 
-def read_regular(path: str | Path, limit: int) -> bytes:
+def read_regular(path: str | Path, limit: int, follow: bool = True) -> bytes:
     """The bytes of a regular file (links followed, as Kubernetes mounts secrets) of at
     most `limit` bytes.  Opened without blocking and checked with fstat before a byte is
     read: a FIFO (which would wait for a writer for ever) or a device is refused, never
     read; a file larger than `limit` (also a sparse one) is refused by its size, and one
-    growing while read after `limit` + 1 bytes.  Raises ReadRefused."""
+    growing while read after `limit` + 1 bytes.  follow=False: a link is refused too
+    (a file another account wrote).  Raises ReadRefused."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        fd = os.open(path, flags if follow else flags | os.O_NOFOLLOW)
     except OSError as exc:
         raise ReadRefused("open", exc) from None
     try:

@@ -100,6 +100,15 @@ TRANSITIONS: list[dict[str, Any]] = [
     # refused, the old one stays); nothing restarts.
     {"trigger": "web_users_changed", "source": [*LIVE, UNHEALTHY], "dest": None,
      "after": "reload_web_users"},
+    # Keyboard: the page asked for another layout (kbswitch.py; a signed-in person with
+    # full access, through nginx's WebDAV PUT).  Applied off the loop's thread while the
+    # X server runs, one request at a time; keyboard_switched ends one.  Before the X
+    # server is up, or UNHEALTHY, a request is refused with a line.
+    {"trigger": "keyboard_asked", "source": UP, "dest": None, "after": "switch_keyboard"},
+    {"trigger": "keyboard_asked", "source": [STARTING, UNHEALTHY], "dest": None,
+     "after": "refuse_keyboard"},
+    {"trigger": "keyboard_switched", "source": [*LIVE, UNHEALTHY], "dest": None,
+     "after": "keyboard_switched_done"},
     # /Apps: .desktop files created, changed or removed while the desktop runs; mapped
     # off the loop's thread, one mapping at a time (apps_mapped ends one).
     {"trigger": "apps_changed", "source": [*LIVE, UNHEALTHY], "dest": None,

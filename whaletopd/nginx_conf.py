@@ -24,8 +24,8 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
-from whaletopd import keyboard
 from whaletopd.config import METRICS_TOKEN_RE, Config
+from whaletopd.kbswitch import MAX_BODY as KEYBOARD_BODY
 from whaletopd.metrics import CONTENT_TYPE
 from whaletopd.paths import Paths
 from whaletopd.probes import PROBE_HEADER
@@ -92,17 +92,40 @@ def _metrics(config: Config, paths: Paths, headers: list[str]) -> list[str]:
     ])
 
 
-def _keyboard(config: Config, gate: list[str], headers: list[str]) -> list[str]:
-    """The session's keyboard layout for the page (whaletop-keys.js), which compares it
-    with the browser's and says how to match them; behind the same sign-in as the page."""
-    layout = config.keyboard_layout
-    if keyboard.LAYOUT_RE.fullmatch(layout) is None:  # Config refused it already
-        raise ValueError("the keyboard layout must be a layout's name, never nginx syntax")
-    return _block("location = /whaletop/keyboard", [
+def _keyboard(config: Config, paths: Paths, gate: list[str],
+              headers: list[str]) -> list[str]:
+    """/whaletop/keyboard: the session's layout for the page (whaletop-keys.js), the
+    file kbswitch.py rewrites when it changes; behind the same sign-in as the page.
+
+    /whaletop/keyboard/layout: the page's request to switch it, a PUT that nginx's
+    WebDAV module writes into the requests folder (kbswitch.py watches it), as
+    `layout.NAME`, NAME as the sign-in service named the person.  Only with sign-in,
+    and only full access (the sign-in service answers 403 to a viewer); without sign-in
+    nobody can be told from anybody (the VNC password is the page's, not nginx's): 404.
+    """
+    info = _block("location = /whaletop/keyboard", [
         *gate, *headers, 'add_header Cache-Control "no-store" always;',
+        *_block("types", [], ""),
         "default_type application/json;",
-        f"return 200 '{{\"layout\": \"{layout}\", \"dpi\": {config.dpi}}}';",
+        f"alias {paths.keyboard_file};",
     ])
+    if not config.sign_in:
+        return [*info, *_block("location = /whaletop/keyboard/layout", ["return 404;"])]
+    return [*info, *_block("location = /whaletop/keyboard/layout", [
+        # Another site's page must not switch it with this browser's session.
+        "if ($whaletop_cross_origin) { return 403; }",
+        *_block("limit_except PUT", ["deny all;"]),
+        "auth_request /auth/check-full;",
+        "auth_request_set $whaletop_user $upstream_http_x_whaletop_user;",
+        f"client_max_body_size {KEYBOARD_BODY};",
+        f"client_body_buffer_size {KEYBOARD_BODY};",
+        "dav_methods PUT;",
+        "dav_access user:rw;",
+        *headers,
+        'add_header Cache-Control "no-store" always;',
+        # Names never hold '/' (webusers.NAME_RE).
+        f"alias {paths.requests_dir}/layout.$whaletop_user;",
+    ])]
 
 
 def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
@@ -233,7 +256,7 @@ def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
     ]
     server += _block("location = /websockify", websocket)
     server += _metrics(config, paths, headers)
-    server += _keyboard(config, gate, headers)
+    server += _keyboard(config, paths, gate, headers)
 
     if not sign_in:
         # The page asks whether sign-in is on; without it, a quiet no.
@@ -245,6 +268,15 @@ def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
         server += _block("location = /auth/check", [
             "internal;",
             *to_auth,
+            "proxy_pass_request_body off;",
+            'proxy_set_header Content-Length "";',
+        ])
+        # Full access only (not a viewer): 403 from the sign-in service otherwise.
+        server += _block("location = /auth/check-full", [
+            "internal;",
+            "proxy_pass http://webauth/auth/check?need=full;",
+            "proxy_set_header Host $http_host;",
+            "proxy_set_header X-Real-IP $remote_addr;",
             "proxy_pass_request_body off;",
             'proxy_set_header Content-Length "";',
         ])

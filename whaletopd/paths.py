@@ -91,6 +91,16 @@ class Paths:
         return self.run_dir / "metrics" / "metrics.prom"
 
     @property
+    def keyboard_file(self) -> Path:
+        """The session's layout as JSON, served at /whaletop/keyboard (kbswitch.py)."""
+        return self.run_dir / "keyboard" / "keyboard.json"
+
+    @property
+    def requests_dir(self) -> Path:
+        """Where nginx's WebDAV PUT leaves the page's requests (the web account's)."""
+        return self.run_dir / "requests"
+
+    @property
     def tls_pem(self) -> Path:
         """nginx's certificate and decrypted key, in a private folder on the tmpfs
         (web.WebFront.pem says where it is when that folder cannot be used)."""

@@ -8,7 +8,9 @@ so the process stays small.  Paths (nginx forwards them unchanged, and the clien
 address in X-Real-IP):
 
     GET  /auth/check     204 + X-Whaletop-User/-Role for a session cookie, Basic
-                         credentials or the probe token; else 401 (locked out too)
+                         credentials or the probe token; else 401 (locked out too);
+                         with ?need=full, 403 for a viewer (nginx asks it so for what
+                         only full access may do: switching the keyboard's layout)
     GET  /auth/signin    the sign-in page;  POST: sign in, 303 to ../NEXT with a cookie
     GET  /auth/redirect  302 to the sign-in page, relative to X-Original-URI
     GET  /auth/signout   a page with a button;  POST: end the session, 303 to signin
@@ -365,6 +367,10 @@ class Handler(BaseHTTPRequestHandler):
                                     ("X-Whaletop-Role", "full")))
             return
         user, _locked = self.authenticate()
+        if user is not None and user.role != "full" and parse_qs(
+                urlsplit(self.path).query).get("need") == ["full"]:
+            self.send(403)
+            return
         if user is not None:
             self.send(204, headers=(("X-Whaletop-User", user.name),
                                     ("X-Whaletop-Role", user.role)))

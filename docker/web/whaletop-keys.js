@@ -11,8 +11,10 @@
 //
 // Keyboard: noVNC sends physical key codes, which the desktop maps through its own
 // layout (--keyboard-layout).  Where the browser can tell the person's layout
-// (navigator.keyboard.getLayoutMap) and it differs from the desktop's, a note says so
-// and names the flag.
+// (navigator.keyboard.getLayoutMap) and it differs from the desktop's, a note says so.
+// Signed in with full access, its button "Use LAYOUT on the desktop" switches the
+// desktop's layout (PUT whaletop/keyboard/layout; whaletopd applies it and says so at
+// whaletop/keyboard); otherwise (a viewer, or no sign-in) it names the flag.
 import UI from "./app/ui.js";
 
 const clip = {
@@ -86,18 +88,22 @@ function wire(rfb) {
     screen.addEventListener("pointerdown", askOnce, { once: true });
 }
 
+async function getJSON(path) {
+    const answer = await fetch(path, { cache: "no-store", credentials: "same-origin" });
+    return answer.ok ? answer.json() : null;
+}
+
 async function keyboardNote() {
     if (!navigator.keyboard || !navigator.keyboard.getLayoutMap) return;
-    let map, desktop;
+    let map, info;
     try {
         map = await navigator.keyboard.getLayoutMap();
-        const answer = await fetch("whaletop/keyboard", { cache: "no-store",
-                                                          credentials: "same-origin" });
-        if (!answer.ok) return;
-        desktop = (await answer.json()).layout;
+        info = await getJSON("whaletop/keyboard");
     } catch (error) {
         return;
     }
+    if (info === null) return;
+    const desktop = info.layout;
     const guess = guessLayout(map), base = desktop.split("(")[0];
     // Only the families told apart here (gb looks like us to this test).
     if (guess === null || base === guess || !["us", "de", "fr"].includes(base)) return;
@@ -106,14 +112,78 @@ async function keyboardNote() {
     note.style.cssText = "position:fixed;bottom:4px;left:50%;transform:translateX(-50%);" +
         "z-index:1000;max-width:90%;padding:4px 8px;background:#fff8d0;color:#333;" +
         "border:1px solid #c9b458;font:12px sans-serif;opacity:.95";
-    note.textContent = `Your keyboard looks like "${guess}" but the desktop's layout is ` +
-        `"${desktop}": keys may type other characters. Start the desktop with ` +
-        `--keyboard-layout ${guess} (or WHALETOP_KEYBOARD_LAYOUT=${guess}). `;
+    const text = document.createElement("span");
+    text.textContent = `Your keyboard looks like "${guess}" but the desktop's layout is ` +
+        `"${desktop}": keys may type other characters. `;
+    note.appendChild(text);
+    if (info.switch && (info.choices || []).includes(guess) && await fullAccess()) {
+        // Signed in with full access: the desktop's layout can be switched from here.
+        const use = document.createElement("button");
+        use.id = "whaletop_keyboard_use";
+        use.textContent = `Use ${guess} on the desktop`;
+        use.addEventListener("click", () => switchLayout(guess, note, text, use));
+        note.appendChild(use);
+        note.appendChild(document.createTextNode(" "));
+    } else {
+        text.textContent += `Start the desktop with --keyboard-layout ${guess} ` +
+            `(or WHALETOP_KEYBOARD_LAYOUT=${guess}). `;
+    }
     const close = document.createElement("button");
     close.textContent = "OK";
     close.addEventListener("click", () => note.remove());
     note.appendChild(close);
     document.body.appendChild(note);
+}
+
+async function fullAccess() {
+    // Switching needs sign-in with full access (a viewer's request is refused anyway).
+    try {
+        const session = await getJSON("auth/session");
+        return session !== null && session.role === "full";
+    } catch (error) {
+        return false;
+    }
+}
+
+async function switchLayout(layout, note, text, use) {
+    use.disabled = true;
+    note.dataset.state = "asked";
+    text.textContent = `Switching the desktop to "${layout}"… `;
+    let answer;
+    try {
+        answer = await fetch("whaletop/keyboard/layout", {
+            method: "PUT", body: layout, credentials: "same-origin",
+            headers: { "Content-Type": "text/plain" } });
+    } catch (error) {
+        answer = null;
+    }
+    if (answer === null || !answer.ok) {
+        note.dataset.state = "refused";
+        text.textContent = answer !== null && answer.status === 403
+            ? "Only full access may switch the desktop's layout. "
+            : `The desktop did not take the layout (${answer ? answer.status : "no answer"}). `;
+        use.disabled = false;
+        return;
+    }
+    // whaletopd applies it within moments, then says so at whaletop/keyboard.
+    for (let i = 0; i < 40; i++) {
+        await new Promise((done) => setTimeout(done, 250));
+        let info = null;
+        try {
+            info = await getJSON("whaletop/keyboard");
+        } catch (error) {
+            continue;
+        }
+        if (info !== null && info.layout === layout) {
+            note.dataset.state = "done";
+            text.textContent = `The desktop now uses "${layout}". `;
+            use.remove();
+            return;
+        }
+    }
+    note.dataset.state = "refused";
+    text.textContent = `The desktop did not switch to "${layout}" (see its log). `;
+    use.disabled = false;
 }
 
 // The layout family a browser's key map shows: what the letter keys type.

@@ -9,13 +9,16 @@ runs `cat > FILE`.
 
 from __future__ import annotations
 
+import json
 import shutil
 from typing import Any
 
 import pytest
 
 from tests.e2e import browser
+from tests.e2e import test_front_door as front
 from tests.e2e.conftest import Container, wait_until
+from tests.e2e.test_lifecycle import _lxsession_pid
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium")]
@@ -227,3 +230,129 @@ def test_dpi_scales_the_session(desktop, tmp_path, dpi):
         _terminal(c, "density", "echo whaletop at $(xrdb -query | grep dpi); cat")
         shot = browser.artifact(f"dpi-{dpi}.png")
         wait_until(lambda: page.screenshot(path=str(shot)) is not None, "a screenshot")
+
+
+# -- switching the desktop's layout from the page ------------------------------------------
+
+LAYOUT_PATH = "/whaletop/keyboard/layout"
+
+
+def _layout_served(cookie: str | None = None) -> dict[str, Any]:
+    headers = {"Cookie": f"{front.COOKIE}={cookie}"} if cookie else {}
+    answer = front.request("GET", "/whaletop/keyboard", headers)
+    assert answer.status == 200, answer.status
+    doc: dict[str, Any] = json.loads(answer.body)
+    return doc
+
+
+def _put_layout(body: bytes, cookie: str | None = None) -> int:
+    headers = {"Content-Type": "text/plain"}
+    if cookie:
+        headers["Cookie"] = f"{front.COOKIE}={cookie}"
+    return front.request("PUT", LAYOUT_PATH, headers, body).status
+
+
+def _query_layout(c: Container, user: str = "user") -> str:
+    out = c.exec("sh", "-c", "DISPLAY=:1 setxkbmap -query", user=user).stdout
+    return next(line.split()[1] for line in out.splitlines() if line.startswith("layout:"))
+
+
+@pytest.fixture
+def users_dir(tmp_path):
+    """Sign-in: alice has full access, bob is a viewer."""
+    path = tmp_path / "users"
+    path.mkdir()
+    (path / "users").write_text(front.users_text(alice="full", bob="viewer"))
+    return path
+
+
+def test_the_page_switches_the_desktops_layout_for_full_access_only(desktop, users_dir,
+                                                                     tmp_path):
+    # Headless Chromium's keyboard is a US one: the desktop starts German.
+    c = front.signed_in_desktop(desktop, users_dir, "--keyboard-layout=de")
+    assert _query_layout(c) == "de"
+    with browser.browser(tmp_path) as page:
+        page.goto(URL)
+        assert front.submit(page, "alice", front.PASSWORDS["alice"]) == 303
+        page.wait_for_url("**/vnc.html*")
+        wait_until(lambda: _connected(page), "noVNC connected")
+        use = page.locator("#whaletop_keyboard_use")
+        use.wait_for()
+        assert use.inner_text() == "Use us on the desktop"
+        page.screenshot(path=str(browser.artifact("keys-switch.png")))
+        use.click()
+        page.wait_for_selector("#whaletop_keyboard_note[data-state=done]")
+        page.screenshot(path=str(browser.artifact("keys-switched.png")))
+        assert _query_layout(c) == "us"
+        cookie = next(k["value"] for k in page.context.cookies() if k["name"] == front.COOKIE)
+        assert _layout_served(cookie)["layout"] == "us"
+        changed = [e for e in c.log_lines() if e.get("event") == "keyboard_layout_changed"]
+        assert [(e["old"], e["new"], e["who"]) for e in changed] == [("de", "us", "alice")]
+
+        # Keys typed now give the US characters.
+        cdp = page.context.new_cdp_session(page)
+        wait_until(lambda: page.evaluate("() => import('./app/ui.js').then(m => "
+                                         "m.default.rfb._qemuExtKeyEventSupported)") is True,
+                   "Xvnc offered QEMU extended key events")
+        _terminal(c, "typed", "cat > typed")
+        _focus_desktop(page)
+        strokes, expected = STROKES["us"]
+        for stroke in [*strokes, ENTER]:
+            _stroke(cdp, stroke)
+        wait_until(lambda: _read(c, "/home/user/typed") == expected + "\n",
+                   f"the terminal got {expected!r}")
+
+    # A session restarted after a crash keeps the layout the page chose.
+    session = c.status_json()["children"]["session"]["pid"]
+    c.exec("kill", "-KILL", str(_lxsession_pid(c)), user="user")
+    wait_until(lambda: c.status_json()["children"]["session"]["pid"] != session,
+               "a new session")
+    c.wait_status("HEALTHY")
+    assert _query_layout(c) == "us"
+
+    # A viewer may not switch it: 403 before anything is written.
+    viewer = front.sign_in("bob", front.PASSWORDS["bob"]).cookie()
+    assert viewer
+    assert _put_layout(b"de", viewer) == 403
+    assert _put_layout(b"de") == 401  # nobody signed in
+    full = front.sign_in("alice", front.PASSWORDS["alice"]).cookie()
+    assert full
+    # A bad layout: one warning line, nothing changes, the request gone.
+    before = len(c.log_lines())
+    assert _put_layout(b"xx'; -option", full) in (201, 204)
+    wait_until(lambda: [e for e in c.log_lines()[before:]
+                        if e.get("event") == "keyboard_request_refused"], "the refusal")
+    assert _put_layout(b"gb", full) in (201, 204)  # a layout, but not one the page asks for
+    wait_until(lambda: len([e for e in c.log_lines()[before:]
+                            if e.get("event") == "keyboard_request_refused"]) == 2,
+               "the second refusal")
+    assert _put_layout(b"d" * 100, full) == 413
+    assert _query_layout(c) == "us"
+    assert _layout_served(full)["layout"] == "us"
+    assert c.exec("ls", "-A", "/run/whaletop/requests").stdout == ""
+    assert front.request("GET", LAYOUT_PATH, {"Cookie": f"{front.COOKIE}={full}"}).status == 403
+    assert c.status().strip() == "HEALTHY"
+
+
+def test_without_sign_in_the_layout_is_not_switched(desktop):
+    c = desktop("--keyboard-layout=de")
+    c.wait_status("HEALTHY")
+    assert _layout_served() == {"layout": "de", "dpi": 96, "switch": False,
+                                "choices": ["us", "de", "fr"]}
+    assert _put_layout(b"us") == 404
+    assert _query_layout(c) == "de"
+    assert _layout_served()["layout"] == "de"
+    assert not [e for e in c.log_lines() if e.get("event", "").startswith("keyboard_")]
+
+
+def test_without_root_nginx_and_whaletopd_share_the_requests_folder(desktop, users_dir):
+    """--user: nginx's worker is whaletopd's own uid."""
+    c = desktop("--web-users=/users/users", "--keyboard-layout=fr",
+                extra=("--user", "1000:1000"), volumes=(f"{users_dir}:/users:ro",))
+    c.wait_status("HEALTHY")
+    full = front.sign_in("alice", front.PASSWORDS["alice"]).cookie()
+    assert full
+    assert _put_layout(b"de", full) in (201, 204)
+    wait_until(lambda: _layout_served(full)["layout"] == "de", "the layout switched")
+    assert _query_layout(c, "1000:1000") == "de"
+    assert c.exec("stat", "-c", "%u %a", "/run/whaletop/requests").stdout == "1000 700\n"

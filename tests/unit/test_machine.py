@@ -52,6 +52,8 @@ from whaletopd.events import (
     Failed,
     IdleSoon,
     IdleTimedOut,
+    KeyboardAsked,
+    KeyboardSwitched,
     Launched,
     MenuCheckDue,
     ProbeFailed,
@@ -208,6 +210,8 @@ EVENTS: dict[str, EventFactory] = {
     "clients_changed": lambda d: ClientsChanged(count=1),
     "idle_soon": lambda d: IdleSoon(idle_minutes=4.0, minutes_left=1.0),
     "idle_timed_out": lambda d: IdleTimedOut(minutes=5.0),
+    "keyboard_asked": lambda d: KeyboardAsked(),
+    "keyboard_switched": lambda d: KeyboardSwitched(layout=None),
 }
 WS_PROBE_FAILED = ProbeFailed(
     reason="WebSocket on /run/whaletop/desktop/websockify.sock: connection refused",
@@ -365,6 +369,18 @@ CASES = [
     *[Case("web_users_changed", state, state, calls=("reload_web_users",), internal=True)
       for state in (STARTING, STARTED, HEALTHY, IDLE, RECOVERING, RELOADING_TLS)],
     Case("web_users_changed", UNHEALTHY, UNHEALTHY, calls=("reload_web_users",),
+         internal=True, config=NO_EXIT),
+    # Keyboard: the page's request is taken while the X server runs; refused before it
+    # is up or when UNHEALTHY; a worker's result is the loop's in every living state.
+    *[Case("keyboard_asked", state, state, calls=("switch_keyboard",), internal=True)
+      for state in (STARTED, HEALTHY, IDLE, RECOVERING, RELOADING_TLS)],
+    Case("keyboard_asked", STARTING, STARTING, calls=("refuse_keyboard",), internal=True),
+    Case("keyboard_asked", UNHEALTHY, UNHEALTHY, calls=("refuse_keyboard",), internal=True,
+         config=NO_EXIT),
+    *[Case("keyboard_switched", state, state, calls=("keyboard_switched_done",),
+           internal=True)
+      for state in (STARTING, STARTED, HEALTHY, IDLE, RECOVERING, RELOADING_TLS)],
+    Case("keyboard_switched", UNHEALTHY, UNHEALTHY, calls=("keyboard_switched_done",),
          internal=True, config=NO_EXIT),
     # menu-cached: looked at until it watches the menu folder.
     *[Case("menu_check_due", state, state, calls=("check_menu",), internal=True)

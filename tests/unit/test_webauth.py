@@ -224,6 +224,18 @@ def test_sign_in_then_check_then_session(start: Start) -> None:
     assert svc.events("users_loaded")[0]["viewers"] == 1
 
 
+def test_what_only_full_access_may_do_is_refused_to_a_viewer(start: Start) -> None:
+    svc = start()
+    full, viewer = svc.sign_in("alice", ALICE_PW).cookie(), svc.sign_in("bob", BOB_PW).cookie()
+    ask = "/auth/check?need=full"
+    cookie = f"{COOKIE}="
+    assert svc.request("GET", ask, Cookie=cookie + full).status == 204
+    assert svc.request("GET", ask, Cookie=cookie + viewer).status == 403
+    assert svc.request("GET", ask).status == 401
+    assert svc.request("GET", ask, X_Whaletop_Probe=PROBE).status == 204
+    assert svc.check(viewer).status == 204  # the page itself: a viewer watches
+
+
 def test_secure_cookie(start: Start) -> None:
     svc = start(secure_cookie=True)
     assert svc.sign_in("alice", ALICE_PW).header("Set-Cookie").endswith("; Secure")
