@@ -24,6 +24,7 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from whaletopd import link
 from whaletopd.config import METRICS_TOKEN_RE, Config
 from whaletopd.metrics import CONTENT_TYPE
 from whaletopd.paths import Paths
@@ -88,6 +89,21 @@ def _metrics(config: Config, paths: Paths, headers: list[str]) -> list[str]:
         f'default_type "{CONTENT_TYPE}";',
         "charset off;",
         f"alias {paths.metrics_file};",
+    ])
+
+
+def _link_defaults(config: Config, headers: list[str]) -> list[str]:
+    """noVNC's defaults.json (its quality and compression levels) for --link, from
+    link.py: the page reads it at start.  Nothing secret: answered before any sign-in
+    check (`return` comes before nginx's access phase)."""
+    body = link.novnc_defaults(config.link)
+    if "'" in body or "\\" in body:  # JSON of numbers: never nginx syntax
+        raise ValueError("noVNC's defaults must be plain JSON")
+    return _block("location = /defaults.json", [
+        *headers,
+        'add_header Cache-Control "no-cache" always;',
+        "default_type application/json;",
+        f"return 200 '{body}';",
     ])
 
 
@@ -219,6 +235,7 @@ def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
     ]
     server += _block("location = /websockify", websocket)
     server += _metrics(config, paths, headers)
+    server += _link_defaults(config, headers)
 
     if not sign_in:
         # The page asks whether sign-in is on; without it, a quiet no.

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from whaletopd import link
 from whaletopd.backoff import Restart
 from whaletopd.config import Config
 from whaletopd.paths import Paths
@@ -75,6 +76,7 @@ def xvnc_argv(launch: Launch) -> list[str]:
         "-UseBlacklist=0",
         "-SecurityTypes", "VncAuth", "-PasswordFile", str(paths.vnc_auth),
         "-AlwaysShared", "-AcceptSetDesktopSize", "-desktop", "whaletop",
+        *link.xvnc_args(cfg.link),
         "-nolisten", "tcp", "-nolisten", "local", "-Log", XVNC_LOG,
         "-displayfd", str(launch.ready_fd),
     ]
