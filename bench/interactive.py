@@ -1,0 +1,262 @@
+"""The `interactive` group: typing, scrolling and a still desktop, measured in the real
+noVNC page (headless Debian Chromium through nginx, driven by interactive_page.py in an
+interpreter with Playwright), and the curve of noVNC's and Xvnc's settings.
+
+Each run is its own container (the image's defaults, `--link lan`); the page measures
+the run's setting (keys, scrolling) and then the connected-but-still window.  The last
+run also sweeps the curve's settings on the same connection (noVNC's quality and
+compression levels, Xvnc's FrameRate and CompareFB), fewer keys each.  The curve is
+kept in results.json (`detail.interactive_curve`) and drawn by `write_curve` into
+interactive.png and a table appended to results.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.containers import BenchError
+from bench.figures import GROUPS
+from bench.log import log
+from whaletopd.link import LINKS
+
+if TYPE_CHECKING:
+    from bench.measure import Bench
+
+HERE = Path(__file__).resolve().parent
+PAGE = HERE / "interactive_page.py"
+# Xvnc's own defaults, set again before each point so a point changes one knob.
+XVNC_DEFAULTS = {"FrameRate": 60, "CompareFB": 2}
+# whaletop's --link lan (the default): what each run measures.
+BASE = {"name": "--link lan (default)", "quality": LINKS["lan"].quality,
+        "compression": LINKS["lan"].compression,
+        "xvnc": {**XVNC_DEFAULTS, "FrameRate": LINKS["lan"].frame_rate}}
+WAN = {"name": "--link wan", "quality": LINKS["wan"].quality,
+       "compression": LINKS["wan"].compression,
+       "xvnc": {**XVNC_DEFAULTS, "FrameRate": LINKS["wan"].frame_rate}}
+
+
+def _point(name: str, quality: int, compression: int, **xvnc: int) -> dict[str, Any]:
+    return {"name": name, "quality": quality, "compression": compression,
+            "xvnc": {**XVNC_DEFAULTS, **xvnc}}
+
+
+# One knob at a time from BASE.  Xvnc's ZlibLevel is not swept: noVNC asks for Tight
+# (then ZRLE...), whose zlib level is the client's compression level.
+CURVE: list[dict[str, Any]] = [
+    *[_point(f"quality {q}", q, 2) for q in (0, 2, 4, 8, 9)],
+    *[_point(f"compression {c}", 6, c) for c in (0, 5, 9)],
+    _point("FrameRate 30", 6, 2, FrameRate=30),
+    _point("FrameRate 120", 6, 2, FrameRate=120),
+    _point("CompareFB 0", 6, 2, CompareFB=0),
+    _point("CompareFB 1", 6, 2, CompareFB=1),
+    WAN,
+]
+QUICK_CURVE = CURVE[:1]
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The p-th percentile, linear between the closest ranks (numpy's default)."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("no values")
+    k = (len(ordered) - 1) * p / 100
+    lo = int(k)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def point_summary(setting: dict[str, Any]) -> dict[str, Any]:
+    """One measured setting as a row of the curve."""
+    keys = setting["keys_ms"]
+    sc = setting["scroll"]
+    return {"name": setting["name"], "quality": setting["quality"],
+            "compression": setting["compression"], "xvnc": setting["xvnc"],
+            "keys": len(keys), "key_p50_ms": round(statistics.median(keys), 1),
+            "key_p95_ms": round(percentile(keys, 95), 1), "scroll_fps": sc["fps"],
+            "scroll_mb_s": round(sc["bytes_per_s"] / 1e6, 3),
+            "scroll_server_cpu_percent": round(sum(sc["cpu_percent"].values()), 1)}
+
+
+def plan(quick: bool, last: bool) -> dict[str, Any]:
+    keys = 30 if quick else 120
+    settings = [{**BASE, "keys": keys}]
+    if last:
+        settings += [{**p, "keys": 20 if quick else 50}
+                     for p in (QUICK_CURVE if quick else CURVE)]
+    return {"keys": keys, "scroll_seconds": 2.0 if quick else 5.0,
+            "still_seconds": 5.0 if quick else 60.0, "still_settle": 3.0,
+            "settings": settings}
+
+
+def run(bench: Bench, i: int) -> None:
+    """Run i of the group: a container, the page's measurements, the figures."""
+    if bench.browser.missing:
+        if i == 0:
+            log(f"interactive: skipped: {bench.browser.missing}")
+            bench.results.skip(GROUPS["interactive"], bench.browser.missing)
+        return
+    assert bench.browser.python is not None
+    last = i == bench.runs - 1
+    with bench.container(f"interactive{i}") as c:
+        c.wait_healthy()
+        bench.settle(5)  # the LXDE session finishes starting
+        plan_file = Path(tempfile.mkstemp(prefix="plan-", suffix=".json",
+                                          dir=bench.workdir)[1])
+        plan_file.write_text(json.dumps(plan(bench.quick, last)))
+        argv = [bench.browser.python, str(PAGE), str(bench.web_port), c.name,
+                str(c.state / "vnc_passwd"), "--plan", str(plan_file),
+                "--chromium", bench.browser.chromium]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=900,
+                                  check=False)
+        except subprocess.SubprocessError as exc:
+            raise BenchError(f"interactive_page.py: {exc}") from None
+        lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+        if done.returncode != 0 or not lines:
+            raise BenchError(f"interactive_page.py failed ({done.returncode}): "
+                             f"{done.stderr.strip()[-800:]}")
+        if c.word() != "HEALTHY":
+            raise BenchError(f"the desktop left HEALTHY while measured: {c.word()}")
+    res = json.loads(lines[-1])
+    own = point_summary(res["settings"][0])
+    still = res["still"]
+    still_cpu = sum(still["cpu_percent"].values())
+    fps = own["scroll_fps"]
+    bench.record("key_p50", own["key_p50_ms"])
+    bench.record("key_p95", own["key_p95_ms"])
+    bench.record("scroll_frame", 1000 / fps if fps > 0 else float("inf"))
+    bench.record("scroll_bytes", own["scroll_mb_s"])
+    bench.record("still_cpu", still_cpu)
+    detail = bench.results.detail
+    detail.setdefault("interactive", []).append({
+        "framebuffer": res["framebuffer"], "setting": own,
+        "keys_ms": res["settings"][0]["keys_ms"], "scroll": res["settings"][0]["scroll"],
+        "still": still})
+    if last:
+        detail["interactive_curve"] = [point_summary(s) for s in res["settings"]]
+        for key, note in notes(detail).items():
+            bench.results.notes[key].append(note)
+    log(f"interactive {i + 1}/{bench.runs}: keys p50 {own['key_p50_ms']} ms, p95 "
+        f"{own['key_p95_ms']} ms; scrolling {fps} fps, {own['scroll_mb_s']} MB/s; still "
+        f"{still_cpu:.3f} % of a core ({still['flips']} screen updates in "
+        f"{still['seconds']:.0f} s)")
+
+
+def notes(detail: dict[str, Any]) -> dict[str, str]:
+    """The notes of the figures, from the runs' detail."""
+    runs = detail.get("interactive") or []
+    if not runs:
+        return {}
+    fb = runs[0]["framebuffer"]
+    keys = sum(len(r["keys_ms"]) for r in runs)
+    fps = [r["setting"]["scroll_fps"] for r in runs]
+    still = runs[-1]["still"]
+    mb = [r["setting"]["scroll_mb_s"] for r in runs]
+    flips = [r["still"]["flips"] for r in runs]
+    by_proc = {name: round(statistics.median(r["still"]["cpu_percent"].get(name, 0.0)
+                                             for r in runs), 3)
+               for name in still["cpu_percent"]}
+    return {
+        "key_p95": (f"{keys} keys over {len(runs)} run(s), `x` and BackSpace in turns into "
+                    f"lxterminal, desktop {fb['width']}x{fb['height']}; keydown's timeStamp → "
+                    "noVNC's Display.flip drawing a non-empty damage (same clock)"),
+        "scroll_frame": (f"seq printing in a maximized lxterminal: {fps} fps seen by the "
+                         "page (flips drawing something), the figure is 1000 / fps"),
+        "scroll_bytes": f"WebSocket message bytes counted in the page: {mb} MB/s",
+        "still_cpu": (f"Xvnc, websockify and nginx (all threads' schedstat, host /proc), "
+                      f"median per process {by_proc} (% of a core); the page still drew "
+                      f"{flips} updates per window: lxpanel's CPU monitor redraws every "
+                      "1.5 s"),
+    }
+
+
+def write_curve(doc: dict[str, Any], out: Path) -> list[str]:
+    """The curve as a table appended to results.md and as interactive.png; the names
+    written (none without a curve)."""
+    curve = doc.get("detail", {}).get("interactive_curve")
+    if not curve:
+        return []
+    md = out / "results.md"
+    with md.open("a") as f:
+        f.write("\n" + curve_markdown(curve))
+    try:
+        draw_curve(curve, out / "interactive.png")
+    except ImportError:
+        log("Pillow is not installed: no interactive.png")
+        return []
+    return ["interactive.png"]
+
+
+def curve_markdown(curve: Sequence[dict[str, Any]]) -> str:
+    lines = ["Settings curve (one run, one connection; the machine is shared and noisy):", "",
+             "| setting | noVNC quality | compression | Xvnc | keys | key p50 ms | "
+             "key p95 ms | scrolling fps | MB/s | server CPU % |",
+             "|---|--:|--:|---|--:|--:|--:|--:|--:|--:|"]
+    for p in curve:
+        xvnc = ", ".join(f"{k}={v}" for k, v in p["xvnc"].items())
+        lines.append(f"| {p['name']} | {p['quality']} | {p['compression']} | {xvnc} | "
+                     f"{p['keys']} | {p['key_p50_ms']} | {p['key_p95_ms']} | "
+                     f"{p['scroll_fps']:.1f} | {p['scroll_mb_s']:.2f} | "
+                     f"{p['scroll_server_cpu_percent']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def draw_curve(curve: Sequence[dict[str, Any]], path: Path) -> None:
+    """Scrolling fps against MB/s for every setting (labelled), and the key p95 as the
+    dot's size; the targets as lines.  ImportError without Pillow."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    def load_font(size: int) -> Any:
+        for name in ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "DejaVuSans.ttf"):
+            with contextlib.suppress(OSError):
+                return ImageFont.truetype(name, size)
+        return ImageFont.load_default(size=size)
+
+    width, height, left, bottom, top, right = 1300, 760, 90, 80, 70, 40
+    img = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(img)
+    f_title, f_text = load_font(22), load_font(14)
+    d.text((20, 14), "whaletop settings: scrolling frames per second against bytes per "
+                     "second to the browser (dot: keystroke p95)", fill="black", font=f_title)
+    x_max = max(6.0, *(p["scroll_mb_s"] * 1.15 for p in curve))
+    y_max = max(65.0, *(p["scroll_fps"] * 1.15 for p in curve))
+    x0, x1, y0, y1 = left, width - right, height - bottom, top
+
+    def xy(mb: float, fps: float) -> tuple[float, float]:
+        return x0 + (x1 - x0) * mb / x_max, y0 - (y0 - y1) * fps / y_max
+
+    d.rectangle((x0, y1, x1, y0), outline=(120, 120, 120))
+    for k in range(0, int(x_max) + 1):
+        x, _ = xy(k, 0)
+        d.line((x, y0, x, y0 + 5), fill="black")
+        d.text((x - 4, y0 + 8), str(k), fill="black", font=f_text)
+    for k in range(0, int(y_max) + 1, 10):
+        _, y = xy(0, k)
+        d.line((x0 - 5, y, x0, y), fill="black")
+        d.text((x0 - 35, y - 8), str(k), fill="black", font=f_text)
+    d.text(((x0 + x1) / 2 - 120, y0 + 34), "MB/s to the browser while scrolling",
+           fill="black", font=f_text)
+    d.text((10, y1 - 24), "frames/s", fill="black", font=f_text)
+    tx, _ = xy(5, 0)
+    _, ty = xy(0, 30)
+    d.line((tx, y1, tx, y0), fill=(200, 60, 60), width=1)
+    d.line((x0, ty, x1, ty), fill=(200, 60, 60), width=1)
+    d.text((tx + 4, y1 + 4), "≤ 5 MB/s", fill=(200, 60, 60), font=f_text)
+    d.text((x1 - 70, ty - 20), "≥ 30 fps", fill=(200, 60, 60), font=f_text)
+    for p in curve:
+        x, y = xy(p["scroll_mb_s"], p["scroll_fps"])
+        r = 3 + min(20.0, p["key_p95_ms"] / 3)
+        colour = (40, 160, 90) if p["key_p95_ms"] <= 25 else (230, 140, 30)
+        d.ellipse((x - r, y - r, x + r, y + r), outline=colour, width=2)
+        d.text((x + r + 3, y - 8), f"{p['name']} ({p['key_p95_ms']:.0f} ms)",
+               fill="black", font=f_text)
+    d.text((20, height - 24), "dot radius grows with the key p95; green: p95 ≤ 25 ms",
+           fill=(80, 80, 80), font=f_text)
+    img.save(path)

@@ -1,0 +1,89 @@
+"""The `interactive` bench group's arithmetic and outputs (no browser, no container:
+those run in `python -m bench --only interactive`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import interactive
+from bench.figures import BY_KEY, GROUPS
+from whaletopd.link import LINKS
+
+
+def _setting(name: str, keys: list[float], fps: float, bytes_per_s: int) -> dict[str, Any]:
+    return {"name": name, "quality": 6, "compression": 2, "xvnc": {"FrameRate": 60},
+            "keys_ms": keys, "scroll": {"fps": fps, "bytes_per_s": bytes_per_s,
+                                        "cpu_percent": {"Xvnc": 30.0, "nginx": 2.5}}}
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    values = [float(v) for v in range(1, 101)]  # 1..100
+    assert interactive.percentile(values, 50) == pytest.approx(50.5)
+    assert interactive.percentile(values, 95) == pytest.approx(95.05)
+    assert interactive.percentile([7.0], 95) == 7.0
+    assert interactive.percentile([3.0, 1.0, 2.0], 100) == 3.0
+    with pytest.raises(ValueError):
+        interactive.percentile([], 95)
+
+
+def test_point_summary_is_a_row_of_the_curve() -> None:
+    keys = [10.0] * 90 + [40.0] * 10
+    row = interactive.point_summary(_setting("q", keys, 31.5, 2_500_000))
+    assert row["keys"] == 100
+    assert row["key_p50_ms"] == 10.0
+    assert row["key_p95_ms"] == 40.0
+    assert row["scroll_fps"] == 31.5
+    assert row["scroll_mb_s"] == 2.5
+    assert row["scroll_server_cpu_percent"] == 32.5
+
+
+def test_each_run_measures_lan_and_only_the_last_sweeps_the_curve() -> None:
+    first = interactive.plan(quick=False, last=False)
+    last = interactive.plan(quick=False, last=True)
+    assert len(first["settings"]) == 1
+    assert first["keys"] >= 100, "p95 over at least 100 keys"
+    base = first["settings"][0]
+    assert (base["quality"], base["compression"], base["xvnc"]["FrameRate"]) == (
+        LINKS["lan"].quality, LINKS["lan"].compression, LINKS["lan"].frame_rate)
+    assert last["settings"][0] == base
+    names = [s["name"] for s in last["settings"]]
+    assert len(names) == len(set(names)) == 1 + len(interactive.CURVE)
+    assert "--link wan" in names
+    assert first["still_seconds"] == 60
+    quick = interactive.plan(quick=True, last=True)
+    assert quick["still_seconds"] < 60 and len(quick["settings"]) == 2
+    # every point sets every Xvnc knob, so one point's knob does not leak into the next
+    assert all(set(s["xvnc"]) == set(interactive.XVNC_DEFAULTS) for s in last["settings"])
+    json.dumps(last)  # the page script reads it as JSON
+
+
+def test_the_group_s_figures_and_targets() -> None:
+    assert GROUPS["interactive"] == ["key_p50", "key_p95", "scroll_frame", "scroll_bytes",
+                                     "still_cpu"]
+    assert BY_KEY["key_p95"].target == 25.0
+    assert BY_KEY["scroll_frame"].target == pytest.approx(1000 / 30, abs=0.05)
+    assert BY_KEY["scroll_bytes"].target == 5.0
+    assert BY_KEY["still_cpu"].target == 0.5
+
+
+def test_the_curve_is_a_table_and_a_png(tmp_path: Path) -> None:
+    pytest.importorskip("PIL")
+    curve = [interactive.point_summary(_setting("lan", [12.0, 14.0], 35.0, 1_200_000)),
+             interactive.point_summary(_setting("wan", [20.0, 30.0], 25.0, 400_000))]
+    (tmp_path / "results.md").write_text("table\n")
+    written = interactive.write_curve({"detail": {"interactive_curve": curve}}, tmp_path)
+    assert written == ["interactive.png"]
+    assert (tmp_path / "interactive.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (tmp_path / "results.md").read_text()
+    assert md.startswith("table\n")
+    assert "| lan | 6 | 2 | FrameRate=60 | 2 | 13.0 |" in md
+    assert "| wan |" in md
+
+
+def test_no_curve_writes_nothing(tmp_path: Path) -> None:
+    assert interactive.write_curve({"detail": {}}, tmp_path) == []
+    assert not list(tmp_path.iterdir())
