@@ -74,12 +74,10 @@ def test_the_curve_is_a_table_and_a_png(tmp_path: Path) -> None:
     pytest.importorskip("PIL")
     curve = [interactive.point_summary(_setting("lan", [12.0, 14.0], 35.0, 1_200_000)),
              interactive.point_summary(_setting("wan", [20.0, 30.0], 25.0, 400_000))]
-    (tmp_path / "results.md").write_text("table\n")
     written = interactive.write_curve({"detail": {"interactive_curve": curve}}, tmp_path)
-    assert written == ["interactive.png"]
+    assert written == ["interactive.md", "interactive.png"]
     assert (tmp_path / "interactive.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    md = (tmp_path / "results.md").read_text()
-    assert md.startswith("table\n")
+    md = (tmp_path / "interactive.md").read_text()
     assert "| lan | 6 | 2 | FrameRate=60 | 2 | 13.0 |" in md
     assert "| wan |" in md
 
