@@ -16,7 +16,8 @@ For each setting of the plan (noVNC's quality and compression levels, set on the
 connection as noVNC's settings panel does; Xvnc's parameters set with `vncconfig -set`):
   - keys: Playwright types `x` and BackSpace in turns into a maximized lxterminal; each
     key's latency is from its keydown to the first flip with a non-empty damage after
-    it (the echoed glyph, or its erasure);
+    it (the echoed glyph, or its erasure), and, to tell the server's share from the
+    page's, to the first WebSocket message that arrived after it (its event's timeStamp);
   - scroll: `seq` prints numbered lines as fast as it can for a few seconds: flips per
     second and WebSocket bytes per second seen by the page, and the CPU of Xvnc,
     websockify and nginx over the window (host /proc, pids from `docker top`).
@@ -54,7 +55,7 @@ INSTRUMENT = """async () => {
   const UI = (await import("./app/ui.js")).default;
   const rfb = UI.rfb;
   const display = rfb._display;
-  const W = window.__wt = {flips: [], keys: [], bytes: 0, messages: 0};
+  const W = window.__wt = {flips: [], keys: [], arrivals: [], bytes: 0, messages: 0};
   const flip = display.flip.bind(display);
   display.flip = function (fromQueue) {
     if (this._renderQ.length !== 0 && !fromQueue) return flip(fromQueue);
@@ -67,6 +68,8 @@ INSTRUMENT = """async () => {
   rfb._sock._websocket.addEventListener("message", (e) => {
     W.bytes += e.data.byteLength || e.data.length || 0;
     W.messages += 1;
+    // noVNC's own onmessage ran first: the event's creation time is its arrival
+    if (W.arrivals.length < 100000) W.arrivals.push(e.timeStamp);
   });
   document.addEventListener("keydown", (e) => W.keys.push(e.timeStamp), true);
   return {width: rfb._fbWidth, height: rfb._fbHeight};
@@ -169,7 +172,9 @@ def type_keys(page: Any, count: int) -> list[dict[str, float]]:
         n = page.evaluate("() => __wt.keys.length")
         handle = page.wait_for_function(GLYPH, arg=n, timeout=5000, polling=5)
         res = handle.json_value()
-        out.append({"ms": round(res["flip"] - res["key"], 2), "area": res["area"]})
+        arrived = res["message"] if res["message"] is not None else res["flip"]
+        out.append({"ms": round(res["flip"] - res["key"], 2), "area": res["area"],
+                    "to_message_ms": round(min(arrived, res["flip"]) - res["key"], 2)})
         time.sleep(random.uniform(0.03, 0.07))  # a typist's pace; the screen is still
     return out
 
@@ -228,6 +233,8 @@ def measure(port: int, container: str, password: str, plan: dict[str, Any],
                                   plan.get("scroll_screenshot", ""))
                 result["settings"].append({**setting, "keys_ms": [k["ms"] for k in keys],
                                            "key_areas": [k["area"] for k in keys],
+                                           "keys_to_message_ms": [k["to_message_ms"]
+                                                                  for k in keys],
                                            "scroll": scrolled})
                 print(json.dumps({"progress": setting.get("name", "")}), file=sys.stderr,
                       flush=True)

@@ -26,7 +26,7 @@ def test_percentile_interpolates_between_ranks() -> None:
     assert interactive.percentile(values, 95) == pytest.approx(95.05)
     assert interactive.percentile([7.0], 95) == 7.0
     assert interactive.percentile([3.0, 1.0, 2.0], 100) == 3.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no values"):
         interactive.percentile([], 95)
 
 
@@ -55,7 +55,8 @@ def test_each_run_measures_lan_and_only_the_last_sweeps_the_curve() -> None:
     assert "--link wan" in names
     assert first["still_seconds"] == 60
     quick = interactive.plan(quick=True, last=True)
-    assert quick["still_seconds"] < 60 and len(quick["settings"]) == 2
+    assert quick["still_seconds"] < 60
+    assert len(quick["settings"]) == 2
     # every point sets every Xvnc knob, so one point's knob does not leak into the next
     assert all(set(s["xvnc"]) == set(interactive.XVNC_DEFAULTS) for s in last["settings"])
     json.dumps(last)  # the page script reads it as JSON
@@ -79,6 +80,7 @@ def test_the_curve_is_a_table_and_a_png(tmp_path: Path) -> None:
     assert (tmp_path / "interactive.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (tmp_path / "interactive.md").read_text()
     assert "| lan | 6 | 2 | FrameRate=60 | 2 | 13.0 |" in md
+    assert md.startswith("<!-- generated")
     assert "| wan |" in md
 
 
