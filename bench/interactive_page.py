@@ -17,7 +17,8 @@ connection as noVNC's settings panel does; Xvnc's parameters set with `vncconfig
   - keys: Playwright types `x` and BackSpace in turns into a maximized lxterminal; each
     key's latency is from its keydown to the first flip with a non-empty damage after
     it (the echoed glyph, or its erasure), and, to tell the server's share from the
-    page's, to the first WebSocket message that arrived after it (its event's timeStamp);
+    page's, to the first WebSocket message that arrived after it (noted in front of noVNC's
+    own message handler);
   - scroll: `seq` prints numbered lines as fast as it can for a few seconds: flips per
     second and WebSocket bytes per second seen by the page, and the CPU of Xvnc,
     websockify and nginx over the window (host /proc, pids from `docker top`).
@@ -65,12 +66,16 @@ INSTRUMENT = """async () => {
     if (area > 0) W.flips.push([performance.now(), area]);
     return result;
   };
-  rfb._sock._websocket.addEventListener("message", (e) => {
+  // In front of noVNC's own handler (websock.js sets onmessage): the arrival time is
+  // taken before noVNC decodes and draws.
+  const ws = rfb._sock._websocket;
+  const received = ws.onmessage;
+  ws.onmessage = function (e) {
+    if (W.arrivals.length < 100000) W.arrivals.push(performance.now());
     W.bytes += e.data.byteLength || e.data.length || 0;
     W.messages += 1;
-    // noVNC's own onmessage ran first: the event's creation time is its arrival
-    if (W.arrivals.length < 100000) W.arrivals.push(e.timeStamp);
-  });
+    return received.call(this, e);
+  };
   document.addEventListener("keydown", (e) => W.keys.push(e.timeStamp), true);
   return {width: rfb._fbWidth, height: rfb._fbHeight};
 }"""
@@ -94,7 +99,9 @@ GLYPH = """(n) => {
   const key = __wt.keys[n - 1];
   if (key === undefined) return null;
   const f = __wt.flips.find(([t]) => t >= key);
-  return f === undefined ? null : {key: key, flip: f[0], area: f[1]};
+  if (f === undefined) return null;
+  const m = __wt.arrivals.find((t) => t >= key);
+  return {key: key, flip: f[0], area: f[1], message: m === undefined ? null : m};
 }"""
 
 FLIPS_SINCE = "(t0) => __wt.flips.filter(([t]) => t >= t0).map(([t, a]) => [t - t0, a])"
@@ -172,7 +179,7 @@ def type_keys(page: Any, count: int) -> list[dict[str, float]]:
         n = page.evaluate("() => __wt.keys.length")
         handle = page.wait_for_function(GLYPH, arg=n, timeout=5000, polling=5)
         res = handle.json_value()
-        arrived = res["message"] if res["message"] is not None else res["flip"]
+        arrived = res.get("message") or res["flip"]
         out.append({"ms": round(res["flip"] - res["key"], 2), "area": res["area"],
                     "to_message_ms": round(min(arrived, res["flip"]) - res["key"], 2)})
         time.sleep(random.uniform(0.03, 0.07))  # a typist's pace; the screen is still
