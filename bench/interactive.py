@@ -2,7 +2,8 @@
 noVNC page (headless Debian Chromium through nginx, driven by interactive_page.py in an
 interpreter with Playwright), and the curve of noVNC's and Xvnc's settings.
 
-Each run is its own container (the image's defaults, `--link lan`); the page measures
+Each run is its own container (the image's defaults, `--link lan`: its /defaults.json
+and Xvnc's FrameRate are read from it); the page measures
 the run's setting (keys, scrolling) and then the connected-but-still window.  The last
 run also sweeps the curve's settings on the same connection (noVNC's quality and
 compression levels, Xvnc's FrameRate and CompareFB), fewer keys each.  The curve is
@@ -17,14 +18,14 @@ import json
 import statistics
 import subprocess
 import tempfile
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.containers import BenchError
+from bench.containers import BenchError, docker
 from bench.figures import GROUPS
 from bench.log import log
-from whaletopd.link import LINKS
 
 if TYPE_CHECKING:
     from bench.measure import Bench
@@ -33,13 +34,27 @@ HERE = Path(__file__).resolve().parent
 PAGE = HERE / "interactive_page.py"
 # Xvnc's own defaults, set again before each point so a point changes one knob.
 XVNC_DEFAULTS = {"FrameRate": 60, "CompareFB": 2}
-# whaletop's --link lan (the default): what each run measures.
-BASE = {"name": "--link lan (default)", "quality": LINKS["lan"].quality,
-        "compression": LINKS["lan"].compression,
-        "xvnc": {**XVNC_DEFAULTS, "FrameRate": LINKS["lan"].frame_rate}}
-WAN = {"name": "--link wan", "quality": LINKS["wan"].quality,
-       "compression": LINKS["wan"].compression,
-       "xvnc": {**XVNC_DEFAULTS, "FrameRate": LINKS["wan"].frame_rate}}
+# noVNC's own levels and Xvnc's frame rate: what a run measures when the image says
+# nothing else (its /defaults.json and Xvnc's FrameRate are read from each container).
+NOVNC_DEFAULTS = {"quality": 6, "compression": 2}
+# --link wan's settings (whaletopd/link.py; the unit tests hold them equal: the runner
+# measures the image and imports nothing of whaletopd).
+WAN = {"name": "--link wan", "quality": 2, "compression": 9,
+       "xvnc": {**XVNC_DEFAULTS, "FrameRate": 30}}
+
+
+def base_setting(defaults_json: str, frame_rate: str) -> dict[str, Any]:
+    """The container's own setting: its noVNC defaults.json (what the page starts with)
+    and Xvnc's FrameRate."""
+    try:
+        given = json.loads(defaults_json) if defaults_json.strip() else {}
+    except ValueError:
+        given = {}
+    levels = {k: int(given.get(k, v)) if isinstance(given, dict) else v
+              for k, v in NOVNC_DEFAULTS.items()}
+    rate = int(frame_rate) if frame_rate.strip().isdigit() else XVNC_DEFAULTS["FrameRate"]
+    return {"name": "the image's defaults (--link lan)", **levels,
+            "xvnc": {**XVNC_DEFAULTS, "FrameRate": rate}}
 
 
 def _point(name: str, quality: int, compression: int, **xvnc: int) -> dict[str, Any]:
@@ -72,6 +87,14 @@ def percentile(values: Sequence[float], p: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
+def _get(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:  # 127.0.0.1 only
+            return str(answer.read().decode())
+    except (OSError, ValueError):
+        return ""
+
+
 def point_summary(setting: dict[str, Any]) -> dict[str, Any]:
     """One measured setting as a row of the curve."""
     keys = setting["keys_ms"]
@@ -88,9 +111,9 @@ def point_summary(setting: dict[str, Any]) -> dict[str, Any]:
             "scroll_server_cpu_percent": round(sum(sc["cpu_percent"].values()), 1)}
 
 
-def plan(quick: bool, last: bool) -> dict[str, Any]:
+def plan(quick: bool, last: bool, base: dict[str, Any]) -> dict[str, Any]:
     keys = 30 if quick else 120
-    settings = [{**BASE, "keys": keys}]
+    settings = [{**base, "keys": keys}]
     if last:
         settings += [{**p, "keys": 20 if quick else 50}
                      for p in (QUICK_CURVE if quick else CURVE)]
@@ -111,9 +134,12 @@ def run(bench: Bench, i: int) -> None:
     with bench.container(f"interactive{i}") as c:
         c.wait_healthy()
         bench.settle(5)  # the LXDE session finishes starting
+        base = base_setting(_get(f"http://127.0.0.1:{bench.web_port}/defaults.json"),
+                            docker("exec", "-u", "1000", c.name, "vncconfig", "-display", ":1",
+                                   "-get", "FrameRate", check=False).stdout)
         plan_file = Path(tempfile.mkstemp(prefix="plan-", suffix=".json",
                                           dir=bench.workdir)[1])
-        plan_file.write_text(json.dumps(plan(bench.quick, last)))
+        plan_file.write_text(json.dumps(plan(bench.quick, last, base)))
         argv = [bench.browser.python, str(PAGE), str(bench.web_port), c.name,
                 str(c.state / "vnc_passwd"), "--plan", str(plan_file),
                 "--chromium", bench.browser.chromium]

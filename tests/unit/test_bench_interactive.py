@@ -11,6 +11,7 @@ import pytest
 
 from bench import interactive
 from bench.figures import BY_KEY, GROUPS
+from whaletopd import link
 from whaletopd.link import LINKS
 
 
@@ -41,9 +42,14 @@ def test_point_summary_is_a_row_of_the_curve() -> None:
     assert row["scroll_server_cpu_percent"] == 32.5
 
 
-def test_each_run_measures_lan_and_only_the_last_sweeps_the_curve() -> None:
-    first = interactive.plan(quick=False, last=False)
-    last = interactive.plan(quick=False, last=True)
+def _lan() -> dict[str, Any]:
+    return interactive.base_setting(link.novnc_defaults("lan"),
+                                    f"{LINKS['lan'].frame_rate}\n")
+
+
+def test_each_run_measures_the_image_s_setting_and_only_the_last_sweeps_the_curve() -> None:
+    first = interactive.plan(quick=False, last=False, base=_lan())
+    last = interactive.plan(quick=False, last=True, base=_lan())
     assert len(first["settings"]) == 1
     assert first["keys"] >= 100, "p95 over at least 100 keys"
     base = first["settings"][0]
@@ -54,12 +60,33 @@ def test_each_run_measures_lan_and_only_the_last_sweeps_the_curve() -> None:
     assert len(names) == len(set(names)) == 1 + len(interactive.CURVE)
     assert "--link wan" in names
     assert first["still_seconds"] == 60
-    quick = interactive.plan(quick=True, last=True)
+    quick = interactive.plan(quick=True, last=True, base=_lan())
     assert quick["still_seconds"] < 60
     assert len(quick["settings"]) == 2
     # every point sets every Xvnc knob, so one point's knob does not leak into the next
     assert all(set(s["xvnc"]) == set(interactive.XVNC_DEFAULTS) for s in last["settings"])
     json.dumps(last)  # the page script reads it as JSON
+
+
+def test_the_bench_s_wan_point_is_link_wan() -> None:
+    """The runner imports nothing of whaletopd: its copy of --link wan is held equal here."""
+    wan = LINKS["wan"]
+    assert (interactive.WAN["quality"], interactive.WAN["compression"],
+            interactive.WAN["xvnc"]["FrameRate"]) == (wan.quality, wan.compression,
+                                                      wan.frame_rate)
+
+
+@pytest.mark.parametrize(("defaults", "rate", "expected"), [
+    ('{"quality":2,"compression":9}', "30\n", (2, 9, 30)),
+    ("{}", "60", (6, 2, 60)),  # the image's own defaults.json: noVNC's levels
+    ("", "", (6, 2, 60)),  # no answer: noVNC's and Xvnc's defaults
+    ("<html>404</html>", "oops", (6, 2, 60)),
+])
+def test_base_setting_is_what_the_container_says(defaults: str, rate: str,
+                                                 expected: tuple[int, int, int]) -> None:
+    got = interactive.base_setting(defaults, rate)
+    assert (got["quality"], got["compression"], got["xvnc"]["FrameRate"]) == expected
+    assert set(got["xvnc"]) == set(interactive.XVNC_DEFAULTS)
 
 
 def test_the_group_s_figures_and_targets() -> None:
