@@ -4,12 +4,14 @@ those run in `python -m bench --only interactive`)."""
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench import interactive
+from bench import interactive, interactive_page
 from bench.figures import BY_KEY, GROUPS
 from whaletopd import link
 from whaletopd.link import LINKS
@@ -114,3 +116,22 @@ def test_the_curve_is_a_table_and_a_png(tmp_path: Path) -> None:
 def test_no_curve_writes_nothing(tmp_path: Path) -> None:
     assert interactive.write_curve({"detail": {}}, tmp_path) == []
     assert not list(tmp_path.iterdir())
+
+
+def test_cpu_seconds_reads_every_thread_s_schedstat() -> None:
+    """Real /proc: this process's CPU time only grows, and a busy loop shows."""
+    me = [os.getpid()]
+    before = interactive_page.cpu_seconds(me)
+    deadline = time.process_time() + 0.05
+    while time.process_time() < deadline:
+        pass
+    after = interactive_page.cpu_seconds(me)
+    assert after - before >= 0.04
+
+
+def test_cpu_share_per_process_name_in_percent_of_a_core() -> None:
+    pids = {10: "Xvnc", 11: "nginx", 12: "nginx", 13: "websockify.py"}
+    t0 = {10: 1.0, 11: 0.0, 12: 0.0, 13: 5.0}
+    t1 = {10: 1.6, 11: 0.1, 12: 0.2, 13: 5.06}
+    assert interactive_page.by_name(pids, t0, t1, 60.0) == {
+        "Xvnc": 1.0, "nginx": 0.5, "websockify": 0.1}
