@@ -65,6 +65,16 @@ FIGURES: list[Figure] = [
     Figure("home_empty", "docker run → HEALTHY, empty mounted home", "s", None, 3),
     Figure("home_big", "docker run → HEALTHY, 100,000-file mounted home", "s", None, 3),
     Figure("home_ratio", "start with a 100,000-file home ÷ with an empty one", "ratio", 1.1, 3),
+    Figure("key_p50", "key typed in the noVNC page → its glyph drawn on the canvas, p50",
+           "ms", None, 1),
+    Figure("key_p95", "key typed in the noVNC page → its glyph drawn on the canvas, p95",
+           "ms", 25.0, 1),
+    Figure("scroll_frame", "scrolling terminal: time per frame drawn by the page "
+           "(1000 / fps; ≥ 30 fps)", "ms", 33.3, 1),
+    Figure("scroll_bytes", "scrolling terminal: bytes to the browser (WebSocket, 1280x800)",
+           "MB/s", 5.0, 2),
+    Figure("still_cpu", "Xvnc + websockify + nginx CPU, one page connected, desktop still",
+           "% of a core", 0.5, 3),
 ]
 BY_KEY = {f.key: f for f in FIGURES}
 
@@ -81,6 +91,7 @@ GROUPS: dict[str, list[str]] = {
     "home": ["home_empty", "home_big", "home_ratio"],
     "idle": ["idle_cpu", "daemon_rss", "container_mem", "container_cpu"],
     "idle_stop": ["unused_mem", "unused_cpu", "idle_stop_late", "unused_mem_after"],
+    "interactive": ["key_p50", "key_p95", "scroll_frame", "scroll_bytes", "still_cpu"],
 }
 
 

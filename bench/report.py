@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.interactive import write_curve
 from bench.log import log
 from bench.picture import draw_timeline
 from bench.render import machine_line, render_markdown, render_table, render_timeline_text
@@ -28,6 +29,7 @@ def write_outputs(doc: dict[str, Any], out: Path) -> list[str]:
             t = doc[key]
             panels.append((f"{title}: run {t['run']} of {t['of']} (the median run), "
                            f"{t['total_ms']:.0f} ms", Timeline.from_json(t)))
+    written += write_curve(doc, out)
     if panels:
         try:
             draw_timeline(panels, machine_line(doc.get("machine", {})), out / "timeline.png")

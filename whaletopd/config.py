@@ -181,6 +181,9 @@ OPTIONS: tuple[Option, ...] = (
            "one, /metrics is open like the page unless sign-in is on, then it is off"),
     Option("--log-format", "WHALETOP_LOG_FORMAT", str, "json",
            "json (one object per line, the default) or console (for people)"),
+    Option("--link", "WHALETOP_LINK", str, "lan",
+           "lan (the default: a sharper picture, 60 updates a second) or wan (slow or "
+           "metered links: fewer bytes, 30 updates a second); noVNC's settings still win"),
 )
 
 
@@ -214,6 +217,7 @@ class Config:
     stop_when_idle: float = 0.0
     metrics_token: str = ""
     log_format: str = "json"
+    link: str = "lan"
     vnc_password: str | None = None
     tls_key_password: bytes | None = None
     view_only_password: str | None = None
@@ -520,6 +524,8 @@ def validate(config: Config) -> None:
         raise ConfigError("--metrics-token: 16 to 256 characters of A-Z a-z 0-9 . _ ~ + / = -")
     if config.log_format not in ("json", "console"):
         raise ConfigError(f"--log-format: {show(config.log_format)} is not json or console")
+    if config.link not in ("lan", "wan"):
+        raise ConfigError(f"--link: {show(config.link)} is not lan or wan")
 
 
 def _validate_geometry(geometry: str) -> None:

@@ -24,6 +24,7 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from whaletopd import link
 from whaletopd.config import METRICS_TOKEN_RE, Config
 from whaletopd.kbswitch import MAX_BODY as KEYBOARD_BODY
 from whaletopd.metrics import CONTENT_TYPE
@@ -126,6 +127,19 @@ def _keyboard(config: Config, paths: Paths, gate: list[str],
         # Names never hold '/' (webusers.NAME_RE).
         f"alias {paths.requests_dir}/layout.$whaletop_user;",
     ])]
+def _link_defaults(config: Config, headers: list[str]) -> list[str]:
+    """noVNC's defaults.json (its quality and compression levels) for --link, from
+    link.py: the page reads it at start.  Nothing secret: answered before any sign-in
+    check (`return` comes before nginx's access phase)."""
+    body = link.novnc_defaults(config.link)
+    if "'" in body or "\\" in body:  # JSON of numbers: never nginx syntax
+        raise ValueError("noVNC's defaults must be plain JSON")
+    return _block("location = /defaults.json", [
+        *headers,
+        'add_header Cache-Control "no-cache" always;',
+        "default_type application/json;",
+        f"return 200 '{body}';",
+    ])
 
 
 def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
@@ -257,6 +271,7 @@ def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
     server += _block("location = /websockify", websocket)
     server += _metrics(config, paths, headers)
     server += _keyboard(config, paths, gate, headers)
+    server += _link_defaults(config, headers)
 
     if not sign_in:
         # The page asks whether sign-in is on; without it, a quiet no.

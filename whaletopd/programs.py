@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from whaletopd import link
 from whaletopd.backoff import Restart
 from whaletopd.config import Config
 from whaletopd.keyboard import session_prefix
@@ -80,6 +81,7 @@ def xvnc_argv(launch: Launch) -> list[str]:
         # session's layout (--keyboard-layout), not guessed back from the browser's
         # keysym (which loses dead keys: the browser has no keysym for them).
         "-RawKeyboard",
+        *link.xvnc_args(cfg.link),
         "-nolisten", "tcp", "-nolisten", "local", "-Log", XVNC_LOG,
         "-displayfd", str(launch.ready_fd),
     ]

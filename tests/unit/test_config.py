@@ -40,6 +40,7 @@ NON_DEFAULT = {
     "metrics_token": ("s3cret-token_0123", "s3cret-token_0123"),
     "keyboard_layout": ("de(nodeadkeys)", "de(nodeadkeys)"),
     "dpi": ("192", 192),
+    "link": ("wan", "wan"),
 }
 # What the *-from-env flags read: every boolean flag can be turned on with these.
 SECRETS = {"VNC_PASSWORD": "secret1", "VNC_VIEW_ONLY_PASSWORD": "viewer1",

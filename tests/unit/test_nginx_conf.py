@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from bench import certgen
-from whaletopd import metrics, nginx_conf, probes
+from whaletopd import link, metrics, nginx_conf, probes
 from whaletopd.config import Config
 from whaletopd.nginx_conf import (
     CONNECTION_BURST,
@@ -408,6 +408,23 @@ def test_the_root_serves_the_index(start: StartDoor, paths: Paths) -> None:
     (paths.novnc_dir / "index.html").write_text("<title>whaletop</title>")
     door = start()
     assert door.get("/").body == b"<title>whaletop</title>"
+
+
+@pytest.mark.parametrize("sign_in", [False, True])
+@pytest.mark.parametrize("name", sorted(link.LINKS))
+def test_novnc_defaults_follow_the_link(start: StartDoor, paths: Paths, name: str,
+                                        sign_in: bool) -> None:
+    """noVNC reads defaults.json at start: --link's quality and compression levels,
+    answered by nginx itself (the file in the image says {}), also with sign-in on."""
+    (paths.novnc_dir / "defaults.json").write_text("{}")
+    door = start(CONFIGS["sign-in"] if sign_in else Config(), link=name)
+    answer = door.get("/defaults.json")
+    assert answer.status == 200
+    assert answer.headers["content-type"].startswith("application/json")
+    assert answer.headers["cache-control"] == "no-cache"
+    chosen = link.LINKS[name]
+    assert json.loads(answer.body) == {"quality": chosen.quality,
+                                       "compression": chosen.compression}
 
 
 @pytest.mark.parametrize("encoding", ["identity", "gzip"])
