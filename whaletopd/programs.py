@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from whaletopd import filedav
 from whaletopd.backoff import Restart
 from whaletopd.config import Config
 from whaletopd.paths import Paths
@@ -100,6 +101,18 @@ def webauth_argv(launch: Launch) -> list[str]:
             "--settings", str(paths.web_dir / "auth.json")]
 
 
+def files_argv(launch: Launch) -> list[str]:
+    # The desktop user's nginx for /files/ (filedav.py), on a UNIX socket only; the
+    # front nginx proxies to it after checking who asks.
+    paths = launch.paths
+    return ["nginx", "-c", str(filedav.conf_path(paths)), "-p", str(filedav.files_dir(paths)),
+            "-e", "stderr"]
+
+
+def _file_transfer(config: Config) -> bool:
+    return config.file_transfer
+
+
 def _sign_in(config: Config) -> bool:
     return config.sign_in
 
@@ -123,6 +136,8 @@ PROGRAMS: tuple[Program, ...] = (
             probes=("web_login", "novnc_page"), json_lines=True),
     Program("webauth", webauth_argv, restart=Restart(), stop_order=1, account="web",
             probes=("sign_in_check",), wanted=_sign_in, json_lines=True),
+    Program("files", files_argv, restart=Restart(), stop_order=5,
+            wanted=_file_transfer),
     Program("session", session_argv, after="xvnc", restart=Restart(), stop_order=2,
             stop_exits=(0, 128 + signal.SIGTERM, -signal.SIGTERM)),
 )

@@ -38,6 +38,7 @@ NON_DEFAULT = {
     "trusted_proxy": ("10.0.0.0/8,fd00::/8", "10.0.0.0/8,fd00::/8"),
     "stop_when_idle": ("30", 30.0),
     "metrics_token": ("s3cret-token_0123", "s3cret-token_0123"),
+    "max_upload": ("500M", "500M"),
 }
 # What the *-from-env flags read: every boolean flag can be turned on with these.
 SECRETS = {"VNC_PASSWORD": "secret1", "VNC_VIEW_ONLY_PASSWORD": "viewer1",

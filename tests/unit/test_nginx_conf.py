@@ -172,7 +172,7 @@ def test_sign_in_configuration(paths: Paths) -> None:
     conf = render(Config(web_users="/data/users"), paths, _spec())
     assert f"server unix:{paths.auth_socket};" in conf
     # Every location that reaches the desktop asks the sign-in service first.
-    assert conf.count("auth_request /auth/check;") == 2
+    assert conf.count("auth_request /auth/check;") == 3  # the page, the desktop, /files/
     assert "internal;" in conf
 
 
