@@ -129,13 +129,17 @@ def render(config: Config, paths: Paths, home: Path, mime_types: Path = MIME_TYP
 
 
 def about(config: Config) -> str:
-    """GET /files/: what the page needs before it asks (JSON, no secret)."""
-    return json.dumps({
+    """GET /files/: what the page needs before it asks (JSON, no secret; open to anyone
+    who reaches the page).  In the default mode, the user name HTTP Basic wants (the page
+    sends it with the VNC password the person typed)."""
+    doc: dict[str, object] = {
         "upload": f"{UPLOAD_FOLDER}/", "download": f"{DOWNLOAD_FOLDER}/",
         "max_upload": config.max_upload_bytes,
         "auth": "sign-in" if config.sign_in else "vnc-password",
-        "user": config.username,
-    }, separators=(",", ":"))
+    }
+    if not config.sign_in:
+        doc["user"] = config.username
+    return json.dumps(doc, separators=(",", ":"))
 
 
 def ensure_folders(home: Path, owner: tuple[int, int] | None) -> list[str]:
