@@ -40,6 +40,7 @@ DOWNLOAD_FOLDER = "Downloads"
 UPLOAD_TEMP = ".cache/whaletop-uploads"
 ROLE_HEADER = "X-Whaletop-Role"
 MIME_TYPES = Path("/etc/nginx/mime.types")
+NGINX = "/usr/sbin/nginx"  # Debian's
 
 
 def files_dir(paths: Paths) -> Path:

@@ -105,7 +105,8 @@ def files_argv(launch: Launch) -> list[str]:
     # The desktop user's nginx for /files/ (filedav.py), on a UNIX socket only; the
     # front nginx proxies to it after checking who asks.
     paths = launch.paths
-    return ["nginx", "-c", str(filedav.conf_path(paths)), "-p", str(filedav.files_dir(paths)),
+    # The desktop user's PATH has no sbin.
+    return [filedav.NGINX, "-c", str(filedav.conf_path(paths)), "-p", str(filedav.files_dir(paths)),
             "-e", "stderr"]
 
 

@@ -275,6 +275,6 @@ def test_the_file_server_is_the_desktop_user_s_nginx_unless_turned_off(paths: Pa
     assert files.account == "desktop"
     assert files.restart is not None
     assert files.argv(Launch(Config(), paths))[:3] == [
-        "nginx", "-c", str(paths.desktop_dir / "files" / "nginx.conf")]
+        "/usr/sbin/nginx", "-c", str(paths.desktop_dir / "files" / "nginx.conf")]
     assert files.enabled(Config())
     assert not files.enabled(Config(no_file_transfer=True))
