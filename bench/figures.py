@@ -68,6 +68,15 @@ FIGURES: list[Figure] = [
 ]
 BY_KEY = {f.key: f for f in FIGURES}
 
+FIGURES += [
+    Figure("files_up", "upload through the front door (PUT /files/Desktop/, 512 MiB)",
+           "MB/s", None, 0),
+    Figure("files_down", "download through the front door (GET /files/Downloads/, "
+           "512 MiB)", "MB/s", None, 0),
+    Figure("files_up_tls", "upload over TLS (512 MiB)", "MB/s", None, 0),
+    Figure("files_down_tls", "download over TLS (512 MiB)", "MB/s", None, 0),
+]
+
 # Groups of figures measured together, in the order they run (--only takes these names).
 GROUPS: dict[str, list[str]] = {
     "image": ["image_size"],
@@ -81,6 +90,7 @@ GROUPS: dict[str, list[str]] = {
     "home": ["home_empty", "home_big", "home_ratio"],
     "idle": ["idle_cpu", "daemon_rss", "container_mem", "container_cpu"],
     "idle_stop": ["unused_mem", "unused_cpu", "idle_stop_late", "unused_mem_after"],
+    "files": ["files_up", "files_down", "files_up_tls", "files_down_tls"],
 }
 
 

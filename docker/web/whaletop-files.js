@@ -51,9 +51,9 @@ function element(tag, props = {}, ...children) {
 }
 
 const style = element("style", { textContent: `
-#whaletop_files_button { position: fixed; bottom: 6px; right: 6px; z-index: 1000;
-  font: 13px sans-serif; opacity: .85; }
-#whaletop_files_panel { position: fixed; bottom: 36px; right: 6px; z-index: 1000;
+#whaletop_files_button { position: fixed; top: 32px; right: 4px; z-index: 1000;
+  font: 12px sans-serif; opacity: .85; }
+#whaletop_files_panel { position: fixed; top: 58px; right: 4px; z-index: 1000;
   width: 340px; max-height: 60vh; overflow: auto; background: #fff; color: #222;
   border: 1px solid #888; border-radius: 4px; padding: 8px; font: 13px sans-serif;
   box-shadow: 0 2px 8px rgba(0,0,0,.4); }

@@ -229,6 +229,17 @@ def test_the_page_uploads_to_the_desktop_and_offers_chromium_s_downloads(
         page.wait_for_selector('.whaletop-upload[data-state="done"]', timeout=30000)
         assert c.exec("cat", f"{HOME}/Desktop/whaletop-notes.txt").stdout == note.read_text()
         page.click("#whaletop_files_button")  # the panel away, for the picture
+        # Dropped on the page: the same, for each file dropped.
+        dropped = page.evaluate_handle("""() => {
+            const dt = new DataTransfer();
+            dt.items.add(new File(["one\\n"], "dropped-1.txt"));
+            dt.items.add(new File(["two\\n"], "dropped-2.txt"));
+            return dt;
+        }""")
+        page.dispatch_event("#noVNC_container", "drop", {"dataTransfer": dropped})
+        wait_until(lambda: c.exec("cat", f"{HOME}/Desktop/dropped-1.txt",
+                                  f"{HOME}/Desktop/dropped-2.txt", check=False).stdout
+                   == "one\ntwo\n", "both dropped files on the desktop")
         # LXDE's desktop (pcmanfm) shows the new file's icon at once: the top left of
         # the screen, where its icons go, changes.
         shot = browser.artifact("files-on-desktop.png")
