@@ -446,3 +446,26 @@ def test_no_file_transfer_is_404_and_leaves_no_credentials(start: StartFiles) ->
     for method, path in (("PUT", "/files/Desktop/x"), ("GET", "/files/Downloads/"),
                          ("GET", "/files/")):
         assert off.request(method, path, b"x" if method == "PUT" else None).status == 404
+
+
+def test_the_default_mode_s_file_holds_a_cheap_hash_nginx_checks_inline(
+        tmp_path: Path) -> None:
+    from whaletopd import webusers
+
+    paths = _paths(tmp_path)
+    for folder in (paths.desktop_dir, paths.nginx_dir, tmp_path / "home"):
+        folder.mkdir(parents=True)
+    desktop = RunAs(os.getuid(), os.getgid(), (), str(tmp_path / "home"))
+    filedav.prepare(Config(username="ann"), paths, desktop, None, PASSWORD)
+    path = filedav.htpasswd_path(paths)
+    assert path.stat().st_mode & 0o777 == 0o600
+    name, hashed = path.read_text().rstrip("\n").split(":")
+    assert name == "ann"
+    assert hashed.startswith("$6$")
+    assert "rounds=" not in hashed  # the default, 5000
+    assert PASSWORD not in path.read_text()
+    assert webusers.crypt(PASSWORD, hashed) == hashed
+    assert webusers.crypt("wrong", hashed) != hashed
+    # With sign-in the sign-in service checks: no such file.
+    filedav.prepare(Config(web_users="/data/users"), paths, desktop, None, PASSWORD)
+    assert not path.exists()
