@@ -273,3 +273,23 @@ def test_the_page_uploads_to_the_desktop_and_offers_chromium_s_downloads(
         saved = tmp_path / "report-42.bin"
         info.value.save_as(str(saved))
         assert hashlib.sha256(saved.read_bytes()).hexdigest() == inside
+
+
+def test_without_root_in_an_existing_home(desktop: Any, tmp_path: Path) -> None:
+    """--user 1000:1000 (no root anywhere): the file server is the container's uid, like
+    everything; a home that has ~/Downloads keeps it and what it holds."""
+    home = tmp_path / "home"
+    (home / "Downloads").mkdir(parents=True)
+    (home / "Downloads" / "kept.txt").write_text("from before\n")
+    for path in (home, home / "Downloads", home / "Downloads" / "kept.txt"):
+        os.chown(path, 1000, 1000)
+    c: Container = desktop(volumes=(f"{home}:/home/user",), extra=("--user", "1000:1000"))
+    c.wait_status("HEALTHY")
+    auth = basic("user", c.password())
+    assert request("PUT", "/files/Desktop/hi.txt", auth, b"hello\n")[0] == 201
+    st = (home / "Desktop" / "hi.txt").stat()
+    assert (st.st_uid, st.st_gid) == (1000, 1000)
+    assert (home / "Desktop" / "hi.txt").read_bytes() == b"hello\n"
+    listing = request("GET", "/files/Downloads/", auth)
+    assert [e["name"] for e in json.loads(listing[2])] == ["kept.txt"]
+    assert request("GET", "/files/Downloads/kept.txt", auth)[2] == b"from before\n"
