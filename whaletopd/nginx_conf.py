@@ -105,12 +105,13 @@ FILES_ASK = (
     (f"~^/files/{filedav.DOWNLOAD_FOLDER}/[^/]{{1,765}}$", "get"),
     (f"~^/files/(?:{filedav.UPLOAD_FOLDER}|{filedav.DOWNLOAD_FOLDER})(?:/|$)", "bad"),
 )
-# Why a request to /files/ was refused, for its log line (status|role).
+# Why a request to /files/ was refused, for its log line (status|cross-origin|role).
 FILES_REFUSALS = (
     ("~^400", "bad file name: '/', '.', '..', control characters and subfolders are "
               "refused"),
     ("~^401", "no or wrong credentials"),
-    ("~^403\\|viewer", "watch-only access (a viewer) cannot transfer files"),
+    ("~^403\\|1", "another site's page asked (its Origin is not this desktop)"),
+    ("~^403\\|0\\|viewer", "watch-only access (a viewer) cannot transfer files"),
     ("~^403", "a link, or a folder that is not one (links are never followed)"),
     ("~^404", "no such file, or not a folder for files (Desktop/ and Downloads/ only)"),
     ("~^405", "method not allowed: PUT into Desktop/, GET from Downloads/"),
@@ -141,7 +142,8 @@ def _files(config: Config, paths: Paths, headers: list[str],
                 [*(f'"{k}" {v};' for k, v in FILES_ASK), 'default "";']),
         *_block('map "$whaletop_files_ask|$request_method" $whaletop_files_bad_method',
                 [*methods, "default 1;"]),
-        *_block('map "$status|$whaletop_files_role" $whaletop_files_refused',
+        *_block('map "$status|$whaletop_cross_origin|$whaletop_files_role" '
+                '$whaletop_files_refused',
                 [*(f'"{k}" "{v}";' for k, v in FILES_REFUSALS), 'default "";']),
         *_block("map $whaletop_files_refused $whaletop_files_level",
                 ['"" info;', "default warning;"]),
@@ -178,6 +180,9 @@ def _files(config: Config, paths: Paths, headers: list[str],
                     [*headers, 'add_header Cache-Control "no-store" always;',
                      f"return 200 '{about}';"]),
             'if ($whaletop_files_ask = "") { return 404; }',
+            # Another site's page must not use this browser's session (a PUT is
+            # preflighted anyway; a listing must not be read either).
+            "if ($whaletop_cross_origin) { return 403; }",
             "if ($whaletop_files_bad_method) { return 405; }",
             f"limit_req zone=files burst={FILES_RATE} nodelay;",
             f"limit_conn open {CONNECTIONS_PER_ADDRESS};",

@@ -469,3 +469,15 @@ def test_the_default_mode_s_file_holds_a_cheap_hash_nginx_checks_inline(
     # With sign-in the sign-in service checks: no such file.
     filedav.prepare(Config(web_users="/data/users"), paths, desktop, None, PASSWORD)
     assert not path.exists()
+
+
+@needs_nginx
+def test_another_site_s_page_is_refused(start: StartFiles) -> None:
+    files = start()
+    other = {"Origin": "http://evil.example", "Host": f"127.0.0.1:{files.config.web_port}"}
+    assert files.request("PUT", "/files/Desktop/x", b"x", headers=other).status == 403
+    assert "another site" in files.logged("/files/Desktop/x")["refused"]
+    assert not (files.home / "Desktop" / "x").exists()
+    same = {"Origin": f"http://127.0.0.1:{files.config.web_port}",
+            "Host": f"127.0.0.1:{files.config.web_port}"}
+    assert files.request("PUT", "/files/Desktop/y", b"y", headers=same).status == 201
