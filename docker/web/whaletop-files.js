@@ -209,19 +209,33 @@ function dropZone() {
     }, true);
 }
 
+// What the page decided, for people reading the DOM and for the tests:
+// <html data-whaletop-files="on|off|viewer">.
+function decided(word) {
+    document.documentElement.dataset.whaletopFiles = word;
+}
+
 async function start() {
     let answer;
     try {
         answer = await fetch("files/", { cache: "no-store", credentials: "same-origin" });
     } catch (error) {
+        decided("off");
         return;
     }
-    if (!answer.ok) return;  // file transfer is off
+    if (!answer.ok) { decided("off"); return; }  // file transfer is off
     about = await answer.json();
+    if (about.auth === "sign-in") {
+        // A viewer (watch-only) may not transfer files: no button, no drop zone.
+        const session = await fetch("auth/session", { cache: "no-store",
+                                                      credentials: "same-origin" });
+        if (session.ok && (await session.json()).role !== "full") { decided("viewer"); return; }
+    }
     document.head.append(style);
     document.body.append(uploads);
     panel();
     dropZone();
+    decided("on");
 }
 
 start();

@@ -18,7 +18,7 @@ from PIL import Image, ImageChops
 
 from . import browser, vnc
 from .conftest import Container, wait_until
-from .test_front_door import PASSWORDS, users_text
+from .test_front_door import PASSWORDS, submit, users_text
 
 HOST, PORT = "127.0.0.1", 8080
 GIB = 1024**3
@@ -175,6 +175,25 @@ def test_sign_in_viewers_and_max_upload(desktop: Any, tmp_path: Path) -> None:
     assert reasons[(403, "bob")].startswith("watch-only")
     # (refused from its Content-Length, before anyone is asked who they are)
     assert reasons[(413, "")] == "larger than --max-upload"
+    # In the page: alice uploads with her session (no password sent), bob has no Files.
+    for name, files_shown in (("alice", True), ("bob", False)):
+        (tmp_path / name).mkdir()
+        with browser.browser(tmp_path / name) as page:
+            page.goto(f"http://{HOST}:{PORT}/")
+            submit(page, name, PASSWORDS[name])
+            page.wait_for_url("**/vnc.html*")
+            page.wait_for_selector("html[data-whaletop-files]", state="attached")
+            decided = page.get_attribute("html", "data-whaletop-files")
+            assert decided == ("on" if files_shown else "viewer")
+            if files_shown:
+                page.wait_for_selector("#whaletop_files_button").click()
+                note = tmp_path / "from-alice.txt"
+                note.write_text("signed in\n")
+                page.set_input_files("#whaletop_files_picker", str(note))
+                page.wait_for_selector('.whaletop-upload[data-state="done"]')
+                assert c.exec("cat", f"{HOME}/Desktop/from-alice.txt").stdout == "signed in\n"
+            else:
+                assert page.locator("#whaletop_files_button").count() == 0
     # The about document says sign-in and the limit; no user name.
     about = json.loads(request("GET", "/files/")[2])
     assert about == {"upload": "Desktop/", "download": "Downloads/", "max_upload": CHUNK,
