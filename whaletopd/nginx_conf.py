@@ -92,23 +92,26 @@ def _metrics(config: Config, paths: Paths, headers: list[str]) -> list[str]:
     ])
 
 
+# A file name as sent: 1 to 255 bytes once decoded (the filesystem's NAME_MAX), each a
+# %XX or a byte that is neither '/' nor '%' (nginx's regular expressions count bytes).
+NAME = "(?:%[0-9A-Fa-f]{2}|[^/%]){1,255}"
 # What a path under /files/ asks for (the path as sent, before nginx decodes and
 # normalizes it): the first match wins.  "bad": a name with '/', '.', '..', NUL or
 # another control character (percent-encoded too: raw ones never pass nginx's parser),
-# or a subfolder; "": no such thing (404).
+# a subfolder, or a name too long; "": no such thing (404).
 FILES_ASK = (
     ("~%(?:[01][0-9A-Fa-f]|7[Ff]|2[Ff])", "bad"),
     ("~/(?:\\.|%2[Ee]){1,2}(?:/|$)", "bad"),
     ("~^/files/$", "about"),
-    (f"~^/files/{filedav.UPLOAD_FOLDER}/[^/]{{1,765}}$", "put"),
+    (f"~^/files/{filedav.UPLOAD_FOLDER}/{NAME}$", "put"),
     (f"~^/files/{filedav.DOWNLOAD_FOLDER}/$", "list"),
-    (f"~^/files/{filedav.DOWNLOAD_FOLDER}/[^/]{{1,765}}$", "get"),
+    (f"~^/files/{filedav.DOWNLOAD_FOLDER}/{NAME}$", "get"),
     (f"~^/files/(?:{filedav.UPLOAD_FOLDER}|{filedav.DOWNLOAD_FOLDER})(?:/|$)", "bad"),
 )
 # Why a request to /files/ was refused, for its log line (status|cross-origin|role).
 FILES_REFUSALS = (
-    ("~^400", "bad file name: '/', '.', '..', control characters and subfolders are "
-              "refused"),
+    ("~^400", "bad file name: '/', '.', '..', control characters, subfolders and names "
+              "over 255 bytes are refused"),
     ("~^401", "no or wrong credentials"),
     ("~^403\\|1", "another site's page asked (its Origin is not this desktop)"),
     ("~^403\\|0\\|viewer", "watch-only access (a viewer) cannot transfer files"),

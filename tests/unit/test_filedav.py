@@ -481,3 +481,16 @@ def test_another_site_s_page_is_refused(start: StartFiles) -> None:
     same = {"Origin": f"http://127.0.0.1:{files.config.web_port}",
             "Host": f"127.0.0.1:{files.config.web_port}"}
     assert files.request("PUT", "/files/Desktop/y", b"y", headers=same).status == 201
+
+
+@needs_nginx
+def test_a_name_too_long_for_the_filesystem_is_refused(start: StartFiles) -> None:
+    """255 bytes once decoded, however it was encoded."""
+    files = start()
+    longest = "%C3%A9" * 127 + "n"  # 255 bytes
+    assert files.request("PUT", "/files/Desktop/" + longest, b"x").status == 201
+    assert (files.home / "Desktop" / ("é" * 127 + "n")).read_bytes() == b"x"
+    for name in ("n" * 256, "%C3%A9" * 128, "%C3%A9" * 127 + "nn"):
+        answer = files.request("PUT", "/files/Desktop/" + name, b"x")
+        assert answer.status == 400, answer
+    assert len(list((files.home / "Desktop").iterdir())) == 1
