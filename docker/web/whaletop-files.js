@@ -10,7 +10,7 @@
 import UI from "./app/ui.js";
 
 const REFUSED = {
-    400: "refused: the name has '/', '..' or control characters",
+    400: "refused: the name has '/', '..' or control characters, or is too long",
     401: "refused: not signed in, or the VNC password is wrong",
     403: "refused: watch-only access cannot transfer files",
     404: "refused: file transfer is off on this desktop",
