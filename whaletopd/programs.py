@@ -103,11 +103,13 @@ def webauth_argv(launch: Launch) -> list[str]:
 
 def files_argv(launch: Launch) -> list[str]:
     # The desktop user's nginx for /files/ (filedav.py), on a UNIX socket only; the
-    # front nginx proxies to it after checking who asks.
+    # front nginx proxies to it after checking who asks.  A killed nginx leaves its
+    # socket behind and a new one could not bind to it: removed first.  The desktop
+    # user's PATH has no sbin.
     paths = launch.paths
-    # The desktop user's PATH has no sbin.
-    return [filedav.NGINX, "-c", str(filedav.conf_path(paths)), "-p", str(filedav.files_dir(paths)),
-            "-e", "stderr"]
+    return ["/bin/sh", "-c", 'rm -f -- "$1" && exec "$2" -c "$3" -p "$4" -e stderr', "files",
+            str(filedav.socket_path(paths)), filedav.NGINX, str(filedav.conf_path(paths)),
+            str(filedav.files_dir(paths))]
 
 
 def _file_transfer(config: Config) -> bool:

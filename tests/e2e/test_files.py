@@ -312,3 +312,19 @@ def test_without_root_in_an_existing_home(desktop: Any, tmp_path: Path) -> None:
     listing = request("GET", "/files/Downloads/", auth)
     assert [e["name"] for e in json.loads(listing[2])] == ["kept.txt"]
     assert request("GET", "/files/Downloads/kept.txt", auth)[2] == b"from before\n"
+
+
+def test_a_killed_file_server_is_restarted(desktop: Any) -> None:
+    """kill -9 leaves its socket behind: the restarted one removes it and serves again;
+    the desktop stays HEALTHY."""
+    c: Container = desktop()
+    c.wait_status("HEALTHY")
+    auth = basic("user", c.password())
+    pid = c.status_json()["children"]["files"]["pid"]
+    c.exec("kill", "-9", str(pid))
+    wait_until(lambda: c.status_json()["children"]["files"]["pid"] != pid
+               and c.status_json()["children"]["files"]["running"], "a new file server")
+    wait_until(lambda: request("PUT", "/files/Desktop/again.txt", auth, b"again")[0] == 201,
+               "uploads served again")
+    assert c.exec("cat", f"{HOME}/Desktop/again.txt").stdout == "again"
+    assert c.status() == "HEALTHY\n"

@@ -3,6 +3,9 @@ which child each health check blames."""
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from whaletopd import probes
@@ -274,7 +277,27 @@ def test_the_file_server_is_the_desktop_user_s_nginx_unless_turned_off(paths: Pa
     files = _program("files")
     assert files.account == "desktop"
     assert files.restart is not None
-    assert files.argv(Launch(Config(), paths))[:3] == [
-        "/usr/sbin/nginx", "-c", str(paths.desktop_dir / "files" / "nginx.conf")]
+    argv = files.argv(Launch(Config(), paths))
+    assert argv[4:] == [str(paths.desktop_dir / "files.sock"), "/usr/sbin/nginx",
+                        str(paths.desktop_dir / "files" / "nginx.conf"),
+                        str(paths.desktop_dir / "files")]
     assert files.enabled(Config())
     assert not files.enabled(Config(no_file_transfer=True))
+
+
+def test_the_file_server_starts_again_over_the_socket_a_killed_one_left(
+        paths: Paths, tmp_path: Path) -> None:
+    """The argv's shell removes the socket, then execs nginx: run it with a stand-in for
+    nginx that says whether the socket was still there, and its arguments."""
+    sock = paths.desktop_dir / "files.sock"
+    paths.desktop_dir.mkdir(parents=True, exist_ok=True)
+    sock.write_text("left by a killed nginx")
+    stand_in = tmp_path / "nginx"
+    stand_in.write_text(f'#!/bin/sh\ntest -e {sock} && echo there || echo gone\necho "$@"\n')
+    stand_in.chmod(0o755)
+    argv = _program("files").argv(Launch(Config(), paths))
+    assert argv[5] == "/usr/sbin/nginx"
+    argv[5] = str(stand_in)
+    out = subprocess.run(argv, capture_output=True, text=True, check=True)
+    conf, prefix = paths.desktop_dir / "files" / "nginx.conf", paths.desktop_dir / "files"
+    assert out.stdout == f"gone\n-c {conf} -p {prefix} -e stderr\n"
