@@ -75,6 +75,12 @@ FIGURES: list[Figure] = [
            "MB/s", 5.0, 2),
     Figure("still_cpu", "Xvnc + websockify + nginx CPU, one page connected, desktop still",
            "% of a core", 0.5, 3),
+    Figure("files_up", "upload through the front door (PUT /files/Desktop/, 512 MiB)",
+           "MB/s", None, 0),
+    Figure("files_down", "download through the front door (GET /files/Downloads/, "
+           "512 MiB)", "MB/s", None, 0),
+    Figure("files_up_tls", "upload over TLS (512 MiB)", "MB/s", None, 0),
+    Figure("files_down_tls", "download over TLS (512 MiB)", "MB/s", None, 0),
 ]
 BY_KEY = {f.key: f for f in FIGURES}
 
@@ -92,6 +98,7 @@ GROUPS: dict[str, list[str]] = {
     "idle": ["idle_cpu", "daemon_rss", "container_mem", "container_cpu"],
     "idle_stop": ["unused_mem", "unused_cpu", "idle_stop_late", "unused_mem_after"],
     "interactive": ["key_p50", "key_p95", "scroll_frame", "scroll_bytes", "still_cpu"],
+    "files": ["files_up", "files_down", "files_up_tls", "files_down_tls"],
 }
 
 

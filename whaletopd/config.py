@@ -65,6 +65,10 @@ VNC_PASSWORD_CHARS = 8
 # --stop-when-idle: from a few seconds (tests, demos) to a week.
 MIN_IDLE_MINUTES, MAX_IDLE_MINUTES = 0.05, 10080.0
 METRICS_TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
+# --max-upload: a byte count with an optional 1024-based unit; at most 1 TiB.
+SIZE_RE = re.compile(r"([0-9]{1,13})([KMGkmg]?)")
+SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+MAX_UPLOAD_LIMIT = 1024**4
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off", ""}
 
@@ -179,6 +183,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("--metrics-token", METRICS_TOKEN_ENV, str, "",
            "bearer token for /metrics (Prometheus text format on the web port); without "
            "one, /metrics is open like the page unless sign-in is on, then it is off"),
+    Option("--no-file-transfer", "WHALETOP_NO_FILE_TRANSFER", bool, False,
+           "turn off /files/ (uploads to ~/Desktop, downloads from ~/Downloads)"),
+    Option("--max-upload", "WHALETOP_MAX_UPLOAD", str, "2G",
+           "largest file uploaded to ~/Desktop: bytes, or with K, M, G (1024-based), "
+           "e.g. 500M"),
     Option("--log-format", "WHALETOP_LOG_FORMAT", str, "json",
            "json (one object per line, the default) or console (for people)"),
     Option("--link", "WHALETOP_LINK", str, "lan",
@@ -216,6 +225,8 @@ class Config:
     startup_timeout: float = 60.0
     stop_when_idle: float = 0.0
     metrics_token: str = ""
+    no_file_transfer: bool = False
+    max_upload: str = "2G"
     log_format: str = "json"
     link: str = "lan"
     vnc_password: str | None = None
@@ -239,6 +250,17 @@ class Config:
     def sign_in(self) -> bool:
         """People sign in on a page (and scripts with HTTP Basic) before the desktop."""
         return self.web_password_from_env or bool(self.web_users)
+
+    @property
+    def file_transfer(self) -> bool:
+        return not self.no_file_transfer
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """--max-upload in bytes (validate() refused any other form)."""
+        match = SIZE_RE.fullmatch(self.max_upload.strip(ASCII_SPACE))
+        assert match is not None, "validate() checks --max-upload"
+        return int(match[1]) * SIZE_UNITS[match[2].upper()]
 
     @property
     def trusted_proxies(self) -> list[str]:
@@ -522,6 +544,10 @@ def validate(config: Config) -> None:
     if config.metrics_token and not METRICS_TOKEN_RE.fullmatch(config.metrics_token):
         # It is written into nginx's configuration: a token, never syntax.
         raise ConfigError("--metrics-token: 16 to 256 characters of A-Z a-z 0-9 . _ ~ + / = -")
+    match = SIZE_RE.fullmatch(config.max_upload.strip(ASCII_SPACE))
+    if match is None or not 1 <= config.max_upload_bytes <= MAX_UPLOAD_LIMIT:
+        raise ConfigError(f"--max-upload: {show(config.max_upload)} is not a size from 1 "
+                          "byte to 1T: digits with an optional K, M or G, e.g. 500M or 2G")
     if config.log_format not in ("json", "console"):
         raise ConfigError(f"--log-format: {show(config.log_format)} is not json or console")
     if config.link not in ("lan", "wan"):

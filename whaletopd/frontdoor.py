@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from whaletopd import children, logs, nginx_conf
+from whaletopd import children, filedav, logs, nginx_conf
 from whaletopd.children import RunAs
 from whaletopd.config import Config
 from whaletopd.events import EventQueue, WebUsersChanged
@@ -163,6 +163,7 @@ class FrontDoor:
         spec = nginx_conf.FrontDoorSpec(
             probe_token=self.probe_token, tls_pem=tls_pem,
             worker_user=WEB_ACCOUNT if self._web is not None else None)
+        filedav.prepare(cfg, paths, desktop, self._web, vnc_password)
         atomic_write(paths.nginx_conf, nginx_conf.render(cfg, paths, spec), mode=0o600)
         with step("nginx_check"):
             self.check()

@@ -24,7 +24,7 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
-from whaletopd import link
+from whaletopd import filedav, link
 from whaletopd.config import METRICS_TOKEN_RE, Config
 from whaletopd.kbswitch import MAX_BODY as KEYBOARD_BODY
 from whaletopd.metrics import CONTENT_TYPE
@@ -140,6 +140,123 @@ def _link_defaults(config: Config, headers: list[str]) -> list[str]:
         "default_type application/json;",
         f"return 200 '{body}';",
     ])
+# A file name as sent: 1 to 255 bytes once decoded (the filesystem's NAME_MAX), each a
+# %XX or a byte that is neither '/' nor '%' (nginx's regular expressions count bytes).
+NAME = "(?:%[0-9A-Fa-f]{2}|[^/%]){1,255}"
+# What a path under /files/ asks for (the path as sent, before nginx decodes and
+# normalizes it): the first match wins.  "bad": a name with '/', '.', '..', NUL or
+# another control character (percent-encoded too: raw ones never pass nginx's parser),
+# a subfolder, or a name too long; "": no such thing (404).
+FILES_ASK = (
+    ("~%(?:[01][0-9A-Fa-f]|7[Ff]|2[Ff])", "bad"),
+    ("~/(?:\\.|%2[Ee]){1,2}(?:/|$)", "bad"),
+    ("~^/files/$", "about"),
+    (f"~^/files/{filedav.UPLOAD_FOLDER}/{NAME}$", "put"),
+    (f"~^/files/{filedav.DOWNLOAD_FOLDER}/$", "list"),
+    (f"~^/files/{filedav.DOWNLOAD_FOLDER}/{NAME}$", "get"),
+    (f"~^/files/(?:{filedav.UPLOAD_FOLDER}|{filedav.DOWNLOAD_FOLDER})(?:/|$)", "bad"),
+)
+# Why a request to /files/ was refused, for its log line (status|cross-origin|role).
+FILES_REFUSALS = (
+    ("~^400", "bad file name: '/', '.', '..', control characters, subfolders and names "
+              "over 255 bytes are refused"),
+    ("~^401", "no or wrong credentials"),
+    ("~^403\\|1", "another site's page asked (its Origin is not this desktop)"),
+    ("~^403\\|0\\|viewer", "watch-only access (a viewer) cannot transfer files"),
+    ("~^403", "a link, or a folder that is not one (links are never followed)"),
+    ("~^404", "no such file, or not a folder for files (Desktop/ and Downloads/ only)"),
+    ("~^405", "method not allowed: PUT into Desktop/, GET from Downloads/"),
+    ("~^409", "~/Desktop is missing or not a folder"),
+    ("~^413", "larger than --max-upload"),
+    ("~^429", "too many requests from this address"),
+    ("~^5", "the file server failed (see its lines)"),
+)
+FILES_RATE = 60  # requests per minute from one address, after a burst as large
+# Methods per kind of request (GET lets HEAD through).
+FILES_METHODS = {"put": ("PUT",), "list": ("GET", "HEAD"), "get": ("GET", "HEAD")}
+
+
+def _files(config: Config, paths: Paths, headers: list[str],
+           gate: list[str]) -> tuple[list[str], list[str]]:
+    """/files/ (filedav.py): the lines of the http block and of the server block.  Off
+    (--no-file-transfer): 404.  Every request is logged with why it was refused."""
+    if not config.file_transfer:
+        return [], _block("location ^~ /files/", ["return 404;"])
+    sign_in = config.sign_in
+    # With sign-in, who the sign-in service named; else the name HTTP Basic gave, once
+    # its password was right.
+    user = "$whaletop_user" if sign_in else "$whaletop_files_user"
+    methods = [f'"{ask}|{method}" 0;' for ask, allowed in FILES_METHODS.items()
+               for method in allowed]
+    http = [
+        *_block("map $whaletop_path $whaletop_files_ask",
+                [*(f'"{k}" {v};' for k, v in FILES_ASK), 'default "";']),
+        *_block('map "$whaletop_files_ask|$request_method" $whaletop_files_bad_method',
+                [*methods, "default 1;"]),
+        *_block('map "$status|$whaletop_cross_origin|$whaletop_files_role" '
+                '$whaletop_files_refused',
+                [*(f'"{k}" "{v}";' for k, v in FILES_REFUSALS), 'default "";']),
+        *_block("map $whaletop_files_refused $whaletop_files_level",
+                ['"" info;', "default warning;"]),
+        f"limit_req_zone $whaletop_client zone=files:1m rate={FILES_RATE}r/m;",
+        "log_format whaletop_files escape=json '{\"event\":\"request\","
+        "\"level\":\"$whaletop_files_level\",\"client\":\"$remote_addr\","
+        "\"method\":\"$request_method\",\"path\":\"$whaletop_path\","
+        "\"status\":$status,\"bytes\":$body_bytes_sent,\"received\":$request_length,"
+        f"\"seconds\":$request_time,\"user\":\"{user}\","
+        "\"refused\":\"$whaletop_files_refused\",\"user_agent\":\"$http_user_agent\"}';",
+        *_block("upstream whaletop_files", [f"server unix:{filedav.socket_path(paths)};"]),
+    ]
+    if not sign_in:
+        http += _block('map "$status|$remote_user" $whaletop_files_user',
+                       ['"~^401" "";', '"~^[0-9]+\\|(?<name>.*)$" $name;'])
+    about = filedav.about(config)
+    if "'" in about or "\\" in about:
+        raise ValueError("the /files/ description must not hold quotes or backslashes")
+    auth = (
+        [*gate, "auth_request_set $whaletop_files_role $upstream_http_x_whaletop_role;"]
+        if sign_in else
+        ['auth_basic "whaletop files (the VNC password)";',
+         f"auth_basic_user_file {filedav.htpasswd_path(paths)};"])
+    server = [
+        # nginx normalizes ../ before it picks a location: a bad raw path is refused
+        # here whatever location it would land in.
+        *_block('if ($whaletop_files_ask = "bad")', ["rewrite ^ /files/ last;"]),
+        *_block("location ^~ /files/", [
+            "access_log /dev/stdout whaletop_files if=$whaletop_loggable;",
+            *([] if sign_in else ['set $whaletop_files_role "full";']),
+            'if ($whaletop_files_ask = "bad") { return 400; }',
+            "default_type application/json;",
+            *_block('if ($whaletop_files_ask = "about")',
+                    [*headers, 'add_header Cache-Control "no-store" always;',
+                     f"return 200 '{about}';"]),
+            'if ($whaletop_files_ask = "") { return 404; }',
+            # Another site's page must not use this browser's session (a PUT is
+            # preflighted anyway; a listing must not be read either).
+            "if ($whaletop_cross_origin) { return 403; }",
+            "if ($whaletop_files_bad_method) { return 405; }",
+            f"limit_req zone=files burst={FILES_RATE} nodelay;",
+            f"limit_conn open {CONNECTIONS_PER_ADDRESS};",
+            *auth,
+            f"client_max_body_size {config.max_upload_bytes};",
+            *headers,
+            'add_header Cache-Control "no-store" always;',
+            "proxy_pass http://whaletop_files;",
+            # Streamed both ways: a 2 GiB upload is written once, by the file server.
+            "proxy_request_buffering off;",
+            "proxy_buffering off;",
+            "proxy_http_version 1.1;",
+            'proxy_set_header Cookie "";',
+            'proxy_set_header Authorization "";',
+            f'proxy_set_header {PROBE_HEADER} "";',
+            f"proxy_set_header {filedav.ROLE_HEADER} $whaletop_files_role;",
+            "proxy_read_timeout 300s;",
+            "proxy_send_timeout 300s;",
+        ]),
+    ]
+    if sign_in:
+        server.insert(0, 'set $whaletop_files_role "";')
+    return http, server
 
 
 def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
@@ -272,6 +389,9 @@ def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
     server += _metrics(config, paths, headers)
     server += _keyboard(config, paths, gate, headers)
     server += _link_defaults(config, headers)
+    files_http, files_server = _files(config, paths, headers, gate)
+    http += files_http
+    server += files_server
 
     if not sign_in:
         # The page asks whether sign-in is on; without it, a quiet no.

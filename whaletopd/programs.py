@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from whaletopd import link
+from whaletopd import filedav, link
 from whaletopd.backoff import Restart
 from whaletopd.config import Config
 from whaletopd.keyboard import session_prefix
@@ -107,6 +107,21 @@ def webauth_argv(launch: Launch) -> list[str]:
             "--settings", str(paths.web_dir / "auth.json")]
 
 
+def files_argv(launch: Launch) -> list[str]:
+    # The desktop user's nginx for /files/ (filedav.py), on a UNIX socket only; the
+    # front nginx proxies to it after checking who asks.  A killed nginx leaves its
+    # socket behind and a new one could not bind to it: removed first.  The desktop
+    # user's PATH has no sbin.
+    paths = launch.paths
+    return ["/bin/sh", "-c", 'rm -f -- "$1" && exec "$2" -c "$3" -p "$4" -e stderr', "files",
+            str(filedav.socket_path(paths)), filedav.NGINX, str(filedav.conf_path(paths)),
+            str(filedav.files_dir(paths))]
+
+
+def _file_transfer(config: Config) -> bool:
+    return config.file_transfer
+
+
 def _sign_in(config: Config) -> bool:
     return config.sign_in
 
@@ -133,6 +148,8 @@ PROGRAMS: tuple[Program, ...] = (
             probes=("web_login", "novnc_page"), json_lines=True),
     Program("webauth", webauth_argv, restart=Restart(), stop_order=1, account="web",
             probes=("sign_in_check",), wanted=_sign_in, json_lines=True),
+    Program("files", files_argv, restart=Restart(), stop_order=5,
+            wanted=_file_transfer),
     Program("session", session_argv, after="xvnc", restart=Restart(), stop_order=2,
             stop_exits=(0, 128 + signal.SIGTERM, -signal.SIGTERM)),
 )

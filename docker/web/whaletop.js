@@ -2,8 +2,10 @@
 //  - The VNC password handed over in the address's fragment is taken out of the address
 //    bar and the history once noVNC has connected (noVNC keeps it for reconnecting).
 //  - With sign-in: who is signed in, and a Sign out button.
+//  - Files in and out (whaletop-files.js).
 import UI from "./app/ui.js";
 import "./whaletop-keys.js";
+import "./whaletop-files.js";
 
 function forgetPassword() {
     if (!new URLSearchParams(location.hash.slice(1)).has("password")) return;

@@ -1082,3 +1082,9 @@ def test_nginx_workers_lists_the_workers_by_their_title(tmp_path: Path) -> None:
                       "self/cmdline": "nginx: worker process\0"})
     assert vnc_sessions.nginx_workers(tmp_path) == [
         "nginx: worker process", "nginx: worker process is shutting down"]
+
+
+def test_every_figure_of_a_group_can_be_rendered() -> None:
+    """BY_KEY is built from FIGURES: a figure added after it could be measured, then
+    not rendered (KeyError after the runs)."""
+    assert {k for keys in figures.GROUPS.values() for k in keys} <= set(figures.BY_KEY)

@@ -41,6 +41,7 @@ NON_DEFAULT = {
     "keyboard_layout": ("de(nodeadkeys)", "de(nodeadkeys)"),
     "dpi": ("192", 192),
     "link": ("wan", "wan"),
+    "max_upload": ("500M", "500M"),
 }
 # What the *-from-env flags read: every boolean flag can be turned on with these.
 SECRETS = {"VNC_PASSWORD": "secret1", "VNC_VIEW_ONLY_PASSWORD": "viewer1",

@@ -137,7 +137,7 @@ def test_prepare_writes_a_configuration_nginx_accepts(
     assert len(door.probe_token) == 32
     assert ("user www-data;" in conf) == (web is not None)
     assert "auth_request" not in conf
-    assert [e["step"] for e in logs if e["event"] == "step"] == ["nginx_check"]
+    assert [e["step"] for e in logs if e["event"] == "step"] == ["files_folders", "nginx_check"]
     # The desktop user's folder holds Xvnc's and websockify's sockets; nginx's is root's.
     assert _mode(paths.desktop_dir) == 0o755
     assert _owner(paths.desktop_dir) == (desktop.uid, desktop.gid)

@@ -172,8 +172,8 @@ def test_sign_in_configuration(paths: Paths) -> None:
     conf = render(Config(web_users="/data/users"), paths, _spec())
     assert f"server unix:{paths.auth_socket};" in conf
     # Every location that reaches the desktop asks the sign-in service first (the page,
-    # the WebSocket, /whaletop/keyboard).
-    assert conf.count("auth_request /auth/check;") == 3
+    # the WebSocket, /whaletop/keyboard, /files/).
+    assert conf.count("auth_request /auth/check;") == 4
     assert "internal;" in conf
 
 

@@ -3,6 +3,9 @@ which child each health check blames."""
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from whaletopd import probes
@@ -179,7 +182,7 @@ def test_session_argv(paths: Paths) -> None:
 
 def test_the_table_names_each_program_once_and_waits_only_for_programs_it_has() -> None:
     names = [p.name for p in PROGRAMS]
-    assert sorted(names) == ["nginx", "session", "webauth", "websockify", "xvnc"]
+    assert sorted(names) == ["files", "nginx", "session", "webauth", "websockify", "xvnc"]
     assert len(set(names)) == len(names)
     assert all(p.after is None or p.after in names for p in PROGRAMS)
 
@@ -205,7 +208,7 @@ def test_all_but_the_x_server_are_restartable() -> None:
     """Xvnc's death loses the user's windows: no restart repairs it.  The session runs
     on Xvnc: a fresh one repairs a crash."""
     assert sorted(p.name for p in PROGRAMS if p.restart is not None) == [
-        "nginx", "session", "webauth", "websockify"]
+        "files", "nginx", "session", "webauth", "websockify"]
 
 
 def test_only_a_logout_of_the_session_stops_the_desktop() -> None:
@@ -227,7 +230,7 @@ def test_stop_order_is_nginx_first_and_xvnc_last() -> None:
     orders = [p.stop_order for p in PROGRAMS]
     assert len(set(orders)) == len(orders), "two programs share a stop order"
     assert [p.name for p in sorted(PROGRAMS, key=lambda p: p.stop_order)] == [
-        "nginx", "webauth", "session", "websockify", "xvnc"]
+        "nginx", "webauth", "session", "websockify", "xvnc", "files"]
 
 
 # -- blame ---------------------------------------------------------------------------------
@@ -268,3 +271,33 @@ def test_blame_of_a_custom_table() -> None:
              Program("b", lambda launch: ["true"], probes=("three",)),
              Program("c", lambda launch: ["true"]))
     assert blame(table) == {"one": "a", "two": "a", "three": "b"}
+
+
+def test_the_file_server_is_the_desktop_user_s_nginx_unless_turned_off(paths: Paths) -> None:
+    files = _program("files")
+    assert files.account == "desktop"
+    assert files.restart is not None
+    argv = files.argv(Launch(Config(), paths))
+    assert argv[4:] == [str(paths.desktop_dir / "files.sock"), "/usr/sbin/nginx",
+                        str(paths.desktop_dir / "files" / "nginx.conf"),
+                        str(paths.desktop_dir / "files")]
+    assert files.enabled(Config())
+    assert not files.enabled(Config(no_file_transfer=True))
+
+
+def test_the_file_server_starts_again_over_the_socket_a_killed_one_left(
+        paths: Paths, tmp_path: Path) -> None:
+    """The argv's shell removes the socket, then execs nginx: run it with a stand-in for
+    nginx that says whether the socket was still there, and its arguments."""
+    sock = paths.desktop_dir / "files.sock"
+    paths.desktop_dir.mkdir(parents=True, exist_ok=True)
+    sock.write_text("left by a killed nginx")
+    stand_in = tmp_path / "nginx"
+    stand_in.write_text(f'#!/bin/sh\ntest -e {sock} && echo there || echo gone\necho "$@"\n')
+    stand_in.chmod(0o755)
+    argv = _program("files").argv(Launch(Config(), paths))
+    assert argv[5] == "/usr/sbin/nginx"
+    argv[5] = str(stand_in)
+    out = subprocess.run(argv, capture_output=True, text=True, check=True)
+    conf, prefix = paths.desktop_dir / "files" / "nginx.conf", paths.desktop_dir / "files"
+    assert out.stdout == f"gone\n-c {conf} -p {prefix} -e stderr\n"
