@@ -58,8 +58,9 @@ def socket_path(paths: Paths) -> Path:
 
 
 def htpasswd_path(paths: Paths) -> Path:
-    """The default mode's credentials for the front nginx (no sign-in service)."""
-    return paths.nginx_dir / "files.htpasswd"
+    """The default mode's credentials for the front nginx (no sign-in service): /files/
+    and the page's keyboard switch."""
+    return paths.nginx_dir / "vnc.htpasswd"
 
 
 def _block(header: str, body: list[str], indent: str = "    ") -> list[str]:
@@ -175,12 +176,11 @@ def ensure_folders(home: Path, owner: tuple[int, int] | None) -> list[str]:
 
 def prepare(config: Config, paths: Paths, desktop: RunAs, web: RunAs | None,
             vnc_password: str) -> None:
-    """The file server's folder and configuration (the desktop user's), the home's
-    folders, and in the default mode the front's hashed credentials.  Nothing when file
-    transfer is off.  Raises OSError."""
-    htpasswd = htpasswd_path(paths)
+    """In the default mode the front's hashed credentials (files and the page's keyboard
+    switch ask for them); with file transfer on, the file server's folder and
+    configuration (the desktop user's) and the home's folders.  Raises OSError."""
+    write_credentials(config, paths, web, vnc_password)
     if not config.file_transfer:
-        htpasswd.unlink(missing_ok=True)
         return
     root = os.geteuid() == 0
     owner = (desktop.uid, desktop.gid) if root else None
@@ -192,6 +192,14 @@ def prepare(config: Config, paths: Paths, desktop: RunAs, web: RunAs | None,
     with logs.step("files_folders") as out:
         out["made"] = ensure_folders(home, owner)
     atomic_write(conf_path(paths), render(config, paths, home), mode=0o644, owner=owner)
+
+
+def write_credentials(config: Config, paths: Paths, web: RunAs | None,
+                      vnc_password: str) -> None:
+    """The default mode's HTTP Basic credentials for nginx (auth_basic_user_file): the
+    desktop's user name and the full VNC password, hashed, readable by nginx's workers
+    only.  With sign-in, none (the sign-in service decides).  Raises OSError."""
+    htpasswd = htpasswd_path(paths)
     if config.sign_in:
         htpasswd.unlink(missing_ok=True)
         return
@@ -204,6 +212,6 @@ def prepare(config: Config, paths: Paths, desktop: RunAs, web: RunAs | None,
     if hashed is None:
         raise OSError(f"libxcrypt cannot hash the VNC password for {htpasswd}")
     line = f"{config.username}:{hashed}\n"
-    web_owner = (web.uid, web.gid) if web is not None and root else None
+    web_owner = (web.uid, web.gid) if web is not None and os.geteuid() == 0 else None
     atomic_write(htpasswd, line, mode=0o600, owner=web_owner)
 

@@ -3,8 +3,9 @@
 The page (whaletop-keys.js) sends `PUT /whaletop/keyboard/layout` with a layout's name
 as the body.  nginx's own WebDAV module writes it, as its worker's account, into the
 requests folder (only full access may: with sign-in, the sign-in service answers 403 to
-a viewer; without sign-in the location answers 404, see nginx_conf.py), one file per
-person: `layout.NAME` (NAME as the sign-in service named them; names never hold '/').
+a viewer; without sign-in, nginx asks for HTTP Basic with the desktop's user name and
+the full VNC password, as for files: see nginx_conf.py), one file per person:
+`layout.NAME` (NAME as the sign-in service or HTTP Basic named them; never holds '/').
 A watch on that folder (watch.py) posts KeyboardAsked; the machine hands the work to a
 worker thread, which takes every request file (read bounded, never through a link,
 deleted), checks the last one against xkb-data and the page's list, and runs setxkbmap
@@ -72,28 +73,25 @@ def shown(body: bytes) -> str | None:
 
 class KeyboardSwitch:
     """Owns the session's current layout, the file nginx serves at /whaletop/keyboard,
-    and (when switching is on: with sign-in) the requests folder and its watch."""
+    and the requests folder and its watch."""
 
     def __init__(self, config: Config, paths: Paths, events: EventQueue) -> None:
         self._config = config
         self._paths = paths
         self._events = events
         self.layout = config.keyboard_layout
-        self.enabled = config.sign_in  # only a signed-in person with full access may
         self._watcher: Watcher | None = None
 
     # -- before the children start ------------------------------------------------------
 
     def prepare(self, web: RunAs | None) -> None:
-        """The served file, and with switching on the requests folder: the web
-        account's (nginx's worker writes there), 0700, emptied of a previous run's
-        requests.  Raises OSError."""
+        """The served file, and the requests folder: the web account's (nginx's
+        worker writes there), 0700, emptied of a previous run's requests.  Raises
+        OSError."""
         folder = self._paths.keyboard_file.parent
         folder.mkdir(parents=True, exist_ok=True)
         folder.chmod(0o755)
         self.publish()
-        if not self.enabled:
-            return
         requests = self._paths.requests_dir
         requests.mkdir(parents=True, exist_ok=True)
         for leftover in requests.iterdir():
@@ -104,9 +102,7 @@ class KeyboardSwitch:
         requests.chmod(0o700)
 
     def watch(self) -> None:
-        if not self.enabled:
-            return
-        from whaletopd.watch import Watcher  # watchdog: only when switching is on
+        from whaletopd.watch import Watcher  # watchdog, loaded once it is needed
 
         self._watcher = Watcher(self._paths.requests_dir,
                                 lambda: self._events.post(KeyboardAsked()),
@@ -115,8 +111,12 @@ class KeyboardSwitch:
 
     def publish(self) -> None:
         """What the page reads at /whaletop/keyboard, rewritten whole."""
-        doc = {"layout": self.layout, "dpi": self._config.dpi,
-               "switch": self.enabled, "choices": list(CHOICES)}
+        # How the page asks: with its sign-in session, or (default mode) with HTTP
+        # Basic, the desktop's user name and the VNC password the person typed.
+        auth = ({"auth": "sign-in"} if self._config.sign_in else
+                {"auth": "vnc-password", "user": self._config.username})
+        doc = {"layout": self.layout, "dpi": self._config.dpi, "switch": True,
+               "choices": list(CHOICES), **auth}
         atomic_write(self._paths.keyboard_file, json.dumps(doc) + "\n", mode=0o644,
                      durable=False)
 

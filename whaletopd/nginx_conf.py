@@ -100,9 +100,10 @@ def _keyboard(config: Config, paths: Paths, gate: list[str],
 
     /whaletop/keyboard/layout: the page's request to switch it, a PUT that nginx's
     WebDAV module writes into the requests folder (kbswitch.py watches it), as
-    `layout.NAME`, NAME as the sign-in service named the person.  Only with sign-in,
-    and only full access (the sign-in service answers 403 to a viewer); without sign-in
-    nobody can be told from anybody (the VNC password is the page's, not nginx's): 404.
+    `layout.NAME`, NAME as the sign-in service or HTTP Basic named the person.  Only
+    full access: with sign-in the sign-in service answers 403 to a viewer; without, the
+    page sends HTTP Basic with the desktop's user name and the full VNC password, which
+    nginx checks against the hashed file it checks /files/ with (filedav.py).
     """
     info = _block("location = /whaletop/keyboard", [
         *gate, *headers, 'add_header Cache-Control "no-store" always;',
@@ -110,22 +111,29 @@ def _keyboard(config: Config, paths: Paths, gate: list[str],
         "default_type application/json;",
         f"alias {paths.keyboard_file};",
     ])
-    if not config.sign_in:
-        return [*info, *_block("location = /whaletop/keyboard/layout", ["return 404;"])]
+    if config.sign_in:
+        who = "$whaletop_user"
+        auth = ["auth_request /auth/check-full;",
+                "auth_request_set $whaletop_user $upstream_http_x_whaletop_user;"]
+    else:
+        who = "$remote_user"  # only the one name of the file, once its password matched
+        auth = ['auth_basic "whaletop (the VNC password)";',
+                f"auth_basic_user_file {filedav.htpasswd_path(paths)};"]
     return [*info, *_block("location = /whaletop/keyboard/layout", [
         # Another site's page must not switch it with this browser's session.
         "if ($whaletop_cross_origin) { return 403; }",
         *_block("limit_except PUT", ["deny all;"]),
-        "auth_request /auth/check-full;",
-        "auth_request_set $whaletop_user $upstream_http_x_whaletop_user;",
+        # Password guesses: as slow as at the sign-in page.
+        "limit_req zone=signin burst=20 nodelay;",
+        *auth,
         f"client_max_body_size {KEYBOARD_BODY};",
         f"client_body_buffer_size {KEYBOARD_BODY};",
         "dav_methods PUT;",
         "dav_access user:rw;",
         *headers,
         'add_header Cache-Control "no-store" always;',
-        # Names never hold '/' (webusers.NAME_RE).
-        f"alias {paths.requests_dir}/layout.$whaletop_user;",
+        # Names never hold '/' (webusers.NAME_RE, config.validate_username).
+        f"alias {paths.requests_dir}/layout.{who};",
     ])]
 def _link_defaults(config: Config, headers: list[str]) -> list[str]:
     """noVNC's defaults.json (its quality and compression levels) for --link, from

@@ -12,9 +12,11 @@
 // Keyboard: noVNC sends physical key codes, which the desktop maps through its own
 // layout (--keyboard-layout).  Where the browser can tell the person's layout
 // (navigator.keyboard.getLayoutMap) and it differs from the desktop's, a note says so.
-// Signed in with full access, its button "Use LAYOUT on the desktop" switches the
-// desktop's layout (PUT whaletop/keyboard/layout; whaletopd applies it and says so at
-// whaletop/keyboard); otherwise (a viewer, or no sign-in) it names the flag.
+// With full access, its button "Use LAYOUT on the desktop" switches the desktop's
+// layout (PUT whaletop/keyboard/layout; whaletopd applies it and says so at
+// whaletop/keyboard): signed in, with the page's session; by default, with HTTP Basic,
+// the desktop's user name and the VNC password typed into noVNC (as whaletop-files.js
+// does).  Otherwise (a viewer, a view-only password) it names the flag.
 import UI from "./app/ui.js";
 
 const clip = {
@@ -116,12 +118,12 @@ async function keyboardNote() {
     text.textContent = `Your keyboard looks like "${guess}" but the desktop's layout is ` +
         `"${desktop}": keys may type other characters. `;
     note.appendChild(text);
-    if (info.switch && (info.choices || []).includes(guess) && await fullAccess()) {
-        // Signed in with full access: the desktop's layout can be switched from here.
+    if (info.switch && (info.choices || []).includes(guess) && await fullAccess(info)) {
+        // Full access: the desktop's layout can be switched from here.
         const use = document.createElement("button");
         use.id = "whaletop_keyboard_use";
         use.textContent = `Use ${guess} on the desktop`;
-        use.addEventListener("click", () => switchLayout(guess, note, text, use));
+        use.addEventListener("click", () => switchLayout(guess, note, text, use, info));
         note.appendChild(use);
         note.appendChild(document.createTextNode(" "));
     } else {
@@ -135,8 +137,24 @@ async function keyboardNote() {
     document.body.appendChild(note);
 }
 
-async function fullAccess() {
-    // Switching needs sign-in with full access (a viewer's request is refused anyway).
+function vncPassword() {
+    const creds = UI.rfb && UI.rfb._rfbCredentials;
+    if (creds && creds.password) return creds.password;
+    return new URLSearchParams(location.hash.slice(1)).get("password") ||
+        new URLSearchParams(location.search).get("password");
+}
+
+// The request's credentials: the session cookie with sign-in, else HTTP Basic.
+function authHeaders(info) {
+    if (info.auth !== "vnc-password") return {};
+    const bytes = new TextEncoder().encode(info.user + ":" + (vncPassword() || ""));
+    return { Authorization: "Basic " + btoa(String.fromCharCode(...bytes)) };
+}
+
+async function fullAccess(info) {
+    // Switching needs full access (a viewer's request is refused anyway).  By default
+    // the page cannot tell which password was typed: nginx refuses the view-only one.
+    if (info.auth === "vnc-password") return true;
     try {
         const session = await getJSON("auth/session");
         return session !== null && session.role === "full";
@@ -145,7 +163,7 @@ async function fullAccess() {
     }
 }
 
-async function switchLayout(layout, note, text, use) {
+async function switchLayout(layout, note, text, use, info) {
     use.disabled = true;
     note.dataset.state = "asked";
     text.textContent = `Switching the desktop to "${layout}"… `;
@@ -153,15 +171,16 @@ async function switchLayout(layout, note, text, use) {
     try {
         answer = await fetch("whaletop/keyboard/layout", {
             method: "PUT", body: layout, credentials: "same-origin",
-            headers: { "Content-Type": "text/plain" } });
+            headers: { "Content-Type": "text/plain", ...authHeaders(info) } });
     } catch (error) {
         answer = null;
     }
     if (answer === null || !answer.ok) {
         note.dataset.state = "refused";
-        text.textContent = answer !== null && answer.status === 403
+        const status = answer ? answer.status : 0;
+        text.textContent = status === 403 || status === 401
             ? "Only full access may switch the desktop's layout. "
-            : `The desktop did not take the layout (${answer ? answer.status : "no answer"}). `;
+            : `The desktop did not take the layout (${status || "no answer"}). `;
         use.disabled = false;
         return;
     }

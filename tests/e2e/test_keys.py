@@ -9,6 +9,7 @@ runs `cat > FILE`.
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from typing import Any
@@ -334,15 +335,29 @@ def test_the_page_switches_the_desktops_layout_for_full_access_only(desktop, use
     assert c.status().strip() == "HEALTHY"
 
 
-def test_without_sign_in_the_layout_is_not_switched(desktop):
+def test_by_default_the_page_switches_it_with_the_vnc_password(desktop, tmp_path):
+    """No sign-in: the page sends HTTP Basic with the VNC password typed into noVNC, as
+    for files; without it, or with another, nothing changes."""
     c = desktop("--keyboard-layout=de")
     c.wait_status("HEALTHY")
-    assert _layout_served() == {"layout": "de", "dpi": 96, "switch": False,
-                                "choices": ["us", "de", "fr"]}
-    assert _put_layout(b"us") == 404
+    assert _layout_served() == {"layout": "de", "dpi": 96, "switch": True,
+                                "choices": ["us", "de", "fr"], "auth": "vnc-password",
+                                "user": "user"}
+    assert _put_layout(b"us") == 401
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"user:wrong1").decode()}
+    assert front.request("PUT", LAYOUT_PATH, wrong, b"us").status == 401
     assert _query_layout(c) == "de"
-    assert _layout_served()["layout"] == "de"
     assert not [e for e in c.log_lines() if e.get("event", "").startswith("keyboard_")]
+    with browser.browser(tmp_path) as page:
+        _open(c, page)
+        use = page.locator("#whaletop_keyboard_use")
+        use.wait_for()
+        use.click()
+        page.wait_for_selector("#whaletop_keyboard_note[data-state=done]")
+    assert _query_layout(c) == "us"
+    assert _layout_served()["layout"] == "us"
+    changed = [e for e in c.log_lines() if e.get("event") == "keyboard_layout_changed"]
+    assert [(e["old"], e["new"], e["who"]) for e in changed] == [("de", "us", "user")]
 
 
 def test_without_root_nginx_and_whaletopd_share_the_requests_folder(desktop, users_dir):

@@ -4,6 +4,8 @@ nginx locations that take the PUT (a real nginx, a stand-in sign-in service)."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import http.client
 import json
 import os
@@ -28,9 +30,10 @@ from tests.unit.test_nginx_conf import (
     _spec,
     _write,
     base,  # noqa: F401  (a fixture: a folder nginx's workers can reach)
+    needs_nginx,
     nginx_t,
 )
-from whaletopd import kbswitch, keyboard
+from whaletopd import filedav, kbswitch, keyboard
 from whaletopd.children import RunAs
 from whaletopd.config import Config
 from whaletopd.deadlines import Deadlines
@@ -69,11 +72,15 @@ def test_only_the_pages_layouts_pass(body: bytes, ok: bool) -> None:
     assert (kbswitch.check(body) is None) is ok
 
 
-def test_the_served_file_says_the_layout_and_whether_it_can_switch(paths: Paths) -> None:
-    switch = _switch(paths, Config(keyboard_layout="de", dpi=144))
+def test_the_served_file_says_the_layout_and_how_to_switch(paths: Paths) -> None:
+    switch = _switch(paths, Config(keyboard_layout="de", dpi=144, username="ann"))
     assert json.loads(paths.keyboard_file.read_text()) == {
-        "layout": "de", "dpi": 144, "switch": False, "choices": ["us", "de", "fr"]}
-    assert not paths.requests_dir.exists(), "no requests folder without sign-in"
+        "layout": "de", "dpi": 144, "switch": True, "choices": ["us", "de", "fr"],
+        "auth": "vnc-password", "user": "ann"}
+    assert paths.requests_dir.is_dir(), "the default mode switches too (the VNC password)"
+    _switch(paths, replace(SIGNED, keyboard_layout="de"))
+    assert json.loads(paths.keyboard_file.read_text())["auth"] == "sign-in"
+    assert "user" not in json.loads(paths.keyboard_file.read_text())
     assert oct(paths.keyboard_file.stat().st_mode & 0o777) == "0o644"
     switch.switched("fr", "")
     assert json.loads(paths.keyboard_file.read_text())["layout"] == "fr"
@@ -152,11 +159,16 @@ def test_a_request_file_posts_keyboard_asked(paths: Paths) -> None:
         switch.stop()
 
 
-def test_no_watch_without_sign_in(paths: Paths) -> None:
-    switch = _switch(paths, Config())
+def test_the_default_mode_watches_too(paths: Paths) -> None:
+    events = EventQueue()
+    switch = kbswitch.KeyboardSwitch(Config(), paths, events)
+    switch.prepare(None)
     switch.watch()
-    assert switch._watcher is None
-    switch.stop()
+    try:
+        _ask(paths, b"fr", "user")
+        assert events.get(timeout=10) == KeyboardAsked()
+    finally:
+        switch.stop()
 
 
 def _fake_setxkbmap(bin_dir: Path, record: Path, code: int = 0) -> dict[str, str]:
@@ -207,10 +219,16 @@ def _keyboard_blocks(conf: str) -> str:
     return conf[start:conf.index("\n        }", start)]
 
 
-def test_without_sign_in_the_put_location_is_off(paths: Paths) -> None:
-    conf = render(Config(), paths, _spec(None))
-    assert "location = /whaletop/keyboard/layout {\n            return 404;" in conf
-    assert "dav_methods" not in conf
+def test_without_sign_in_the_put_asks_for_the_vnc_password(paths: Paths) -> None:
+    conf = render(Config(no_file_transfer=True), paths, _spec(None))
+    block = _keyboard_blocks(conf)
+    for line in ('auth_basic "whaletop (the VNC password)";',
+                 f"auth_basic_user_file {filedav.htpasswd_path(paths)};",
+                 "dav_methods PUT;", f"client_max_body_size {kbswitch.MAX_BODY};",
+                 f"alias {paths.requests_dir}/layout.$remote_user;",
+                 "limit_req zone=signin burst=20 nodelay;",
+                 "if ($whaletop_cross_origin) { return 403; }", "limit_except PUT {"):
+        assert line in block
 
 
 def test_with_sign_in_only_full_access_may_put(paths: Paths) -> None:
@@ -278,15 +296,23 @@ def web_paths(base: Path) -> Paths:  # noqa: F811
 
 @pytest.fixture
 def door(web_paths: Paths) -> Iterator[tuple[int, FullOrViewer]]:
-    paths = web_paths
+    with _door(web_paths, SIGNED) as answer:
+        yield answer
+
+
+@contextlib.contextmanager
+def _door(paths: Paths, config: Config) -> Iterator[tuple[int, FullOrViewer]]:
+    """A real nginx with `config` (its port a free one), and a stand-in sign-in
+    service; the default mode's credentials: user "user", password "secret1"."""
     assert NGINX is not None
     port = _free_port()
-    config = replace(SIGNED, web_port=port)
+    config = replace(config, web_port=port)
     web = None
     if WORKER is not None:
         entry = pwd.getpwnam(WORKER)
         web = RunAs(uid=entry.pw_uid, gid=entry.pw_gid, groups=(), home="/")
     kbswitch.KeyboardSwitch(config, paths, EventQueue()).prepare(web)
+    filedav.write_credentials(config, paths, web, "secret1")
     _write(paths, render(config, paths, _spec(None)))
     checked = nginx_t(paths)
     assert checked.returncode == 0, checked.stderr
@@ -305,10 +331,12 @@ def door(web_paths: Paths) -> Iterator[tuple[int, FullOrViewer]]:
         return True
 
     wait_for(listening, "nginx to listen")
-    yield port, service
-    proc.terminate()
-    proc.wait(timeout=10)
-    service.close()
+    try:
+        yield port, service
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        service.close()
 
 
 def _request(port: int, method: str, path: str, body: bytes | None = None,
@@ -343,6 +371,32 @@ def test_nginx_writes_a_full_users_put_and_refuses_the_others(
     assert status == 200
     assert json.loads(body)["layout"] == "us"
     assert _request(port, "GET", "/whaletop/keyboard")[0] == 401
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@needs_nginx
+def test_by_default_nginx_takes_a_put_with_the_vnc_password_only(web_paths: Paths) -> None:
+    paths = web_paths
+    put = "/whaletop/keyboard/layout"
+    with _door(paths, Config(no_file_transfer=True)) as (port, service):
+        assert _request(port, "PUT", put, b"de")[0] == 401
+        assert _request(port, "PUT", put, b"de",
+                        Authorization=_basic("user", "wrong"))[0] == 401
+        assert _request(port, "PUT", put, b"de",
+                        Authorization=_basic("root", "secret1"))[0] == 401
+        assert _request(port, "PUT", put, b"de", Authorization=_basic("user", "secret1"),
+                        Origin="http://evil.example")[0] == 403
+        assert list(paths.requests_dir.iterdir()) == []
+        assert _request(port, "PUT", put, b"de\n",
+                        Authorization=_basic("user", "secret1"))[0] in (201, 204)
+        assert (paths.requests_dir / "layout.user").read_bytes() == b"de\n"
+        assert service.asked == [], "no sign-in service in the default mode"
+        status, body = _request(port, "GET", "/whaletop/keyboard")
+        assert status == 200
+        assert json.loads(body)["auth"] == "vnc-password"
 
 
 # -- the desktop: a request taken off the loop, its result back on it -----------------------
