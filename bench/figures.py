@@ -21,6 +21,8 @@ class Figure:
 
 SESSIONS = 3  # VNC sessions open through the web port while the certificate rotates
 
+FLEET_SIZES = (1, 2, 4, 8, 16)  # desktops at once in the fleet group
+
 FIGURES: list[Figure] = [
     Figure("start_healthy", "docker run → status HEALTHY", "s", 0.8, 3, original="3.6 s"),
     Figure("start_http", "docker run → noVNC page served (HTTP 200)", "s", 0.8, 3),
@@ -65,6 +67,16 @@ FIGURES: list[Figure] = [
     Figure("home_empty", "docker run → HEALTHY, empty mounted home", "s", None, 3),
     Figure("home_big", "docker run → HEALTHY, 100,000-file mounted home", "s", None, 3),
     Figure("home_ratio", "start with a 100,000-file home ÷ with an empty one", "ratio", 1.1, 3),
+    # Desktops per host (bench/fleet.py): N started together; memory and CPU per desktop.
+    *(row for n in FLEET_SIZES for row in (
+        Figure(f"fleet_healthy_{n}", f"{n} desktop(s) started together → all HEALTHY", "s",
+               5.0 if n == 8 else None, 2),
+        Figure(f"fleet_mem_{n}", f"{n} idle desktop(s): memory per desktop (cgroup, as "
+               "docker stats)", "MiB", 120.0, 1),
+        Figure(f"fleet_host_mem_{n}", f"{n} idle desktop(s): host memory per desktop "
+               "(MemAvailable drop ÷ N)", "MiB", None, 1),
+        Figure(f"fleet_cpu_{n}", f"{n} idle desktop(s): CPU per desktop (cgroup)",
+               "CPU-s/min", None, 3))),
 ]
 BY_KEY = {f.key: f for f in FIGURES}
 
@@ -81,6 +93,8 @@ GROUPS: dict[str, list[str]] = {
     "home": ["home_empty", "home_big", "home_ratio"],
     "idle": ["idle_cpu", "daemon_rss", "container_mem", "container_cpu"],
     "idle_stop": ["unused_mem", "unused_cpu", "idle_stop_late", "unused_mem_after"],
+    "fleet": [f"fleet_{what}_{n}" for n in FLEET_SIZES
+              for what in ("healthy", "mem", "host_mem", "cpu")],
 }
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.fleet import draw_fleet
 from bench.log import log
 from bench.picture import draw_timeline
 from bench.render import machine_line, render_markdown, render_table, render_timeline_text
@@ -34,6 +35,13 @@ def write_outputs(doc: dict[str, Any], out: Path) -> list[str]:
             written.append("timeline.png")
         except ImportError:
             log("Pillow is not installed: no timeline.png")
+    fleet = doc.get("detail", {}).get("fleet", {}).get("runs")
+    if fleet:
+        try:
+            draw_fleet(fleet, machine_line(doc.get("machine", {})), out / "fleet.png")
+            written.append("fleet.png")
+        except ImportError:
+            log("Pillow is not installed: no fleet.png")
     return written
 
 
