@@ -192,6 +192,9 @@ def measure(runner: Bench) -> None:
     settle, window = (3.0, 10.0) if runner.quick else (15.0, 60.0)
     runs: list[dict[str, Any]] = []
     runner.results.detail["fleet"] = {"window_s": window, "settle_s": settle, "runs": runs}
+    for n in SIZES:
+        if n not in sizes:
+            runner.results.skip(fleet_keys(n), f"--quick starts only N = {sizes}")
     for k, n in enumerate(sizes):
         keys = fleet_keys(n)
         available = mem_available()

@@ -53,7 +53,8 @@ def test_targets_are_the_issues() -> None:
 
 def test_larger_fleets_may_take_longer_to_be_healthy() -> None:
     waits = [fleet.timeout_for(n) for n in fleet.SIZES]
-    assert waits == sorted(waits) and waits[0] >= 30
+    assert waits == sorted(waits)
+    assert waits[0] >= 30
 
 
 def test_summary_takes_the_last_healthy_and_divides_the_host_memory() -> None:
