@@ -73,8 +73,8 @@ FIGURES: list[Figure] = [
                5.0 if n == 8 else None, 2),
         Figure(f"fleet_mem_{n}", f"{n} idle desktop(s): memory per desktop (cgroup, as "
                "docker stats)", "MiB", 120.0, 1),
-        Figure(f"fleet_host_mem_{n}", f"{n} idle desktop(s): host memory per desktop "
-               "(MemAvailable drop ÷ N)", "MiB", None, 1),
+        Figure(f"fleet_anon_{n}", f"{n} idle desktop(s): anonymous memory per desktop "
+               "(cgroup rss: not shared)", "MiB", None, 1),
         Figure(f"fleet_cpu_{n}", f"{n} idle desktop(s): CPU per desktop (cgroup)",
                "CPU-s/min", None, 3))),
 ]
@@ -94,7 +94,7 @@ GROUPS: dict[str, list[str]] = {
     "idle": ["idle_cpu", "daemon_rss", "container_mem", "container_cpu"],
     "idle_stop": ["unused_mem", "unused_cpu", "idle_stop_late", "unused_mem_after"],
     "fleet": [f"fleet_{what}_{n}" for n in FLEET_SIZES
-              for what in ("healthy", "mem", "host_mem", "cpu")],
+              for what in ("healthy", "mem", "anon", "cpu")],
 }
 
 

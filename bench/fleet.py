@@ -4,9 +4,10 @@ For N = 1, 2, 4, 8, 16 (--quick: 1, 2): N containers of the image, each with its
 port (FIRST_PORT + i, 127.0.0.1, host network), are started at the same moment; the runner
 notes when each one's status file first says HEALTHY (the figure is the last of them), lets
 them settle, then reads each one's cgroup CPU over a window (60 s; --quick 10 s) and its
-memory at the end (usage minus inactive file cache, as `docker stats`).  The host's
-MemAvailable before the start and at the end, divided by N, is the memory a desktop really
-takes from the host (shared image files counted once).  Every container is removed after
+memory at the end (usage minus inactive file cache, as `docker stats`, and its anonymous
+part: what no other desktop shares, unlike the image's files in the page cache).  The
+host's MemAvailable before the start minus at the end, divided by N, is kept in the detail
+(on a shared host others' work moves it).  Every container is removed after
 its N, also on errors and Ctrl-C.  The first N that fails (a desktop not HEALTHY in time,
 or too little memory left to try) ends the group; the larger ones are reported as not run.
 fleet.png draws the cost against N.
@@ -46,7 +47,7 @@ RESERVE = 2 * 2**30
 
 
 def fleet_keys(n: int) -> tuple[str, str, str, str]:
-    return (f"fleet_healthy_{n}", f"fleet_mem_{n}", f"fleet_host_mem_{n}", f"fleet_cpu_{n}")
+    return (f"fleet_healthy_{n}", f"fleet_mem_{n}", f"fleet_anon_{n}", f"fleet_cpu_{n}")
 
 
 def mem_available(text: str | None = None) -> int:
@@ -85,6 +86,7 @@ class FleetRun:
     n: int
     healthy_s: list[float] = field(default_factory=list)  # each desktop, from the start
     mem: list[float] = field(default_factory=list)  # each desktop's cgroup memory, bytes
+    anon: list[float] = field(default_factory=list)  # each one's anonymous memory, bytes
     cpu: list[float] = field(default_factory=list)  # each desktop's CPU-s per minute
     host_mem_drop: float = 0.0  # MemAvailable before minus at the end, bytes
     host_busy: float = 0.0  # fraction of all cores busy during the window
@@ -96,6 +98,8 @@ class FleetRun:
             "healthy_s": [round(v, 3) for v in self.healthy_s],
             "mem_mib": {k: round(v / MIB, 1) if isinstance(v, float) else v
                         for k, v in summarize(self.mem).items()},
+            "anon_mib": {k: round(v / MIB, 1) if isinstance(v, float) else v
+                         for k, v in summarize(self.anon).items()},
             "host_mem_per_desktop_mib": round(self.host_mem_drop / self.n / MIB, 1),
             "cpu_s_per_min": {k: round(v, 4) if isinstance(v, float) else v
                               for k, v in summarize(self.cpu).items()},
@@ -175,8 +179,9 @@ def measure_n(image: str, n: int, workdir: Path, settle: float, window: float) -
         cpu1 = [cgroups.cpu_seconds(d.cid) for d in desktops]
         h1 = time.monotonic()
         run.host_busy = cpu_busy(host0, host_cpu_times())
-        run.mem = [float(cgroups.memory(d.cid)["usage_minus_inactive_file"])
-                   for d in desktops]
+        mems = [cgroups.memory(d.cid) for d in desktops]
+        run.mem = [float(m["usage_minus_inactive_file"]) for m in mems]
+        run.anon = [float(m["rss"]) for m in mems]
         run.host_mem_drop = float(before - mem_available())
         unhealthy = {d.name: d.word() for d in desktops if d.word() != "HEALTHY"}
         if unhealthy:
@@ -219,14 +224,16 @@ def measure(runner: Bench) -> None:
         runner.record(keys[0], max(run.healthy_s))
         for value in run.mem:
             runner.record(keys[1], value / MIB)
-        runner.record(keys[2], run.host_mem_drop / n / MIB)
+        for value in run.anon:
+            runner.record(keys[2], value / MIB)
         for value in run.cpu:
             runner.record(keys[3], value)
         s = run.summary()
         runs.append(s)
         log(f"fleet {n}: all HEALTHY after {s['all_healthy_s']:.2f} s; per desktop "
             f"{s['mem_mib']['median']:.1f} MiB (cgroup median), "
-            f"{s['host_mem_per_desktop_mib']:.1f} MiB of the host's, "
+            f"{s['anon_mib']['median']:.1f} MiB anonymous, "
+            f"{s['host_mem_per_desktop_mib']:.1f} MiB of the host's MemAvailable, "
             f"{s['cpu_s_per_min']['median']:.3f} CPU-s/min; host {s['host_cpu_busy']:.0%} busy")
 
 
@@ -279,8 +286,7 @@ def draw_fleet(runs: Sequence[dict[str, Any]], subtitle: str, path: Path) -> Non
         x0, x1 = margin + p * pw + 60, margin + (p + 1) * pw - 30
         top, bottom = 110, height - 70
         series = _series(runs, key)
-        extra = _series([{"n": r["n"], "h": r.get("host_mem_per_desktop_mib")} for r in runs],
-                        "h") if key == "mem_mib" else []
+        extra = _series(runs, "anon_mib") if key == "mem_mib" else []
         highs = [hi for _, _, _, hi in series + extra] + ([target] if target else [])
         y_max = max([1e-3, *highs]) * 1.15
         d.text((x0 - 50, 78), title, fill="black", font=f_text)
@@ -314,8 +320,8 @@ def draw_fleet(runs: Sequence[dict[str, Any]], subtitle: str, path: Path) -> Non
         if extra:
             d.text((x0 + 10, top - 12), "● cgroup (docker stats), median, min-max", fill=BLUE,
                    font=f_small)
-            d.text((x0 + 10, top + 4), "● host MemAvailable drop ÷ N", fill=ORANGE,
-                   font=f_small)
+            d.text((x0 + 10, top + 4), "● anonymous (not shared), median, min-max",
+                   fill=ORANGE, font=f_small)
     failed = [r for r in runs if "error" in r]
     if failed:
         d.text((margin, height - 22), f"N = {failed[0]['n']} failed: "

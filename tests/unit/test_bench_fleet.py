@@ -22,6 +22,7 @@ def _run(n: int, healthy: float, mem: float, cpu: float) -> fleet.FleetRun:
     run = fleet.FleetRun(n)
     run.healthy_s = [healthy - 0.1 * i for i in range(n)]
     run.mem = [mem * fleet.MIB + i * fleet.MIB for i in range(n)]
+    run.anon = [(mem - 60) * fleet.MIB] * n
     run.cpu = [cpu] * n
     run.host_mem_drop = n * (mem - 40) * fleet.MIB
     return run
@@ -62,6 +63,7 @@ def test_summary_takes_the_last_healthy_and_divides_the_host_memory() -> None:
     assert s["all_healthy_s"] == 3.0
     assert s["mem_mib"] == {"median": 151.5, "min": 150.0, "max": 153.0, "n": 4}
     assert s["host_mem_per_desktop_mib"] == 110.0
+    assert s["anon_mib"]["median"] == 90.0
     assert s["cpu_s_per_min"]["median"] == 0.2
 
 
