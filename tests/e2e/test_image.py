@@ -21,7 +21,7 @@ GALLIUM_USERS = ("libGLX_mesa.so", "libGLX_indirect.so", "/gbm/dri_gbm.so")
 
 def sh(image: str, script: str, check: bool = True) -> str:
     result = docker("run", "--rm", "--network", "none", "--user", "root", "--entrypoint",
-                    "sh", image, "-c", script, check=False)
+                    "sh", image, "-ec", script, check=False)
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
@@ -36,7 +36,7 @@ def test_apt_is_consistent(image: str) -> None:
 
 def test_left_out_packages_are_not_installed_and_the_stub_says_so(image: str) -> None:
     status = sh(image, "dpkg-query -W -f='${Package} ${db:Status-Status}\\n' "
-                + " ".join(LEFT_OUT) + " 2>/dev/null; true")
+                + " ".join(LEFT_OUT) + " 2>/dev/null || true")
     installed = [line.split()[0] for line in status.splitlines() if line.endswith(" installed")]
     assert installed == []
     provides = sh(image, "dpkg-query -W -f='${Provides}' whaletop-slim")
@@ -91,7 +91,7 @@ def test_xrdb_merges_without_cpp(image: str) -> None:
     out = sh(image, r"""
 Xvnc :7 -SecurityTypes None -rfbport -1 -rfbunixpath /tmp/vnc7 -nolisten tcp >/tmp/x.log 2>&1 &
 for i in $(seq 100); do [ -e /tmp/.X11-unix/X7 ] && break; sleep 0.1; done
-! command -v cpp >/dev/null
+test -z "$(command -v cpp)"
 printf 'Xcursor.theme: whaletop-test\nXcursor.size: 24\n' | DISPLAY=:7 xrdb -merge
 DISPLAY=:7 xrdb -query
 """)
