@@ -5,18 +5,32 @@ FROM debian:trixie
 ARG DEBIAN_FRONTEND=noninteractive
 
 # Every Python dependency of whaletopd comes from Debian, so the image builds without PyPI.
+# Slimming, in the same layer as the install (a later layer cannot make it smaller):
+# dpkg leaves translations and manuals out (docker/slim/dpkg.cfg, later installs too);
+# an empty package, whaletop-slim, stands in for the GL drivers, Ghostscript and cpp
+# (docker/slim/stubs.sh says why each is not needed); noVNC's files come from its
+# package without the package itself, whose only use of nodejs is a dependency.
+COPY docker/slim/dpkg.cfg /etc/dpkg/dpkg.cfg.d/whaletop-slim
+COPY docker/slim/stubs.sh /tmp/whaletop-stubs.sh
 RUN apt-get update \
+ && sh /tmp/whaletop-stubs.sh \
  && apt-get install -y --no-install-recommends \
         tini sudo ca-certificates \
         python3 python3-transitions python3-watchdog python3-psutil \
         python3-cryptography python3-structlog \
-        tigervnc-standalone-server tigervnc-tools novnc websockify nginx \
+        tigervnc-standalone-server tigervnc-tools websockify nginx \
         dbus dbus-x11 lxde-core lxterminal lxde-icon-theme gnome-themes-extra \
         x11-utils x11-xserver-utils xdotool xclip fonts-dejavu-core libnss-wrapper \
         chromium \
         pipewire pipewire-pulse wireplumber pulseaudio-utils opus-tools \
+ && cd /tmp && apt-get download novnc \
+ && dpkg-deb -x novnc_*.deb /tmp/novnc \
+ && mv /tmp/novnc/usr/share/novnc /usr/share/novnc \
+ && install -D -m 0644 /tmp/novnc/usr/share/doc/novnc/copyright /usr/share/doc/novnc/copyright \
  && apt-get clean \
- && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /usr/share/doc/* /usr/share/man/*
+ && rm -rf /tmp/novnc /tmp/novnc_*.deb /tmp/whaletop-stubs.sh \
+        /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/debconf/*-old \
+        /var/log/apt /var/log/dpkg.log
 
 ENV LANG=C.UTF-8 \
     APPIMAGE_EXTRACT_AND_RUN=1 \

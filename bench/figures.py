@@ -21,6 +21,8 @@ class Figure:
 
 SESSIONS = 3  # VNC sessions open through the web port while the certificate rotates
 
+FLEET_SIZES = (1, 2, 4, 8, 16)  # desktops at once in the fleet group
+
 FIGURES: list[Figure] = [
     Figure("start_healthy", "docker run → status HEALTHY", "s", 0.8, 3, original="3.6 s"),
     Figure("start_http", "docker run → noVNC page served (HTTP 200)", "s", 0.8, 3),
@@ -81,6 +83,16 @@ FIGURES: list[Figure] = [
            "512 MiB)", "MB/s", None, 0),
     Figure("files_up_tls", "upload over TLS (512 MiB)", "MB/s", None, 0),
     Figure("files_down_tls", "download over TLS (512 MiB)", "MB/s", None, 0),
+    # Desktops per host (bench/fleet.py): N started together; memory and CPU per desktop.
+    *(row for n in FLEET_SIZES for row in (
+        Figure(f"fleet_healthy_{n}", f"{n} desktop(s) started together → all HEALTHY", "s",
+               5.0 if n == 8 else None, 2),
+        Figure(f"fleet_mem_{n}", f"{n} idle desktop(s): memory per desktop (cgroup, as "
+               "docker stats)", "MiB", 120.0, 1),
+        Figure(f"fleet_anon_{n}", f"{n} idle desktop(s): anonymous memory per desktop "
+               "(cgroup rss: not shared)", "MiB", None, 1),
+        Figure(f"fleet_cpu_{n}", f"{n} idle desktop(s): CPU per desktop (cgroup)",
+               "CPU-s/min", None, 3))),
 ]
 BY_KEY = {f.key: f for f in FIGURES}
 
@@ -99,6 +111,8 @@ GROUPS: dict[str, list[str]] = {
     "idle_stop": ["unused_mem", "unused_cpu", "idle_stop_late", "unused_mem_after"],
     "interactive": ["key_p50", "key_p95", "scroll_frame", "scroll_bytes", "still_cpu"],
     "files": ["files_up", "files_down", "files_up_tls", "files_down_tls"],
+    "fleet": [f"fleet_{what}_{n}" for n in FLEET_SIZES
+              for what in ("healthy", "mem", "anon", "cpu")],
 }
 
 

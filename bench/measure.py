@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import cgroups, files, interactive
+from bench import cgroups, files, fleet, interactive
 from bench.browser import Browser, load_page, nginx_answers
 from bench.containers import BenchError, Launcher, Running, docker
 from bench.cpu import idle_figures
@@ -500,6 +500,8 @@ class Bench:
                 self.fig_image()
             elif group == "home":
                 self.fig_home(home_files)
+            elif group == "fleet":
+                fleet.measure(self)
             else:
                 for i in range(self.runs):
                     per_run[group](i)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.fleet import draw_fleet
 from bench.interactive import write_curve
 from bench.log import log
 from bench.picture import draw_timeline
@@ -36,6 +37,13 @@ def write_outputs(doc: dict[str, Any], out: Path) -> list[str]:
             written.append("timeline.png")
         except ImportError:
             log("Pillow is not installed: no timeline.png")
+    fleet = doc.get("detail", {}).get("fleet", {}).get("runs")
+    if fleet:
+        try:
+            draw_fleet(fleet, machine_line(doc.get("machine", {})), out / "fleet.png")
+            written.append("fleet.png")
+        except ImportError:
+            log("Pillow is not installed: no fleet.png")
     return written
 
 
