@@ -54,7 +54,8 @@ MIN_SIDE, MAX_SIDE = 64, 16384
 MAX_SECONDS = 86400.0
 # The least each timer may be: below these the daemon would spin (a probe round every
 # microsecond) or judge a desktop before it could have answered.
-MIN_SECONDS = {"probe_interval": 0.5, "probe_timeout": 0.1, "startup_timeout": 1.0,
+MIN_SECONDS = {"probe_interval": 0.5, "probe_full_interval": 0.5, "probe_timeout": 0.1,
+               "startup_timeout": 1.0,
                "sign_in_lockout": 1.0}
 MAX_SIGN_IN_ATTEMPTS = 1000
 # What libxcrypt hashes (webusers.MAX_PASSWORD).
@@ -158,6 +159,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("--probe-interval", "WHALETOP_PROBE_INTERVAL", float, 5.0,
            "seconds between health checks once HEALTHY "
            f"(at least {MIN_SECONDS['probe_interval']:g})"),
+    Option("--probe-full-interval", "WHALETOP_PROBE_FULL_INTERVAL", float, 300.0,
+           "seconds between full health checks once HEALTHY (a VNC login through nginx "
+           "and websockify, and noVNC's page); the checks every --probe-interval in "
+           "between are cheap ones (the X server answers, the web port accepts), and a "
+           "failed cheap check runs a full one at once "
+           f"(at least {MIN_SECONDS['probe_full_interval']:g})"),
     Option("--probe-timeout", "WHALETOP_PROBE_TIMEOUT", float, 2.0,
            "seconds one health check may take before it counts as failed "
            f"(at least {MIN_SECONDS['probe_timeout']:g})"),
@@ -199,6 +206,7 @@ class Config:
     vnc_port: int = 5901
     expose_vnc: bool = False
     probe_interval: float = 5.0
+    probe_full_interval: float = 300.0
     probe_timeout: float = 2.0
     startup_timeout: float = 60.0
     stop_when_idle: float = 0.0
