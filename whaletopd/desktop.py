@@ -70,7 +70,7 @@ from whaletopd.programs import DISPLAY, PROGRAMS, Launch, Program, blame
 from whaletopd.provision import Account, ProvisionError
 from whaletopd.status import StatusFile
 from whaletopd.supervisor import Supervisor
-from whaletopd.tls import TLSError
+from whaletopd.tls_error import TLSError
 from whaletopd.web import WebFront
 
 log = logs.get("whaletopd")
