@@ -23,6 +23,7 @@ moved on is refused by the machine.
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
@@ -88,6 +89,10 @@ IDLE_STOP = "idle-stop"
 # count also refreshes the status file's mtime: the loop's heartbeat, which the image's
 # HEALTHCHECK (docker/healthcheck) reads; keep this well under its STALE_AFTER.
 CLIENTS_INTERVAL = 10.0
+# The cheap health checks' names (probes.light_probes), and how often their durations
+# alone rewrite the metrics file.
+LIGHT_CHECKS = frozenset({"x_answers", "web_port"})
+METRICS_LIGHT_WRITE = 60.0
 # The program whose start starts LXDE's menu-cached (programs.py's session row).
 SESSION = "session"
 
@@ -144,6 +149,7 @@ class Desktop:
         self._provisioner = seams.provisioner
         self._make_probes = seams.make_probes
         self._make_light_probes = seams.make_light_probes
+        self._light_written = -math.inf  # when a cheap round's durations were last written
         self._t0 = time.monotonic()
         # VNC clients connected: None until counted (from the first HEALTHY on) or when
         # they cannot be counted.  /metrics shows it too.
@@ -304,10 +310,21 @@ class Desktop:
     def start_probes(self, event: EventData) -> None:
         self.prober = probes.Prober(self._probes(), self.events,
                                     interval=self.config.probe_interval,
-                                    observe=self.metrics.observe_probes,
+                                    observe=self._observe_probes,
                                     light=self._light_probes(),
                                     full_interval=self.config.probe_full_interval)
         self.prober.start()
+
+    def _observe_probes(self, seconds: Mapping[str, float]) -> None:
+        """The prober's thread: /metrics gets each full round at once, the cheap rounds'
+        durations at least every METRICS_LIGHT_WRITE seconds (an idle desktop's file is
+        not rewritten every few seconds for them)."""
+        now = time.monotonic()
+        write = (not seconds.keys() <= LIGHT_CHECKS
+                 or now - self._light_written >= METRICS_LIGHT_WRITE)
+        if write:
+            self._light_written = now
+        self.metrics.observe_probes(seconds, write=write)
 
     def _probes(self) -> list[probes.Probe]:
         return self._make_probes(self._target(), self._blame)
