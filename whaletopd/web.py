@@ -92,9 +92,10 @@ class WebFront:
     def validate(self) -> None:
         """First of all provisioning: a bad certificate is FAILED before anything else is
         touched.  Raises TLSError."""
-        from whaletopd import certs
         if not self._config.tls:
             return
+        from whaletopd import certs
+
         with step("tls_validate") as out:
             self._certificate = certs.obtain(self._config.tls_certificate,
                                              self._paths.state_dir,

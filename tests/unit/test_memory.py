@@ -12,7 +12,12 @@ import pytest
 from whaletopd import probes, tls, web
 
 DAEMON = ("from whaletopd import signals, config, logs, loop, desktop, cli; "
-          "from whaletopd import probes; probes._vnc_des_response('s3cretpw', bytes(16)); ")
+          "from whaletopd import probes; probes._vnc_des_response('s3cretpw', bytes(16)); "
+          # what the daemon runs of the web front without TLS
+          "from whaletopd.web import WebFront; from whaletopd.paths import Paths; "
+          "from whaletopd.events import EventQueue; from whaletopd.deadlines import Deadlines; "
+          "w = WebFront(config.Config(), Paths(), EventQueue(), Deadlines()); "
+          "w.validate(); w.install(); ")
 
 
 def _loaded(code: str) -> list[str]:
