@@ -156,7 +156,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--expose-vnc", "WHALETOP_EXPOSE_VNC", bool, False,
            "also serve raw VNC on TCP --vnc-port, all interfaces (default: no TCP, only "
            "the web port)"),
-    Option("--probe-interval", "WHALETOP_PROBE_INTERVAL", float, 5.0,
+    Option("--probe-interval", "WHALETOP_PROBE_INTERVAL", float, 10.0,
            "seconds between health checks once HEALTHY "
            f"(at least {MIN_SECONDS['probe_interval']:g})"),
     Option("--probe-full-interval", "WHALETOP_PROBE_FULL_INTERVAL", float, 300.0,
@@ -205,7 +205,7 @@ class Config:
     web_port: int = 8080
     vnc_port: int = 5901
     expose_vnc: bool = False
-    probe_interval: float = 5.0
+    probe_interval: float = 10.0
     probe_full_interval: float = 300.0
     probe_timeout: float = 2.0
     startup_timeout: float = 60.0
