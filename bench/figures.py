@@ -42,11 +42,12 @@ FIGURES: list[Figure] = [
     Figure("restart_healthy", "docker restart → HEALTHY again", "s", 1.5, 3),
     Figure("idle_cpu", "whaletopd CPU while idle and HEALTHY", "CPU-s/min", 0.02, 4,
            original="0.04-0.06"),
-    Figure("daemon_rss", "whaletopd RSS (idle)", "MiB", 25.0, 1, original="25.3 MB"),
+    Figure("daemon_rss", "whaletopd RSS (idle)", "MiB", 30.0, 1, original="25.3 MB"),
+    Figure("daemon_rss_tls", "whaletopd RSS (idle, --enable-tls)", "MiB", 30.0, 1),
     Figure("container_mem", "container memory when idle (cgroup, as docker stats)", "MiB",
            None, 1),
     Figure("container_cpu", "container CPU while idle (cgroup; HEALTHCHECK included)",
-           "CPU-s/min", None, 3),
+           "CPU-s/min", 0.05, 3, original="0.083"),
     Figure("unused_mem", "container memory of a desktop nobody uses (--stop-when-idle, "
            "before it stops)", "MiB", None, 1),
     Figure("unused_cpu", "container CPU of a desktop nobody uses (before it stops)",
@@ -113,6 +114,7 @@ GROUPS: dict[str, list[str]] = {
     "files": ["files_up", "files_down", "files_up_tls", "files_down_tls"],
     "fleet": [f"fleet_{what}_{n}" for n in FLEET_SIZES
               for what in ("healthy", "mem", "anon", "cpu")],
+    "idle_tls": ["daemon_rss_tls"],
 }
 
 

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import cgroups, files, fleet, interactive
+from bench import cgroups, files, fleet, idle_cost, interactive
 from bench.browser import Browser, load_page, nginx_answers
 from bench.containers import BenchError, Launcher, Running, docker
 from bench.cpu import idle_figures
@@ -246,15 +246,19 @@ class Bench:
                 f"exited {code} after {exited:.3f} s")
 
     def fig_idle(self, i: int) -> None:
-        window = 10.0 if self.quick else 60.0
+        # Two of the HEALTHCHECK's 60 s intervals: the window holds as many of its execs
+        # as a minute's share, wherever it starts.
+        window = 10.0 if self.quick else 120.0
         with self.container(f"idle{i}") as c:
             c.wait_healthy()
             time.sleep(3 if self.quick else 15)  # the session finishes starting
             cid = c.inspect("{{.Id}}")
             before = json.loads(c.run_script(SNAPSHOT))
-            cpu0, h0 = cgroups.cpu_seconds(cid), time.monotonic()
+            procs0 = idle_cost.processes(cid)
+            cpu0, h0, w0 = cgroups.cpu_seconds(cid), time.monotonic(), time.time()
             time.sleep(window)
-            cpu1, h1 = cgroups.cpu_seconds(cid), time.monotonic()
+            cpu1, h1, w1 = cgroups.cpu_seconds(cid), time.monotonic(), time.time()
+            procs1 = idle_cost.processes(cid)
             after = json.loads(c.run_script(SNAPSHOT))
             mem = cgroups.memory(cid)
             if after["state"] != "HEALTHY" or before["since"] != after["since"]:
@@ -267,6 +271,9 @@ class Bench:
             self.record("container_cpu", container_cpu)
             self.results.detail.setdefault("idle", []).append({
                 **fig, "container_cpu_s_per_min": round(container_cpu, 4),
+                "per_process_cpu_s_per_min": idle_cost.breakdown(procs0, procs1, cpu1 - cpu0,
+                                                                 h1 - h0),
+                "healthchecks_in_window": idle_cost.healthchecks(c.name, w0, w1),
                 "rss_kib": after["mem"],
                 "cgroup_mib": {k: round(v / 2**20, 1) for k, v in mem.items()}})
             log(f"idle {i + 1}/{self.runs}: {fig['cpu_s_per_min']:.4f} CPU-s/min (schedstat "
@@ -490,7 +497,8 @@ class Bench:
             "kill": self.fig_kill, "apps": self.fig_apps, "cert": self.fig_cert,
             "idle": self.fig_idle, "browser": self.fig_browser,
             "idle_stop": self.fig_idle_stop, "interactive": lambda i: interactive.run(self, i),
-            "files": lambda i: files.fig_files(self, i)}
+            "files": lambda i: files.fig_files(self, i),
+            "idle_tls": lambda i: idle_cost.fig_idle_tls(self, i)}
         if group == "browser" and self.browser.missing:
             log(f"browser: skipped: {self.browser.missing}")
             self.results.skip(GROUPS[group], self.browser.missing)

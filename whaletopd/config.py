@@ -55,7 +55,8 @@ MIN_SIDE, MAX_SIDE = 64, 16384
 MAX_SECONDS = 86400.0
 # The least each timer may be: below these the daemon would spin (a probe round every
 # microsecond) or judge a desktop before it could have answered.
-MIN_SECONDS = {"probe_interval": 0.5, "probe_timeout": 0.1, "startup_timeout": 1.0,
+MIN_SECONDS = {"probe_interval": 0.5, "probe_full_interval": 0.5, "probe_timeout": 0.1,
+               "startup_timeout": 1.0,
                "sign_in_lockout": 1.0}
 MAX_SIGN_IN_ATTEMPTS = 1000
 # What libxcrypt hashes (webusers.MAX_PASSWORD).
@@ -167,9 +168,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("--expose-vnc", "WHALETOP_EXPOSE_VNC", bool, False,
            "also serve raw VNC on TCP --vnc-port, all interfaces (default: no TCP, only "
            "the web port)"),
-    Option("--probe-interval", "WHALETOP_PROBE_INTERVAL", float, 5.0,
+    Option("--probe-interval", "WHALETOP_PROBE_INTERVAL", float, 10.0,
            "seconds between health checks once HEALTHY "
            f"(at least {MIN_SECONDS['probe_interval']:g})"),
+    Option("--probe-full-interval", "WHALETOP_PROBE_FULL_INTERVAL", float, 300.0,
+           "seconds between full health checks once HEALTHY (a VNC login through nginx "
+           "and websockify, and noVNC's page); the checks every --probe-interval in "
+           "between are cheap ones (the X server answers, the web port accepts), and a "
+           "failed cheap check runs a full one at once "
+           f"(at least {MIN_SECONDS['probe_full_interval']:g})"),
     Option("--probe-timeout", "WHALETOP_PROBE_TIMEOUT", float, 2.0,
            "seconds one health check may take before it counts as failed "
            f"(at least {MIN_SECONDS['probe_timeout']:g})"),
@@ -220,7 +227,8 @@ class Config:
     web_port: int = 8080
     vnc_port: int = 5901
     expose_vnc: bool = False
-    probe_interval: float = 5.0
+    probe_interval: float = 10.0
+    probe_full_interval: float = 300.0
     probe_timeout: float = 2.0
     startup_timeout: float = 60.0
     stop_when_idle: float = 0.0

@@ -24,6 +24,7 @@ moved on is refused by the machine.
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
@@ -73,7 +74,7 @@ from whaletopd.programs import DISPLAY, PROGRAMS, Launch, Program, blame
 from whaletopd.provision import Account, ProvisionError
 from whaletopd.status import StatusFile
 from whaletopd.supervisor import Supervisor
-from whaletopd.tls import TLSError
+from whaletopd.tls_error import TLSError
 from whaletopd.web import WebFront
 
 log = logs.get("whaletopd")
@@ -87,8 +88,14 @@ CLIENTS = "clients"
 IDLE_SOON = "idle-soon"
 IDLE_STOP = "idle-stop"
 # How often the clients are counted: every 10 s (a count costs well under a millisecond),
-# more often for a short --stop-when-idle, so its warning and stop come on time.
+# more often for a short --stop-when-idle, so its warning and stop come on time.  Each
+# count also refreshes the status file's mtime: the loop's heartbeat, which the image's
+# HEALTHCHECK (docker/healthcheck) reads; keep this well under its STALE_AFTER.
 CLIENTS_INTERVAL = 10.0
+# The cheap health checks' names (probes.light_probes), and how often their durations
+# alone rewrite the metrics file.
+LIGHT_CHECKS = frozenset({"x_answers", "web_port"})
+METRICS_LIGHT_WRITE = 60.0
 # The program whose start starts LXDE's menu-cached (programs.py's session row).
 SESSION = "session"
 
@@ -101,6 +108,7 @@ class Seams:
     programs: Sequence[Program] = PROGRAMS
     provisioner: Provisioner = provision.provision
     make_probes: ProbeMaker = probes.desktop_probes
+    make_light_probes: ProbeMaker = probes.light_probes
     web_account: Callable[[], RunAs | None] = frontdoor.web_account
 
 
@@ -146,6 +154,8 @@ class Desktop:
         self._blame = blame(table)
         self._provisioner = seams.provisioner
         self._make_probes = seams.make_probes
+        self._make_light_probes = seams.make_light_probes
+        self._light_written = -math.inf  # when a cheap round's durations were last written
         self._t0 = time.monotonic()
         # VNC clients connected: None until counted (from the first HEALTHY on) or when
         # they cannot be counted.  /metrics shows it too.
@@ -309,10 +319,29 @@ class Desktop:
     def start_probes(self, event: EventData) -> None:
         self.prober = probes.Prober(self._probes(), self.events,
                                     interval=self.config.probe_interval,
-                                    observe=self.metrics.observe_probes)
+                                    observe=self._observe_probes,
+                                    light=self._light_probes(),
+                                    full_interval=self.config.probe_full_interval)
         self.prober.start()
 
+    def _observe_probes(self, seconds: Mapping[str, float]) -> None:
+        """The prober's thread: /metrics gets each full round at once, the cheap rounds'
+        durations at least every METRICS_LIGHT_WRITE seconds (an idle desktop's file is
+        not rewritten every few seconds for them)."""
+        now = time.monotonic()
+        write = (not seconds.keys() <= LIGHT_CHECKS
+                 or now - self._light_written >= METRICS_LIGHT_WRITE)
+        if write:
+            self._light_written = now
+        self.metrics.observe_probes(seconds, write=write)
+
     def _probes(self) -> list[probes.Probe]:
+        return self._make_probes(self._target(), self._blame)
+
+    def _light_probes(self) -> list[probes.Probe]:
+        return self._make_light_probes(self._target(), self._blame)
+
+    def _target(self) -> probes.Target:
         assert self.account is not None
         cfg = self.config
         paths = self.paths
@@ -321,7 +350,7 @@ class Desktop:
             paths.websockify_socket, self.account.password, cfg.probe_timeout,
             self.front.probe_token, pin=self.web.pin,
             auth_socket=paths.auth_socket if cfg.sign_in else None)
-        return self._make_probes(target, self._blame)
+        return target
 
     # -- conditions ----------------------------------------------------------------------
 
@@ -414,7 +443,7 @@ class Desktop:
 
     def _reset_probes(self) -> None:
         if self.prober is not None:
-            self.prober.reset(self._probes())
+            self.prober.reset(self._probes(), self._light_probes())
 
     # -- TLS: rotation and expiry --------------------------------------------------------
 
@@ -515,6 +544,7 @@ class Desktop:
 
     def count_clients(self, event: EventData) -> None:
         self.deadlines.arm(CLIENTS, self._clients_interval(), ClientsCheckDue())
+        self.status.touch()  # the loop is alive (the heartbeat: status.py)
         try:
             count: int | None = self.counter.count()
         except OSError as exc:

@@ -7,6 +7,18 @@ Logging in (not just reading the banner) proves the password file and the server
 authentication.  The checks carry a per-start secret header that nginx knows, so no
 client's flood can get them limited, and they are not logged.
 
+What a round costs is what an idle desktop costs, so there are two kinds.  The full
+round above forks a websockify handler, runs a VNC login and fetches a page: ~17 ms of
+CPU over the container.  The light round asks only what is cheap and still proves a
+server answers: the X server replies to a connection setup (Xvnc's loop runs), and the
+web port accepts (nginx listens).  A dead child is an event already (supervisor.py); a
+hung one is what these rounds are for.  The prober runs a full round until the first
+pass and after every reset() (a part was replaced: its repair is proved the user's way),
+whenever a light check fails (to judge, and to blame the right part), and otherwise
+every `full_interval` seconds; light rounds every `interval` seconds in between.  The
+price: a server that hangs behind nginx while the X server answers (websockify, the
+sign-in service, nginx's workers) is found by the next full round, not the next light one.
+
 The prober runs in its own thread with socket timeouts, so a hung server costs a probe
 timeout, never the machine's attention.  It posts only when its verdict changes, so an
 idle healthy desktop puts nothing on the queue.  How long each check took goes to an
@@ -18,6 +30,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import math
 import os
 import socket
 import struct
@@ -99,8 +112,44 @@ class _WebSocketStream:
         self._sock.sendall(bytes([0x82, 0x80 | len(data)]) + mask + masked)
 
 
+def _vnc_key(password: str) -> bytes:
+    return bytes(int(f"{b:08b}"[::-1], 2) for b in password.encode("latin-1")[:8].ljust(8, b"\0"))
+
+
+@functools.cache
+def _libcrypto_des() -> tuple[Callable[..., object], Callable[..., object]] | None:
+    """OpenSSL's DES_set_key_unchecked and DES_ecb_encrypt, through ctypes: libcrypto is
+    in the daemon already (hashlib's), where cryptography's ciphers would cost it ~4 MiB
+    for two 8-byte blocks per login.  None when this libcrypto lacks them."""
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL("libcrypto.so.3")
+        return lib.DES_set_key_unchecked, lib.DES_ecb_encrypt
+    except (OSError, AttributeError):
+        return None
+
+
 def _vnc_des_response(password: str, challenge: bytes) -> bytes:
     """VNC authentication: DES-encrypt the challenge with the bit-reversed password."""
+    des = _libcrypto_des()
+    if des is not None:
+        import ctypes
+
+        set_key, ecb = des
+        schedule = ctypes.create_string_buffer(128)  # DES_key_schedule: 16 x 8 bytes
+        set_key(ctypes.create_string_buffer(_vnc_key(password), 8), schedule)
+        out = b""
+        for i in range(0, len(challenge), 8):
+            block = ctypes.create_string_buffer(challenge[i:i + 8], 8)
+            result = ctypes.create_string_buffer(8)
+            ecb(block, result, schedule, 1)  # DES_ENCRYPT
+            out += result.raw
+        return out
+    return _vnc_des_response_cryptography(password, challenge)
+
+
+def _vnc_des_response_cryptography(password: str, challenge: bytes) -> bytes:
     from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
     try:  # cryptography >= 43 keeps (3)DES in "decrepit"; older ones in algorithms
@@ -109,7 +158,7 @@ def _vnc_des_response(password: str, challenge: bytes) -> bytes:
         from cryptography.hazmat.primitives.ciphers.algorithms import (  # type: ignore[attr-defined,no-redef,unused-ignore]
             TripleDES,
         )
-    key = bytes(int(f"{b:08b}"[::-1], 2) for b in password.encode("latin-1")[:8].ljust(8, b"\0"))
+    key = _vnc_key(password)
     # Three equal keys make TripleDES single DES, which is what VNC authentication uses.
     encryptor = Cipher(TripleDES(key * 3), modes.ECB()).encryptor()
     return encryptor.update(challenge) + encryptor.finalize()
@@ -278,6 +327,33 @@ def x_display(socket_path: str, timeout: float) -> None:
         raise ProbeError(f"X display {socket_path}: {exc}") from None
 
 
+# An X11 connection setup request (little-endian, protocol 11.0, no authorization): any
+# answer (Success, Failed, Authenticate) proves the server's loop runs.
+_X_SETUP = struct.pack("<cxHHHHxx", b"l", 11, 0, 0, 0)
+
+
+def x_answers(socket_path: str, timeout: float) -> None:
+    """The X server answers a connection setup: the cheap proof that Xvnc is not hung
+    (connecting alone proves nothing: the kernel completes it into the backlog)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(socket_path)
+            sock.sendall(_X_SETUP)
+            status = _SocketStream(sock).recv_exact(8)[0]
+    except (OSError, ProbeError) as exc:
+        raise ProbeError(f"X display {socket_path}: {exc}") from None
+    if status not in (0, 1, 2):
+        raise ProbeError(f"X display {socket_path}: not an X server (setup status {status})")
+
+
+def port_accepts(host: str, port: int, timeout: float) -> None:
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise ProbeError(f"web port {port}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class Probe:
     name: str
@@ -347,6 +423,15 @@ def desktop_probes(target: Target, blame: Mapping[str, str]) -> list[Probe]:
     return [Probe(name, blame[name], check) for name, check in checks]
 
 
+def light_probes(target: Target, blame: Mapping[str, str]) -> list[Probe]:
+    """The cheap round between full ones (see the module's docstring); a failure here
+    only makes the prober run the full round, which judges and blames."""
+    t = target
+    return [Probe("x_answers", blame["x_display"], lambda: x_answers(t.x_socket, t.timeout)),
+            Probe("web_port", blame["web_login"],
+                  lambda: port_accepts("127.0.0.1", t.web_port, t.timeout))]
+
+
 def run_all(probes: Sequence[Probe],
             seconds: dict[str, float] | None = None) -> tuple[str, str] | None:
     """None when every probe passed, else (reason, part) of the first failure.  How
@@ -369,12 +454,22 @@ class Prober:
     """Runs the probes on an interval in its own thread; posts ProbePassed / ProbeFailed
     when the verdict changes.  Each verdict carries the generation of the checks it
     came from: reset() (a part was replaced) starts a new generation, and the machine
-    ignores verdicts of an older one, however late they arrive."""
+    ignores verdicts of an older one, however late they arrive.
+
+    `light` probes, when given, run every `interval` seconds between full rounds of
+    `probes`, which run every `full_interval` seconds, until the first pass of each
+    generation, while the verdict is a failure, and whenever a light check fails."""
 
     def __init__(self, probes: Sequence[Probe], events: EventQueue, interval: float,
                  failures_to_unhealthy: int = 2,
-                 observe: Callable[[Mapping[str, float]], None] | None = None) -> None:
+                 observe: Callable[[Mapping[str, float]], None] | None = None,
+                 light: Sequence[Probe] = (), full_interval: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._probes = list(probes)
+        self._light = list(light)
+        self._full_interval = full_interval
+        self._clock = clock
+        self.rounds = {"full": 0, "light": 0}  # how many of each ran (tests, bench)
         self._observe = observe  # after each round: how long each check took (metrics)
         self._events = events
         self._interval = interval
@@ -397,25 +492,44 @@ class Prober:
         self._stop.set()
         self._wake.set()
 
-    def reset(self, probes: Sequence[Probe] | None = None) -> None:
-        """Forget the verdict (a part was restarted): probe fast until the next pass."""
+    def reset(self, probes: Sequence[Probe] | None = None,
+              light: Sequence[Probe] | None = None) -> None:
+        """Forget the verdict (a part was restarted): full rounds, fast, until the next pass."""
         with self._lock:
             self._generation += 1
             if probes is not None:
                 self._probes = list(probes)
+            if light is not None:
+                self._light = list(light)
         self._wake.set()
+
+    def _round(self, full: Sequence[Probe], light: Sequence[Probe], thorough: bool,
+               seconds: dict[str, float]) -> tuple[str, str] | None:
+        if not thorough:
+            self.rounds["light"] += 1
+            if run_all(light, seconds) is None:
+                return None
+            # A cheap check failed: the full round judges, and names the part to blame.
+        self.rounds["full"] += 1
+        return run_all(full, seconds)
 
     def _run(self) -> None:
         healthy: bool | None = None
         failures = 0
         seen = -1
+        last_full = -math.inf
         while not self._stop.is_set():
             with self._lock:
-                generation, checks = self._generation, self._probes
+                generation, checks, light = self._generation, self._probes, self._light
             if generation != seen:
-                healthy, failures, seen = None, 0, generation
+                healthy, failures, seen, last_full = None, 0, generation, -math.inf
+            thorough = (healthy is not True or not light
+                        or self._clock() - last_full >= self._full_interval)
             seconds: dict[str, float] = {}
-            failure = run_all(checks, seconds)
+            rounds = self.rounds["full"]
+            failure = self._round(checks, light, thorough, seconds)
+            if self.rounds["full"] != rounds:
+                last_full = self._clock()
             if self._observe is not None and not self._stop.is_set():
                 self._observe(seconds)
             if self._stop.is_set() or generation != self.generation:

@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-import psutil
-
 from whaletopd import logs, rootless
 from whaletopd.children import RunAs
 from whaletopd.config import Config, system_group
@@ -141,6 +139,17 @@ def prepare_dirs(paths: Paths) -> None:
     paths.x11_socket_dir.chmod(0o1777)
 
 
+def _pid_exists(pid: int) -> bool:
+    """psutil.pid_exists without psutil (~1 MiB of the daemon's memory for one call)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, as another user's
+    return True
+
+
 def clear_stale_x_lock(paths: Paths, display: int) -> list[str]:
     """Remove the X lock and socket a previous run left (docker restart keeps /tmp).
     Both are checked before either goes: a lock whose process runs, or a socket a server
@@ -153,7 +162,7 @@ def clear_stale_x_lock(paths: Paths, display: int) -> list[str]:
         pid = 0
     except ValueError:
         pid = 0  # a torn lock file is as stale as a dead one
-    if pid and psutil.pid_exists(pid):
+    if pid > 0 and _pid_exists(pid):
         raise ProvisionError(f"display :{display} is held by a running process (pid {pid})")
     if _answers(sock):
         raise ProvisionError(f"display :{display} is in use: an X server answers on {sock} "

@@ -4,6 +4,11 @@ Both are replaced atomically (write a temporary file, fsync, rename), so a reade
 never sees a partial word.  status.json is written first: whoever sees a new word
 finds its detail already there.
 
+The word file's modification time is also the daemon's heartbeat: the loop refreshes it
+(`touch()`) every few seconds while the desktop runs, so a reader that needs no Python
+(the image's HEALTHCHECK, docker/healthcheck) can tell a live daemon's HEALTHY from the
+last word of a hung or stopped one: an old file is a daemon that stopped looking.
+
 A folder that cannot hold them at start (mounted read-only) is bad input: the desktop
 asks `unwritable()` before provisioning and ends FAILED, saying so in its log line and
 exit code, the only places left.  A write that fails later (the disk filled up) must
@@ -12,6 +17,7 @@ not end a running desktop: it is a warning, once, and a line again when writes w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from datetime import UTC, datetime
@@ -60,6 +66,15 @@ class StatusFile:
         if self._error is not None and self._written:
             _log().info("status_write_recovered", path=str(self.json_path.parent), state=state)
         self._written, self._error = True, None
+
+    def touch(self) -> None:
+        """The heartbeat: the word file's mtime becomes now, its content untouched (no
+        write, no fsync: one utime).  Quiet when it fails: a folder that takes no writes
+        is reported by write(), and a stale heartbeat says the rest."""
+        if not self._written:
+            return
+        with contextlib.suppress(OSError):
+            os.utime(self.word_path)
 
     def unwritable(self) -> str | None:
         """Why the folder cannot hold the status, when no write has succeeded yet (the

@@ -30,6 +30,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorit
 
 from whaletopd.config import TLS_KEY_PASSWORD_ENV
 from whaletopd.files import ReadRefused, atomic_write, read_regular
+from whaletopd.tls_error import TLSError as TLSError  # re-exported: tls.TLSError
 
 PrivateKey: TypeAlias = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
@@ -68,15 +69,6 @@ expiry_thresholds = (timedelta(days=30), timedelta(days=7), timedelta(days=1))
 # holds: no search for an END that restarts at every BEGIN).
 _PEM_MARKER = re.compile(rb"-----(BEGIN|END) ([A-Z0-9 ]+)-----")
 _DNS_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")
-
-
-class TLSError(ValueError):
-    """A certificate file that cannot be served; the message is one line naming the file."""
-
-    def __init__(self, path: Path | str, problem: str) -> None:
-        self.path = Path(path)
-        self.problem = " ".join(problem.split())
-        super().__init__(f"{path}: {self.problem}")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from whaletopd import certs, logs, tls
+from whaletopd import logs
 from whaletopd.config import Config
 from whaletopd.deadlines import Deadlines
 from whaletopd.events import (
@@ -42,7 +42,13 @@ from whaletopd.logs import step
 from whaletopd.paths import Paths
 
 if TYPE_CHECKING:
+    from whaletopd import certs
     from whaletopd.watch import Watcher
+
+# certs and tls (cryptography's x509, ~7 MiB of the daemon's memory) are imported only
+# by the methods that run with TLS on: a desktop without TLS never loads them.
+SELF_SIGNED_DAYS = 365  # tls.SELF_SIGNED_DAYS (a test checks they agree)
+RENEW_BEFORE = timedelta(days=30)  # tls.RENEW_BEFORE
 
 log = logs.get("whaletopd")
 CHECK = "certificate_check"  # the deadline of the next expiry warning or of expiry
@@ -53,8 +59,8 @@ MAX_CHECK_DELAY = 3600.0
 class WebFront:
     def __init__(self, config: Config, paths: Paths, events: EventQueue,
                  deadlines: Deadlines, now: Callable[[], datetime] | None = None, *,
-                 self_signed_days: int = tls.SELF_SIGNED_DAYS,
-                 renew_before: timedelta = tls.RENEW_BEFORE) -> None:
+                 self_signed_days: int = SELF_SIGNED_DAYS,
+                 renew_before: timedelta = RENEW_BEFORE) -> None:
         self._config = config
         self._now = now or (lambda: datetime.now(UTC))
         self._self_signed_days = self_signed_days
@@ -88,6 +94,8 @@ class WebFront:
         touched.  Raises TLSError."""
         if not self._config.tls:
             return
+        from whaletopd import certs
+
         with step("tls_validate") as out:
             self._certificate = certs.obtain(self._config.tls_certificate,
                                              self._paths.state_dir,
@@ -120,6 +128,7 @@ class WebFront:
         """The user's file changed and what it holds now can be served, or the self-signed
         certificate is due for renewal and a new one was made; kept as the candidate.  A
         bad one is refused once, logged, and the old one stays."""
+        from whaletopd import certs, tls
         cert = self._certificate
         if cert is None:
             return False
@@ -154,6 +163,7 @@ class WebFront:
         return cert.bundle.not_after - self._renew_before
 
     def _renewal_candidate(self, cert: certs.Certificate) -> bool:
+        from whaletopd import certs, tls
         now = self._now()
         if not self._renews(cert) or now < self._renew_at(cert):
             return False
@@ -171,6 +181,7 @@ class WebFront:
         """Where nginx reads the certificate and key: paths.tls_pem, in a private folder
         (0700, whaletopd's own) on the tmpfs; a new private folder there if that name is
         taken by anything else; the run directory only when there is no tmpfs."""
+        from whaletopd import certs
         folder = self._paths.tls_pem.parent
         try:
             with contextlib.suppress(FileExistsError):
@@ -185,6 +196,7 @@ class WebFront:
         return folder / certs.SERVED_PEM
 
     def _publish(self, cert: certs.Certificate) -> None:
+        from whaletopd import certs, tls
         # nginx's master reads it: whaletopd's own user.
         assert self._pem is not None, "install() chooses where first"
         if cert.source is None and cert is not self._certificate:

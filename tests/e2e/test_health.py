@@ -11,7 +11,11 @@ from tests.e2e import vnc
 from tests.e2e.conftest import Container, docker, wait_until
 
 pytestmark = pytest.mark.e2e
-FAST = ("--probe-interval=0.5", "--probe-timeout=1")
+# Every round a full one (a VNC login through nginx and websockify), as before cheap
+# rounds: a hung websockify is found by a full round (every 300 s by default).
+FAST = ("--probe-interval=0.5", "--probe-full-interval=0.5", "--probe-timeout=1")
+# Docker's HEALTHCHECK, run every 2 s instead of the image's 60 s (the same command).
+DOCKER_HEALTH_FAST = ("--health-interval=2s",)
 
 
 def _healthy_with_work(c: Container) -> None:
@@ -59,7 +63,7 @@ def test_losing_the_users_windows_is_unhealthy_and_exits_3(desktop, name):
 
 @pytest.mark.parametrize("name", ["xvnc"])
 def test_no_exit_on_failure_keeps_everything_for_recovery(desktop, name):
-    c = desktop("--no-exit-on-failure", *FAST)
+    c = desktop("--no-exit-on-failure", *FAST, extra=DOCKER_HEALTH_FAST)
     _healthy_with_work(c)
     pid = _kill_child(c, name)
     c.wait_status("UNHEALTHY")
@@ -72,7 +76,7 @@ def test_no_exit_on_failure_keeps_everything_for_recovery(desktop, name):
     assert {"websockify", "nginx"} <= survivors <= {"session", "websockify", "nginx"}
     assert _home_intact(c)
     assert c.exec("whaletopd", "status", check=False).returncode == 1
-    # ... and Docker says so too (HEALTHCHECK every 5 s runs `whaletopd status`).
+    # ... and Docker says so too (its HEALTHCHECK reads the status word).
     wait_until(lambda: docker("inspect", "-f", "{{.State.Health.Status}}", c.name)
                .stdout.strip() == "unhealthy", "docker inspect: unhealthy", timeout=30)
 
@@ -196,3 +200,29 @@ def test_docker_restart_twice_in_a_row(desktop):
     assert c.transitions().count("STOPPED") == 2
     assert _home_intact(c)
     assert c.exec("whaletopd", "status").returncode == 0
+
+
+def _docker_health(c: Container) -> str:
+    return docker("inspect", "-f", "{{.State.Health.Status}}", c.name).stdout.strip()
+
+
+def test_a_hung_whaletopd_turns_the_healthcheck_unhealthy(desktop):
+    """SIGSTOP the daemon: its last word stays HEALTHY, but its heartbeat (the status
+    file's mtime, refreshed every 10 s) stops, and the image's HEALTHCHECK says unhealthy
+    once the word is older than WHALETOP_HEALTH_STALE_AFTER (30 s; 15 here).  SIGCONT:
+    healthy again.  With the image's 60 s interval that is within 30 + 60 s."""
+    c = desktop(env={"WHALETOP_HEALTH_STALE_AFTER": "15"}, extra=DOCKER_HEALTH_FAST)
+    c.wait_status("HEALTHY")
+    wait_until(lambda: _docker_health(c) == "healthy", "docker inspect: healthy", timeout=120)
+    pid = c.status_json()["pid"]
+    c.exec("kill", "-STOP", str(pid))
+    try:
+        wait_until(lambda: _docker_health(c) == "unhealthy", "docker inspect: unhealthy",
+                   timeout=180)
+        assert c.status() == "HEALTHY\n"  # the word alone would have lied
+        health = docker("inspect", "-f", "{{json .State.Health.Log}}", c.name).stdout
+        assert "whaletopd is hung or stopped" in health
+    finally:
+        c.exec("kill", "-CONT", str(pid))
+    wait_until(lambda: _docker_health(c) == "healthy", "docker inspect: healthy again",
+               timeout=120)

@@ -27,6 +27,7 @@ NON_DEFAULT = {
     "web_port": ("9090", 9090),
     "vnc_port": ("5999", 5999),
     "probe_interval": ("0.5", 0.5),
+    "probe_full_interval": ("60", 60.0),
     "probe_timeout": ("1.5", 1.5),
     "startup_timeout": ("120", 120.0),
     "log_format": ("console", "console"),

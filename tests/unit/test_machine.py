@@ -1892,3 +1892,17 @@ def test_the_warning_comes_a_minute_ahead_or_halfway(
         minutes: float, warn_after: float, paths: Paths, run_as: RunAs) -> None:
     desktop, _ = _desktop(paths, run_as, Config(stop_when_idle=minutes))
     assert desktop._warn_after == pytest.approx(warn_after)
+
+
+def test_the_loop_refreshes_the_status_files_age_while_serving(
+        start: Callable[..., Run], paths: Paths) -> None:
+    """The heartbeat the image's HEALTHCHECK reads (docker/healthcheck): each count of
+    the clients, on the loop, makes the word file's mtime now without rewriting it."""
+    run = start(replace(IDLE_SOON_CONFIG, stop_when_idle=0.1), table=_listening_table())
+    run.until(lambda: run.desktop.clients == 0)
+    word = paths.status.read_text()
+    old = time.time() - 3600
+    os.utime(paths.status, (old, old))
+    run.until(lambda: paths.status.stat().st_mtime > old + 3000)
+    assert paths.status.read_text() == word
+    assert run.stop() == 0

@@ -391,3 +391,14 @@ def test_with_sign_in_and_tls_failures_and_the_certificate_are_there(
     assert got["whaletop_certificate_not_after_seconds"] == not_after
     assert got['whaletop_child_restarts_total{child="webauth"}'] == 0
     assert run.stop() == 0
+
+
+def test_a_round_observed_without_writing_is_in_the_next_write(tmp_path: Path) -> None:
+    """The cheap health rounds are counted at once and written with the next write."""
+    m = Metrics(tmp_path / "metrics", ["websockify"], tls=False, sign_in=False)
+    m.observe_probes({"web_login": 0.01})
+    m.observe_probes({"x_answers": 0.0003}, write=False)
+    assert 'probe="x_answers"' not in (tmp_path / "metrics").read_text()
+    m.observe_probes({"x_answers": 0.0004})
+    assert 'whaletop_probe_duration_seconds_count{probe="x_answers"} 2' in (
+        tmp_path / "metrics").read_text()

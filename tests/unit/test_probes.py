@@ -828,7 +828,7 @@ def test_a_verdict_from_before_a_reset_is_never_posted() -> None:
 
 
 def test_prober_stop_interrupts_a_long_interval() -> None:
-    """stop() must not wait out the interval (5 s by default): docker stop is waiting."""
+    """stop() must not wait out the interval (10 s by default): docker stop is waiting."""
     q = EventQueue()
     prober = Prober([Probe("ok", "xvnc", lambda: None)], q, interval=3600)
     prober.start()
