@@ -171,6 +171,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--metrics-token", METRICS_TOKEN_ENV, str, "",
            "bearer token for /metrics (Prometheus text format on the web port); without "
            "one, /metrics is open like the page unless sign-in is on, then it is off"),
+    Option("--no-sound", "WHALETOP_NO_SOUND", bool, False,
+           "leave sound out: no sound server, no /sound WebSocket, no speaker button"),
     Option("--log-format", "WHALETOP_LOG_FORMAT", str, "json",
            "json (one object per line, the default) or console (for people)"),
 )
@@ -203,6 +205,7 @@ class Config:
     startup_timeout: float = 60.0
     stop_when_idle: float = 0.0
     metrics_token: str = ""
+    no_sound: bool = False
     log_format: str = "json"
     vnc_password: str | None = None
     tls_key_password: bytes | None = None
@@ -216,6 +219,10 @@ class Config:
     @property
     def exit_on_failure(self) -> bool:
         return not self.no_exit_on_failure
+
+    @property
+    def sound(self) -> bool:
+        return not self.no_sound
 
     @property
     def tls(self) -> bool:

@@ -27,6 +27,14 @@ XVNC_LOG = ",".join(["*:stderr:30"] + [
     for module in ("Connections", "SConnection", "VNCSConnST", "EncodeManager",
                    "ComparingUpdateTracker")])
 
+# Sound's children: restarted like the web side's, and once their budget is used up,
+# again when it allows (they are optional: the desktop never gives up on them).
+SOUND_RESTART = Restart()
+# WirePlumber's notices at each start (the image's drop-ins turn D-Bus, realtime
+# scheduling and the hardware monitors off, so those say nothing).
+PIPEWIRE_CHATTER = re.compile(
+    r"Loading profile 'main'|skipping component .* because some of its dependencies")
+
 
 @dataclass(frozen=True)
 class Launch:
@@ -56,6 +64,10 @@ class Program:
     json_lines: bool = False  # its output lines are JSON objects whose fields are kept
     # Exit codes that mean a person asked the desktop to stop (the session's Logout).
     stop_exits: tuple[int, ...] = ()
+    # Optional (sound): HEALTHY does not wait for it, and its death is logged and
+    # repaired (restarted, later again when its budget is used up) in whatever state the
+    # desktop is, never changing that state.
+    optional: bool = False
 
     def enabled(self, config: Config) -> bool:
         return self.wanted is None or self.wanted(config)
@@ -104,6 +116,20 @@ def _sign_in(config: Config) -> bool:
     return config.sign_in
 
 
+def _sound(config: Config) -> bool:
+    return config.sound
+
+
+def _own_name(command: str) -> Callable[[Launch], list[str]]:
+    def argv(launch: Launch) -> list[str]:
+        return [command]
+    return argv
+
+
+def sound_argv(launch: Launch) -> list[str]:
+    return ["python3", "-m", "whaletopd.sound", "--socket", str(launch.paths.sound_socket)]
+
+
 def session_argv(launch: Launch) -> list[str]:
     return ["dbus-run-session", "--", "startlxde"]
 
@@ -125,6 +151,15 @@ PROGRAMS: tuple[Program, ...] = (
             probes=("sign_in_check",), wanted=_sign_in, json_lines=True),
     Program("session", session_argv, after="xvnc", restart=Restart(), stop_order=2,
             stop_exits=(0, 128 + signal.SIGTERM, -signal.SIGTERM)),
+    # Sound (optional): PipeWire with its Pulse interface in the session's runtime folder
+    # (the image's drop-ins make a "whaletop" null sink, the default one), and the bridge
+    # that serves it to the page.  PipeWire's own configuration is the image's
+    # (/etc/pipewire/*.conf.d/whaletop.conf).
+    *(Program(name, _own_name(name), restart=SOUND_RESTART, stop_order=3, wanted=_sound,
+              optional=True, quiet=PIPEWIRE_CHATTER)
+      for name in ("pipewire", "wireplumber", "pipewire-pulse")),
+    Program("sound", sound_argv, restart=SOUND_RESTART, stop_order=1, wanted=_sound,
+            optional=True, json_lines=True),
 )
 
 

@@ -3,6 +3,7 @@
 //    bar and the history once noVNC has connected (noVNC keeps it for reconnecting).
 //  - With sign-in: who is signed in, and a Sign out button.
 import UI from "./app/ui.js";
+import "./whaletop-sound.js";
 
 function forgetPassword() {
     if (!new URLSearchParams(location.hash.slice(1)).has("password")) return;
