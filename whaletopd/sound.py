@@ -45,7 +45,7 @@ LINGER = 2.0
 MAX_BUFFERED = 8 * 1024
 # Recording latency asked of the sound server (its fragment).
 CAPTURE_LATENCY_MS = 10
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B65"
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_REQUEST = 8192
 
 # libopus's constants (opus_defines.h).

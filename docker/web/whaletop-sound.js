@@ -78,7 +78,7 @@ async function toggle(button) {
     if (!state.context) {
         state.context = new AudioContext({ sampleRate: RATE, latencyHint: "interactive" });
         state.analyser = state.context.createAnalyser();
-        state.analyser.fftSize = 4096;
+        state.analyser.fftSize = 8192;  // 5.9 Hz a bin
         state.analyser.connect(state.context.destination);
         state.decoder = newDecoder();
     }
