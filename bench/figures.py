@@ -64,6 +64,15 @@ FIGURES: list[Figure] = [
            "sessions", 0.0, 0, condition="every run"),
     Figure("home_empty", "docker run → HEALTHY, empty mounted home", "s", None, 3),
     Figure("home_big", "docker run → HEALTHY, 100,000-file mounted home", "s", None, 3),
+    Figure("sound_latency", "sound: paplay starts in the container → the page's analyser "
+           "hears it", "s", 0.25, 3),
+    Figure("sound_bitrate", "sound: WebSocket bitrate while noise plays (Opus)", "kbit/s",
+           160.0, 0),
+    Figure("sound_cpu", "sound: pipeline CPU while playing to a listener (bridge + parec)",
+           "% of a core", 5.0, 2),
+    Figure("sound_cpu_unheard", "sound: pipeline CPU while playing to nobody", "% of a core",
+           0.1, 2),
+    Figure("sound_image", "sound: image growth (packages that came with it)", "MB", 60.0, 1),
     Figure("home_ratio", "start with a 100,000-file home ÷ with an empty one", "ratio", 1.1, 3),
 ]
 BY_KEY = {f.key: f for f in FIGURES}
@@ -80,6 +89,8 @@ GROUPS: dict[str, list[str]] = {
     "cert": ["cert_served", "cert_healthy", "cert_dropped"],
     "home": ["home_empty", "home_big", "home_ratio"],
     "idle": ["idle_cpu", "daemon_rss", "container_mem", "container_cpu"],
+    "sound": ["sound_latency", "sound_bitrate", "sound_cpu", "sound_cpu_unheard",
+              "sound_image"],
     "idle_stop": ["unused_mem", "unused_cpu", "idle_stop_late", "unused_mem_after"],
 }
 

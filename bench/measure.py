@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import cgroups
+from bench import cgroups, sound
 from bench.browser import Browser, load_page, nginx_answers
 from bench.containers import BenchError, Launcher, Running, docker
 from bench.cpu import idle_figures
@@ -489,7 +489,7 @@ class Bench:
             "start": self.fig_start, "http": self.fig_http, "tls": self.fig_tls,
             "kill": self.fig_kill, "apps": self.fig_apps, "cert": self.fig_cert,
             "idle": self.fig_idle, "browser": self.fig_browser,
-            "idle_stop": self.fig_idle_stop}
+            "idle_stop": self.fig_idle_stop, "sound": lambda i: sound.fig_sound(self, i)}
         if group == "browser" and self.browser.missing:
             log(f"browser: skipped: {self.browser.missing}")
             self.results.skip(GROUPS[group], self.browser.missing)

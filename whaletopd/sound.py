@@ -212,8 +212,14 @@ class Bridge:
         assert proc.stdout is not None
         await self.count_streams()
         async for line in proc.stdout:
-            if b"sink-input" in line:
-                self._schedule_count()
+            if b"sink-input" not in line:
+                continue
+            if line.startswith(b"Event 'new'") and not self.playing:
+                # Capture at once (a new stream plays uncorked, mostly); the count
+                # that follows corrects it.  Saves a pactl round trip of latency.
+                self.playing = 1
+                self.update()
+            self._schedule_count()
         code = await proc.wait()
         raise SystemExit(f"pactl subscribe ended ({code}): is the sound server running?")
 
