@@ -48,13 +48,13 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
         continue
     try:
         stat = open(f"/proc/{pid}/stat").read()
-        cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+        argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
     except OSError:
         continue
     comm = stat[stat.index("(") + 1:stat.rindex(")")]
     fields = stat[stat.rindex(")") + 2:].split()
     cpu = (int(fields[11]) + int(fields[12])) / hz
-    if cmd.startswith("python3 -m whaletopd.sound ") or comm == "parec":
+    if argv[1:3] == [b"-m", b"whaletopd.sound"] or comm == "parec":
         role = "pipeline"
     elif comm in ("pipewire", "wireplumber", "pipewire-pulse"):
         role = "server"

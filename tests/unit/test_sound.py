@@ -8,17 +8,23 @@ test_sound.py's: the host of the unit tests has none.
 from __future__ import annotations
 
 import ctypes.util
+import json
 import math
+import os
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from bench import sound as bench_sound
 from whaletopd import sound
 from whaletopd.config import Config, parse
 from whaletopd.paths import Paths
 from whaletopd.programs import PROGRAMS, Launch
+
+from .helpers import wait_for
 
 SOUND_ROWS = ("pipewire", "wireplumber", "pipewire-pulse", "sound")
 
@@ -134,3 +140,27 @@ def test_the_bridge_imports_nothing_of_the_daemon() -> None:
     assert not [m for m in out if m.split(".")[0] in {
         "structlog", "transitions", "psutil", "watchdog", "cryptography"}]
     assert [m for m in out if m.startswith("whaletopd.")] == ["whaletopd.sound"]
+
+
+# -- the bench's view of it ------------------------------------------------------------------
+
+def test_the_bench_counts_the_bridge_as_the_pipeline_and_not_itself(tmp_path: Path) -> None:
+    """bench/sound.py's CPU snapshot (run in the container) finds the real bridge by its
+    command line, and never its own process (whose source names the bridge)."""
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path), "PULSE_SERVER": "",
+           "PYTHONPATH": str(Path(sound.__file__).parents[1])}
+    bridge = subprocess.Popen(["python3", "-m", "whaletopd.sound", "--socket",
+                               str(tmp_path / "sound.sock")], env=env,
+                              stdout=subprocess.DEVNULL)
+    try:
+        wait_for((tmp_path / "sound.sock").exists, "the bridge's socket")
+        out = subprocess.run([sys.executable, "-c", bench_sound.CPU_SNAPSHOT],
+                             capture_output=True, text=True, check=True).stdout
+        # Other containers' processes are visible from here: only ours is known.
+        pipeline = [int(k.split(":")[1]) for k in json.loads(out) if k.startswith("pipeline:")]
+        assert bridge.pid in pipeline
+        # The snapshot's own process has ended; every process it counted still runs.
+        assert all(Path(f"/proc/{pid}").exists() for pid in pipeline)
+    finally:
+        bridge.terminate()
+        bridge.wait()
