@@ -276,6 +276,7 @@ class Bridge:
         encoder = OpusEncoder()
         t0, frames, sent = time.monotonic(), 0, 0
         log("capture_started", listeners=len(self.listeners), playing=self.playing)
+        stopped = False  # asked to stop (not parec's own end)
         try:
             while True:
                 pcm = await proc.stdout.readexactly(FRAME_BYTES)
@@ -286,6 +287,9 @@ class Bridge:
         except asyncio.IncompleteReadError:
             log("capture_ended", level="warning", code=await proc.wait(),
                 reason="parec stopped; it starts again with the next sound")
+        except asyncio.CancelledError:
+            stopped = True
+            raise
         finally:
             if proc.returncode is None:
                 proc.terminate()
@@ -295,6 +299,8 @@ class Bridge:
             log("capture_stopped", seconds=round(seconds, 3), frames=frames,
                 kbit_s=round(sent * 8 / 1000 / seconds, 1) if seconds > 0 else 0)
             self._capture = None
+            if stopped:
+                self.update()  # a listener or a sound that came while it stopped
 
     async def run(self) -> None:
         self.socket_path.unlink(missing_ok=True)
