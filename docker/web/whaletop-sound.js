@@ -10,7 +10,9 @@ const RATE = 48000;
 const CHANNELS = 2;
 const JITTER = 0.06;     // seconds of sound kept ahead of the output
 const MAX_AHEAD = 0.25;  // beyond that ahead, packets are dropped
-const RETRY_MS = 2000;   // a lost connection is opened again while the speaker is on
+const RETRY_MS = 2000;   // a lost connection is opened again while the speaker is on,
+const MAX_RETRY_MS = 30000;  // less and less often while it keeps failing
+let retry = RETRY_MS;
 
 const state = {
     context: null, analyser: null, decoder: null, socket: null, on: false,
@@ -66,10 +68,12 @@ function open() {
         state.decoder.decode(new EncodedAudioChunk({ type: "key", timestamp, data }));
         timestamp += 20000;
     };
+    socket.onopen = () => { retry = RETRY_MS; };
     socket.onclose = () => {
         if (state.socket === socket) state.socket = null;
         if (state.on) setTimeout(() => { if (state.on && !state.socket) state.socket = open(); },
-            RETRY_MS);
+            retry);
+        retry = Math.min(retry * 2, MAX_RETRY_MS);
     };
     return socket;
 }
