@@ -22,7 +22,7 @@ RUN apt-get update \
         dbus dbus-x11 lxde-core lxterminal lxde-icon-theme gnome-themes-extra \
         x11-utils x11-xserver-utils xdotool xclip fonts-dejavu-core libnss-wrapper \
         chromium \
-        pipewire pipewire-pulse wireplumber pulseaudio-utils opus-tools \
+        pipewire pipewire-pulse wireplumber pulseaudio-utils \
  && cd /tmp && apt-get download novnc \
  && dpkg-deb -x novnc_*.deb /tmp/novnc \
  && mv /tmp/novnc/usr/share/novnc /usr/share/novnc \
@@ -69,6 +69,11 @@ RUN sed -i 's|^Exec=/usr/bin/chromium|Exec=/usr/local/bin/chromium|' \
         /usr/local/bin/chromium 250 \
  && update-alternatives --quiet --install /usr/bin/gnome-www-browser gnome-www-browser \
         /usr/local/bin/chromium 250
+# Sound (whaletopd/sound.py): PipeWire's null sink "whaletop", and WirePlumber without
+# the hardware monitors a container has nothing for.
+COPY docker/pipewire/pipewire.conf /etc/pipewire/pipewire.conf.d/whaletop.conf
+COPY docker/pipewire/pipewire-pulse.conf /etc/pipewire/pipewire-pulse.conf.d/whaletop.conf
+COPY docker/pipewire/wireplumber.conf /etc/wireplumber/wireplumber.conf.d/whaletop.conf
 COPY docker/start.py /start.py
 COPY docker/whaletopd /usr/local/bin/whaletopd
 COPY whaletopd /usr/lib/python3/dist-packages/whaletopd

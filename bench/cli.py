@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_wait = args.quiet_wait if args.quiet_wait is not None else (10 if args.quick else 60)
     launcher = Launcher(args.image, args.web_port, workdir, quiet_wait)
     browser = (find_browser(args.playwright_python, args.chromium)
-               if {"browser", "interactive"} & set(groups) else None)
+               if {"browser", "interactive", "sound"} & set(groups) else None)
     if browser is not None:
         log(f"browser figures: skipped ({browser.missing})" if browser.missing else
             f"browser figures: {browser.version or browser.chromium}, Playwright of "

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import cgroups, files, fleet, idle_cost, interactive
+from bench import cgroups, files, fleet, idle_cost, interactive, sound
 from bench.browser import Browser, load_page, nginx_answers
 from bench.containers import BenchError, Launcher, Running, docker
 from bench.cpu import idle_figures
@@ -498,7 +498,8 @@ class Bench:
             "idle": self.fig_idle, "browser": self.fig_browser,
             "idle_stop": self.fig_idle_stop, "interactive": lambda i: interactive.run(self, i),
             "files": lambda i: files.fig_files(self, i),
-            "idle_tls": lambda i: idle_cost.fig_idle_tls(self, i)}
+            "idle_tls": lambda i: idle_cost.fig_idle_tls(self, i),
+            "sound": lambda i: sound.fig_sound(self, i)}
         if group == "browser" and self.browser.missing:
             log(f"browser: skipped: {self.browser.missing}")
             self.results.skip(GROUPS[group], self.browser.missing)

@@ -195,6 +195,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--max-upload", "WHALETOP_MAX_UPLOAD", str, "2G",
            "largest file uploaded to ~/Desktop: bytes, or with K, M, G (1024-based), "
            "e.g. 500M"),
+    Option("--no-sound", "WHALETOP_NO_SOUND", bool, False,
+           "leave sound out: no sound server, no /sound WebSocket, no speaker button"),
     Option("--log-format", "WHALETOP_LOG_FORMAT", str, "json",
            "json (one object per line, the default) or console (for people)"),
     Option("--link", "WHALETOP_LINK", str, "lan",
@@ -235,6 +237,7 @@ class Config:
     metrics_token: str = ""
     no_file_transfer: bool = False
     max_upload: str = "2G"
+    no_sound: bool = False
     log_format: str = "json"
     link: str = "lan"
     vnc_password: str | None = None
@@ -249,6 +252,10 @@ class Config:
     @property
     def exit_on_failure(self) -> bool:
         return not self.no_exit_on_failure
+
+    @property
+    def sound(self) -> bool:
+        return not self.no_sound
 
     @property
     def tls(self) -> bool:

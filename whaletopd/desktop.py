@@ -369,6 +369,11 @@ class Desktop:
     def all_running(self, event: EventData) -> bool:
         return self.children.all_running()
 
+    def optional(self, event: EventData) -> bool:
+        ev = event.kwargs.get("event")
+        name = ev.name if isinstance(ev, ChildExited | RestartDue) else ""
+        return self.children.optional(name)
+
     def logged_out(self, event: EventData) -> bool:
         ev = event.kwargs.get("event")
         return isinstance(ev, ChildExited) and self.children.asked_to_stop(ev.name,
@@ -429,6 +434,14 @@ class Desktop:
         self.deadlines.arm("restart:" + name, self.children.retry_delay(name),
                            RestartDue(name=name))
 
+    def repair_optional(self, event: EventData) -> None:
+        """An optional child died: restarted after its backoff, or once its budget
+        allows again; one warning line (restart_scheduled) says so."""
+        name = self._part(event)
+        delay = (self.children.schedule_restart(name, self.reason)
+                 if self.children.restartable(name) else self.children.retry_delay(name))
+        self.deadlines.arm("restart:" + name, delay, RestartDue(name=name))
+
     def restart_child(self, event: EventData) -> None:
         name = event.kwargs["event"].name
         if self.children.restart(name, self._launch_context()):
@@ -436,6 +449,12 @@ class Desktop:
             if name == SESSION:
                 self._session_started()
             self._reset_probes()
+
+    def restart_optional(self, event: EventData) -> None:
+        """No check looks at an optional child: the probes go on as they were."""
+        name = event.kwargs["event"].name
+        if self.children.restart(name, self._launch_context()):
+            self.metrics.restarted(name)
 
     def _arm_recovery_deadline(self) -> None:
         seconds = self.config.startup_timeout

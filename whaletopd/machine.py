@@ -58,6 +58,12 @@ TRANSITIONS: list[dict[str, Any]] = [
     # Only with --no-exit-on-failure does UNHEALTHY wait, and so can recover.
     {"trigger": "probe_passed", "source": UNHEALTHY, "dest": HEALTHY,
      "conditions": "all_running", "unless": ["exit_on_failure", "stale"]},
+    # An optional child (sound) that dies is restarted (later again when its budget is
+    # used up), whatever the state: the desktop's state never changes for it.
+    {"trigger": "child_exited", "source": [*LIVE, UNHEALTHY], "dest": None,
+     "conditions": "optional", "unless": "stale", "after": "repair_optional"},
+    {"trigger": "restart_due", "source": [*LIVE, UNHEALTHY], "dest": None,
+     "conditions": "optional", "after": "restart_optional"},
     # Logout (the session ends as lxsession-logout ends it): the person asked to stop.
     {"trigger": "child_exited", "source": LIVE, "dest": STOPPING,
      "conditions": "logged_out", "unless": "stale", "before": "note_logout"},

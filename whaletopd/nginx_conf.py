@@ -265,6 +265,30 @@ def _files(config: Config, paths: Paths, headers: list[str],
     if sign_in:
         server.insert(0, 'set $whaletop_files_role "";')
     return http, server
+def _sound(config: Config, paths: Paths, gate: list[str], headers: list[str]) -> list[str]:
+    """/sound: the sound bridge's WebSocket (whaletopd/sound.py), behind the same sign-in
+    and Origin check as the desktop's (viewers listen too); 404 with --no-sound."""
+    if not config.sound:
+        return _block("location = /sound", ["access_log off;", "return 404;"])
+    return _block("location = /sound", [
+        *gate,
+        "if ($whaletop_cross_origin) { return 403; }",
+        f"limit_req zone=connections burst={CONNECTION_BURST} "
+        f"delay={CONNECTION_BURST_UNDELAYED};",
+        f"limit_conn open {CONNECTIONS_PER_ADDRESS};",
+        *headers,
+        f"proxy_pass http://unix:{paths.sound_socket}:;",
+        'proxy_set_header Cookie "";',
+        'proxy_set_header Authorization "";',
+        f'proxy_set_header {PROBE_HEADER} "";',
+        "proxy_http_version 1.1;",
+        "proxy_set_header Upgrade $http_upgrade;",
+        'proxy_set_header Connection "upgrade";',
+        "proxy_set_header Host $http_host;",
+        "proxy_buffering off;",
+        "proxy_read_timeout 7d;",
+        "proxy_send_timeout 7d;",
+    ])
 
 
 def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
@@ -400,6 +424,7 @@ def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
     files_http, files_server = _files(config, paths, headers, gate)
     http += files_http
     server += files_server
+    server += _sound(config, paths, gate, headers)
 
     if not sign_in:
         # The page asks whether sign-in is on; without it, a quiet no.

@@ -68,6 +68,11 @@ class Paths:
     def websockify_socket(self) -> Path:
         return self.desktop_dir / "websockify.sock"
 
+    @property
+    def sound_socket(self) -> Path:
+        """The sound bridge's WebSocket (whaletopd/sound.py), for nginx."""
+        return self.desktop_dir / "sound.sock"
+
     # The web front's: nginx's configuration and files, the sign-in service's.
     @property
     def nginx_dir(self) -> Path:

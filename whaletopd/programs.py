@@ -29,6 +29,14 @@ XVNC_LOG = ",".join(["*:stderr:30"] + [
     for module in ("Connections", "SConnection", "VNCSConnST", "EncodeManager",
                    "ComparingUpdateTracker")])
 
+# Sound's children: restarted like the web side's, and once their budget is used up,
+# again when it allows (they are optional: the desktop never gives up on them).
+SOUND_RESTART = Restart()
+# WirePlumber's notices at each start (the image's drop-ins turn D-Bus, realtime
+# scheduling and the hardware monitors off, so those say nothing).
+PIPEWIRE_CHATTER = re.compile(
+    r"Loading profile 'main'|skipping component .* because some of its dependencies")
+
 
 @dataclass(frozen=True)
 class Launch:
@@ -58,6 +66,10 @@ class Program:
     json_lines: bool = False  # its output lines are JSON objects whose fields are kept
     # Exit codes that mean a person asked the desktop to stop (the session's Logout).
     stop_exits: tuple[int, ...] = ()
+    # Optional (sound): HEALTHY does not wait for it, and its death is logged and
+    # repaired (restarted, later again when its budget is used up) in whatever state the
+    # desktop is, never changing that state.
+    optional: bool = False
 
     def enabled(self, config: Config) -> bool:
         return self.wanted is None or self.wanted(config)
@@ -126,6 +138,20 @@ def _sign_in(config: Config) -> bool:
     return config.sign_in
 
 
+def _sound(config: Config) -> bool:
+    return config.sound
+
+
+def _own_name(command: str) -> Callable[[Launch], list[str]]:
+    def argv(launch: Launch) -> list[str]:
+        return [command]
+    return argv
+
+
+def sound_argv(launch: Launch) -> list[str]:
+    return ["python3", "-m", "whaletopd.sound", "--socket", str(launch.paths.sound_socket)]
+
+
 def session_argv(launch: Launch) -> list[str]:
     # Keyboard layout and density first, on the ready X server (keyboard.py).
     cfg = launch.config
@@ -134,24 +160,34 @@ def session_argv(launch: Launch) -> list[str]:
 
 
 # The web side holds no user state: each is restarted when it dies or hangs, windows
-# untouched.  nginx stops first (no new connections), Xvnc last.
+# untouched.  nginx stops first (no new connections), then the sound bridge, the
+# session before the sound server its programs play into, Xvnc last.
 # The session: LXDE's Logout (lxsession-logout) sends SIGTERM to lxsession, and
 # dbus-run-session exits 128 + 15 = 143 (0 when lxsession ends by itself; -15 when
 # dbus-run-session itself gets the SIGTERM): the person asked to stop, so the desktop
 # stops (exit 0).  Any other end is a crash: what is left of its process group is
 # stopped and a fresh session starts on the same X server.
 PROGRAMS: tuple[Program, ...] = (
-    Program("xvnc", xvnc_argv, ready="displayfd", stop_order=4, probes=("x_display",)),
-    Program("websockify", websockify_argv, restart=Restart(), stop_order=3,
+    Program("xvnc", xvnc_argv, ready="displayfd", stop_order=8, probes=("x_display",)),
+    Program("websockify", websockify_argv, restart=Restart(), stop_order=7,
             probes=("websockify_login",), quiet=WEBSOCKIFY_CHATTER),
     Program("nginx", nginx_argv, restart=Restart(), stop_order=0, account="root",
             probes=("web_login", "novnc_page"), json_lines=True),
-    Program("webauth", webauth_argv, restart=Restart(), stop_order=1, account="web",
+    Program("webauth", webauth_argv, restart=Restart(), stop_order=2, account="web",
             probes=("sign_in_check",), wanted=_sign_in, json_lines=True),
-    Program("files", files_argv, restart=Restart(), stop_order=5,
+    Program("files", files_argv, restart=Restart(), stop_order=9,
             wanted=_file_transfer),
-    Program("session", session_argv, after="xvnc", restart=Restart(), stop_order=2,
+    Program("session", session_argv, after="xvnc", restart=Restart(), stop_order=3,
             stop_exits=(0, 128 + signal.SIGTERM, -signal.SIGTERM)),
+    # Sound (optional): PipeWire with its Pulse interface in the session's runtime folder
+    # (the image's drop-ins make a "whaletop" null sink, the default one), and the bridge
+    # that serves it to the page.  PipeWire's own configuration is the image's
+    # (/etc/pipewire/*.conf.d/whaletop.conf).
+    *(Program(name, _own_name(name), restart=SOUND_RESTART, stop_order=order,
+              wanted=_sound, optional=True, quiet=PIPEWIRE_CHATTER)
+      for name, order in (("pipewire", 6), ("wireplumber", 5), ("pipewire-pulse", 4))),
+    Program("sound", sound_argv, restart=SOUND_RESTART, stop_order=1, wanted=_sound,
+            optional=True, json_lines=True),
 )
 
 

@@ -34,6 +34,7 @@ class Supervisor:
         self._on_event = on_event  # each event a JSON-lines child logs (metrics)
         self._current: dict[str, Child] = {}  # in first-start order
         self._ready: set[str] = set()
+        self._left_out: set[str] = set()  # optional programs that could not start
         self._budgets = {p.name: RestartBudget(p.restart)
                          for p in programs if p.restart is not None}
         self._accounts: dict[str, tuple[RunAs, dict[str, str]]] = {}
@@ -53,10 +54,20 @@ class Supervisor:
         while started:
             started = False
             for program in self._programs.values():
-                if program.name not in self._current and (
-                        program.after is None or program.after in self._ready):
+                if program.name in self._current or program.name in self._left_out:
+                    continue
+                if program.after is None or program.after in self._ready:
                     with step("launch_" + program.name):
-                        self._current[program.name] = self._spawn(program, launch)
+                        try:
+                            self._current[program.name] = self._spawn(program, launch)
+                        except OSError as exc:
+                            if not program.optional:
+                                raise
+                            # Optional (sound): the desktop goes on without it.
+                            log.error("optional_child_failed", child=program.name,
+                                      reason=str(exc), effect="left out until the next start")
+                            self._left_out.add(program.name)
+                            self._ready.add(program.name)
                     started = True
         return len(self._ready) == len(self._programs)
 
@@ -121,9 +132,16 @@ class Supervisor:
 
     def all_running(self) -> bool:
         """Every program of the table has a current child that runs: what HEALTHY needs
-        besides the checks (no check looks at the session)."""
+        besides the checks (no check looks at the session).  Optional ones (sound) do
+        not count."""
         return all(name in self._current and self._current[name].returncode is None
-                   and not self._current[name].retired for name in self._programs)
+                   and not self._current[name].retired
+                   for name, program in self._programs.items() if not program.optional)
+
+    def optional(self, name: str) -> bool:
+        """Its death never changes the desktop's state (programs.Program.optional)."""
+        program = self._programs.get(name)
+        return program is not None and program.optional
 
     def stale(self, name: str, pid: int) -> bool:
         """The exit of a child that was replaced or stopped on purpose is not news."""

@@ -6,6 +6,7 @@
 import UI from "./app/ui.js";
 import "./whaletop-keys.js";
 import "./whaletop-files.js";
+import "./whaletop-sound.js";
 
 function forgetPassword() {
     if (!new URLSearchParams(location.hash.slice(1)).has("password")) return;

@@ -27,7 +27,9 @@ def _assert_accounts(c: Container, desktop_user: str) -> None:
     the key and binds the port), its workers, which talk to clients, are www-data."""
     users = _children_users(c)
     assert users == {"xvnc": desktop_user, "websockify": desktop_user,
-                     "session": desktop_user, "nginx": "root"}, users
+                     "session": desktop_user, "nginx": "root",
+                     **dict.fromkeys(("pipewire", "wireplumber", "pipewire-pulse", "sound"),
+                                     desktop_user)}, users
     master = c.status_json()["children"]["nginx"]["pid"]
     workers = c.exec("ps", "-o", "user=", "--ppid", str(master)).stdout.split()
     assert workers, "nginx has a worker"
@@ -77,7 +79,8 @@ def test_default_start_reaches_healthy_and_a_vnc_client_logs_in(desktop, tmp_pat
     detail = c.status_json()
     assert detail["state"] == "HEALTHY"
     assert detail["reason"]
-    assert sorted(detail["children"]) == ["nginx", "session", "websockify", "xvnc"]
+    assert sorted(detail["children"]) == ["nginx", "pipewire", "pipewire-pulse", "session",
+                                          "sound", "websockify", "wireplumber", "xvnc"]
     assert all(info["running"] for info in detail["children"].values())
 
 

@@ -274,6 +274,13 @@ NO_BUDGET = programs(restart=Restart(attempts=0))
 ONE_RESTART = programs(restart=Restart(attempts=1))
 
 
+# An optional child (sound): its death never moves the desktop.
+WITH_SOUND = (*programs(), Program("sound", _sleeper, restart=Restart(), stop_order=1,
+                                   optional=True))
+_SOUND_EXIT = _exit_of("sound")
+LIVE_STATES = (STARTING, STARTED, HEALTHY, IDLE, RECOVERING, RELOADING_TLS)
+
+
 def _use_the_one_restart(desktop: Desktop) -> None:
     """RECOVERING, and the one restart its budget allows already done."""
     desktop.children.schedule_restart("websockify", "the test's restart")
@@ -328,6 +335,16 @@ CASES = [
     Case("restart_due", RECOVERING, RECOVERING, calls=("restart_child",), internal=True),
     Case("restart_due", UNHEALTHY, UNHEALTHY, calls=("restart_child",), internal=True,
          config=NO_EXIT),
+    # Sound is optional: repaired in every state, which stays as it is.
+    *[Case("child_exited", state, state, calls=("repair_optional",), internal=True,
+           event=_SOUND_EXIT, table=WITH_SOUND) for state in LIVE_STATES],
+    Case("child_exited", UNHEALTHY, UNHEALTHY, calls=("repair_optional",), internal=True,
+         config=NO_EXIT, event=_SOUND_EXIT, table=WITH_SOUND),
+    *[Case("restart_due", state, state, calls=("restart_optional",), internal=True,
+           event=lambda d: RestartDue(name="sound"), table=WITH_SOUND)
+      for state in LIVE_STATES],
+    Case("restart_due", UNHEALTHY, UNHEALTHY, calls=("restart_optional",), internal=True,
+         config=NO_EXIT, event=lambda d: RestartDue(name="sound"), table=WITH_SOUND),
     Case("recovery_timed_out", RECOVERING, UNHEALTHY, posts_shut_down=True),
     Case("recovery_timed_out", RELOADING_TLS, UNHEALTHY, posts_shut_down=True),
     Case("startup_timed_out", STARTING, UNHEALTHY, posts_shut_down=True),
@@ -589,7 +606,8 @@ def test_transition(case: Case, paths: Paths, table_in: Callable[..., Table]) ->
     assert doc["vnc_port"] is None, "raw VNC is on no TCP port without --expose-vnc"
     assert doc["listening"] == [f"tcp {case.config.web_port} (nginx)"]
     assert doc["sign_in"] is None
-    assert set(doc["children"]) == set(CHILD_NAMES)
+    assert set(doc["children"]) == set(CHILD_NAMES) | (
+        {"sound"} if case.table is WITH_SOUND else set())
 
     moves = [e for e in logs if e["event"] == "transition"]
     assert len(moves) == 1
@@ -1905,4 +1923,39 @@ def test_the_loop_refreshes_the_status_files_age_while_serving(
     os.utime(paths.status, (old, old))
     run.until(lambda: paths.status.stat().st_mtime > old + 3000)
     assert paths.status.read_text() == word
+def test_lifecycle_death_of_an_optional_child_never_moves_the_desktop(
+        start: Callable[..., Run], paths: Paths) -> None:
+    """Sound is optional: killed, it is restarted while the desktop stays HEALTHY; with
+    its budget used up it is tried again later, still HEALTHY."""
+    table = (*programs(), Program("sound", _sleeper, restart=Restart(attempts=1, window=1.0),
+                                  stop_order=1, optional=True))
+    run = start(table=table)
+    run.until_state(HEALTHY)
+    xvnc, session = run.child("xvnc"), run.child("session")
+    for _ in range(2):  # the first within its budget, the second once it allows again
+        old = run.child("sound")
+        with capture_logs() as logs:
+            os.kill(old.pid, signal.SIGKILL)
+            run.until(lambda old=old: run.child("sound").pid != old.pid)  # type: ignore[misc]
+        assert run.child("sound").returncode is None
+        assert run.words == [STARTING, STARTED, HEALTHY]
+        assert [e["child"] for e in logs if e["event"] == "restart_scheduled"] == ["sound"]
+    assert run.child("xvnc") is xvnc
+    assert run.child("session") is session
+    assert run.stop() == 0
+    _assert_all_stopped(run.desktop.children.children())
+
+
+def test_lifecycle_healthy_without_an_optional_child_that_cannot_start(
+        start: Callable[..., Run], paths: Paths) -> None:
+    """An optional program that is not installed is left out with one error line; the
+    desktop is HEALTHY without it."""
+    def missing(launch: Launch) -> list[str]:
+        return ["/nonexistent/whaletop-sound"]
+    table = (*programs(), Program("sound", missing, restart=Restart(), optional=True))
+    with capture_logs() as logs:
+        run = start(table=table)
+        run.until_state(HEALTHY)
+    assert run.desktop.children.child("sound") is None
+    assert [e["child"] for e in logs if e["event"] == "optional_child_failed"] == ["sound"]
     assert run.stop() == 0

@@ -9,7 +9,9 @@ nginx listens on all interfaces (as in the container); the tests talk to 127.0.0
 
 from __future__ import annotations
 
+import base64
 import gzip
+import hashlib
 import http.client
 import json
 import os
@@ -19,6 +21,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -172,8 +175,8 @@ def test_sign_in_configuration(paths: Paths) -> None:
     conf = render(Config(web_users="/data/users"), paths, _spec())
     assert f"server unix:{paths.auth_socket};" in conf
     # Every location that reaches the desktop asks the sign-in service first (the page,
-    # the WebSocket, /whaletop/keyboard, /files/).
-    assert conf.count("auth_request /auth/check;") == 4
+    # the WebSocket, /whaletop/keyboard, /files/, /sound).
+    assert conf.count("auth_request /auth/check;") == 5
     assert "internal;" in conf
 
 
@@ -844,3 +847,65 @@ def test_a_metrics_token_that_could_change_the_configuration_is_refused(
         paths: Paths, token: str) -> None:
     with pytest.raises(ValueError, match="metrics token"):
         render(Config(metrics_token=token), paths, _spec())
+
+
+# -- /sound: nginx in front of the real sound bridge (whaletopd/sound.py) ---------------
+
+@pytest.fixture
+def bridge(paths: Paths, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """The real bridge on its socket; no sound server yet (it waits for one)."""
+    paths.desktop_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path / "xdg"), "PULSE_SERVER": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "whaletopd.sound", "--socket",
+                             str(paths.sound_socket)], env=env,
+                            stdout=subprocess.DEVNULL, start_new_session=True)
+    wait_for(paths.sound_socket.exists, "the bridge's socket")
+    yield proc
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait()
+
+
+def _sound_request(door_port: int, origin: str | None = None) -> bytes:
+    key = base64.b64encode(b"0123456789abcdef").decode()
+    lines = ["GET /sound HTTP/1.1", f"Host: 127.0.0.1:{door_port}", "Upgrade: websocket",
+             "Connection: Upgrade", "Sec-WebSocket-Version: 13", f"Sec-WebSocket-Key: {key}"]
+    if origin:
+        lines.append(f"Origin: {origin}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def test_nginx_opens_the_bridge_s_websocket(start: StartDoor,
+                                            bridge: subprocess.Popen[bytes]) -> None:
+    door = start()
+    sock = door.connect()
+    sock.sendall(_sound_request(door.port, origin=f"http://127.0.0.1:{door.port}"))
+    status, head = door.status_of(sock)
+    assert status == 101
+    accept = base64.b64encode(hashlib.sha1(
+        base64.b64encode(b"0123456789abcdef") + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11")
+        .digest()).decode()
+    assert f"Sec-WebSocket-Accept: {accept}" in head
+    # The page's question (a plain GET): answered by the bridge, not 404.
+    assert door.get("/sound").status == 400
+
+
+def test_another_site_cannot_open_the_sound(start: StartDoor,
+                                            bridge: subprocess.Popen[bytes]) -> None:
+    door = start()
+    sock = door.connect()
+    sock.sendall(_sound_request(door.port, origin="https://evil.example"))
+    assert door.status_of(sock)[0] == 403
+
+
+def test_no_sound_is_404(start: StartDoor) -> None:
+    door = start(Config(no_sound=True))
+    assert door.get("/sound").status == 404
+
+
+def test_sound_location_behind_sign_in(paths: Paths) -> None:
+    conf = render(Config(web_users="/data/users"), paths, _spec())
+    block = conf[conf.index("location = /sound"):]
+    block = block[:block.index("location", 1)]
+    assert "auth_request /auth/check;" in block
+    assert f"proxy_pass http://unix:{paths.sound_socket}:;" in block
+    assert "$whaletop_cross_origin" in block

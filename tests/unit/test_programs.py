@@ -182,7 +182,8 @@ def test_session_argv(paths: Paths) -> None:
 
 def test_the_table_names_each_program_once_and_waits_only_for_programs_it_has() -> None:
     names = [p.name for p in PROGRAMS]
-    assert sorted(names) == ["files", "nginx", "session", "webauth", "websockify", "xvnc"]
+    assert sorted(names) == ["files", "nginx", "pipewire", "pipewire-pulse", "session",
+                            "sound", "webauth", "websockify", "wireplumber", "xvnc"]
     assert len(set(names)) == len(names)
     assert all(p.after is None or p.after in names for p in PROGRAMS)
 
@@ -208,7 +209,8 @@ def test_all_but_the_x_server_are_restartable() -> None:
     """Xvnc's death loses the user's windows: no restart repairs it.  The session runs
     on Xvnc: a fresh one repairs a crash."""
     assert sorted(p.name for p in PROGRAMS if p.restart is not None) == [
-        "files", "nginx", "session", "webauth", "websockify"]
+        "files", "nginx", "pipewire", "pipewire-pulse", "session", "sound", "webauth",
+        "websockify", "wireplumber"]
 
 
 def test_only_a_logout_of_the_session_stops_the_desktop() -> None:
@@ -230,7 +232,8 @@ def test_stop_order_is_nginx_first_and_xvnc_last() -> None:
     orders = [p.stop_order for p in PROGRAMS]
     assert len(set(orders)) == len(orders), "two programs share a stop order"
     assert [p.name for p in sorted(PROGRAMS, key=lambda p: p.stop_order)] == [
-        "nginx", "webauth", "session", "websockify", "xvnc", "files"]
+        "nginx", "sound", "webauth", "session", "pipewire-pulse", "wireplumber", "pipewire",
+        "websockify", "xvnc", "files"]
 
 
 # -- blame ---------------------------------------------------------------------------------
