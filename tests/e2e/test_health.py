@@ -73,9 +73,11 @@ def test_no_exit_on_failure_keeps_everything_for_recovery(desktop, name):
     assert c.status_json()["reason"] == f"{name} (pid {pid}) was killed by signal 9"
     survivors = {n for n, info in c.status_json()["children"].items() if info["running"]}
     # The session may end with its X server (and is not restarted without one).
-    # Sound's children (optional) play on without the X server.
-    assert {"websockify", "nginx"} <= survivors <= {
-        "session", "websockify", "nginx", "pipewire", "wireplumber", "pipewire-pulse", "sound"}
+    # Sound's children (optional) play on without the X server, and the file server
+    # serves the home.
+    assert {"websockify", "nginx", "files"} <= survivors <= {
+        "session", "websockify", "nginx", "files", "pipewire", "wireplumber",
+        "pipewire-pulse", "sound"}
     assert _home_intact(c)
     assert c.exec("whaletopd", "status", check=False).returncode == 1
     # ... and Docker says so too (its HEALTHCHECK reads the status word).
@@ -110,11 +112,13 @@ def test_nginx_killed_is_restarted_and_the_desktop_stays(desktop, flags):
     old = _kill_child(c, "nginx")
     new = _wait_pid_changed(c, "nginx", old)
 
+    files = before["files"]["pid"]  # the file server: another nginx, untouched
+
     def workers() -> list[tuple[int, int]]:
-        """(pid, parent) of every nginx worker in the container."""
+        """(pid, parent) of every worker of the front door's nginx in the container."""
         out = c.exec("ps", "-C", "nginx", "-o", "pid=,ppid=,args=").stdout.splitlines()
         return [(int(line.split()[0]), int(line.split()[1])) for line in out
-                if "worker process" in line]
+                if "worker process" in line and int(line.split()[1]) != files]
 
     # The new master serves: its worker, and no worker of the old master left behind
     # (an orphan would hold the port, and every new master fail to bind it).
@@ -128,7 +132,7 @@ def test_nginx_killed_is_restarted_and_the_desktop_stays(desktop, flags):
     after = c.status_json()
     assert after["state"] == "HEALTHY"
     assert after["children"]["nginx"]["pid"] == new
-    for name in ("xvnc", "session", "websockify"):
+    for name in ("xvnc", "session", "websockify", "files"):
         assert after["children"][name]["pid"] == before[name]["pid"], f"{name} was touched"
     assert after["restarts"]["nginx"]["used"] == 1
     assert after["restarts"]["websockify"]["used"] == 0

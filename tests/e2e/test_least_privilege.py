@@ -70,6 +70,8 @@ def test_any_uid_gets_a_working_desktop_run_as_that_uid(desktop, user: str) -> N
     c = desktop(extra=("--user", user))
     c.wait_status("HEALTHY")
     _desktop_works(c)
+    # HEALTHY does not wait for the session's panel: it comes moments later.
+    wait_until(lambda: "lxpanel" in {comm for _, _, comm in _processes(c)}, "LXDE's panel")
     procs = _processes(c)
     assert {(u, g) for u, g, _ in procs} == {(uid, gid)}, procs
     assert {"Xvnc", "nginx", "websockify", "lxpanel"} <= {comm for _, _, comm in procs}

@@ -28,8 +28,8 @@ def _assert_accounts(c: Container, desktop_user: str) -> None:
     users = _children_users(c)
     assert users == {"xvnc": desktop_user, "websockify": desktop_user,
                      "session": desktop_user, "nginx": "root",
-                     **dict.fromkeys(("pipewire", "wireplumber", "pipewire-pulse", "sound"),
-                                     desktop_user)}, users
+                     **dict.fromkeys(("pipewire", "wireplumber", "pipewire-pulse", "sound",
+                                      "files"), desktop_user)}, users
     master = c.status_json()["children"]["nginx"]["pid"]
     workers = c.exec("ps", "-o", "user=", "--ppid", str(master)).stdout.split()
     assert workers, "nginx has a worker"
@@ -79,8 +79,9 @@ def test_default_start_reaches_healthy_and_a_vnc_client_logs_in(desktop, tmp_pat
     detail = c.status_json()
     assert detail["state"] == "HEALTHY"
     assert detail["reason"]
-    assert sorted(detail["children"]) == ["nginx", "pipewire", "pipewire-pulse", "session",
-                                          "sound", "websockify", "wireplumber", "xvnc"]
+    assert sorted(detail["children"]) == ["files", "nginx", "pipewire", "pipewire-pulse",
+                                          "session", "sound", "websockify", "wireplumber",
+                                          "xvnc"]
     assert all(info["running"] for info in detail["children"].values())
 
 
@@ -191,8 +192,10 @@ def test_docker_stop_stops_children_in_reverse_and_exits_0(desktop):
     assert c.wait_exit() == 0
     assert c.status() == "STOPPED\n"
     stopped = [e["child"] for e in c.log_lines() if e.get("event") == "child_stopped"]
-    # nginx first (no new connections), Xvnc last.
-    assert stopped == ["nginx", "session", "websockify", "xvnc"]
+    # nginx first (no new connections), the X server after the session and the web
+    # side; the file server last (an upload under way is not cut before the rest).
+    assert stopped == ["nginx", "sound", "session", "pipewire-pulse", "wireplumber",
+                       "pipewire", "websockify", "xvnc", "files"]
     assert c.transitions()[-2:] == ["STOPPING", "STOPPED"]
 
 
