@@ -51,6 +51,10 @@ SERVER_PROCESSES = ("Xvnc", "websockify", "nginx")
 # Printed as fast as the terminal takes it: every line differs (identical lines would
 # leave the screen unchanged while scrolling).
 SCROLL_COMMAND = "seq -f '%09.0f the quick brown fox jumps over the lazy dog' 1 999999999"
+# Typed into the terminal as the name of a script holding that command: the keys go as
+# physical key codes (Xvnc's -RawKeyboard), and Playwright's type() presses no Shift for
+# '%', so only unshifted characters are typed.
+SCROLL_SCRIPT = "/tmp/whaletop-scroll"
 
 INSTRUMENT = """async () => {
   const UI = (await import("./app/ui.js")).default;
@@ -156,6 +160,8 @@ def per_pid(pids: dict[int, str]) -> dict[int, float]:
 
 def start_terminal(container: str) -> str:
     """A maximized lxterminal of its own (no other instance), focused; its pid."""
+    docker_exec(container, "sh", "-c", 'printf "#!/bin/sh\\nexec %s\\n" "$1" > "$2" && '
+                'chmod 755 "$2"', "sh", SCROLL_COMMAND, SCROLL_SCRIPT)
     pid = docker_exec(container, "sh", "-c",
                       "lxterminal --no-remote >/dev/null 2>&1 & echo $!").strip()
     window = docker_exec(container, "xdotool", "search", "--sync", "--onlyvisible",
@@ -187,7 +193,7 @@ def type_keys(page: Any, count: int) -> list[dict[str, float]]:
 
 
 def scroll(page: Any, pids: dict[int, str], seconds: float, shot: str = "") -> dict[str, Any]:
-    page.keyboard.type(SCROLL_COMMAND)
+    page.keyboard.type(SCROLL_SCRIPT)
     page.keyboard.press("Enter")
     time.sleep(1.0)  # printing has started, the pipeline is full
     c0 = page.evaluate(COUNTERS)
