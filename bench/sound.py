@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import socket
@@ -85,13 +86,30 @@ def image_growth(image: str) -> dict[str, Any]:
     return {"packages": sizes, "mb": sum(sizes.values()) * 1024 / 1e6}
 
 
-def _listen(port: int, stop: threading.Event, received: list[int]) -> None:
+def _ticket(port: int, password: str) -> str:
+    """The cookie /sound asks for without sign-in: /sound/ticket, with the VNC password
+    (HTTP Basic, the desktop's default user name), as the page gets it."""
+    auth = base64.b64encode(f"user:{password}".encode()).decode()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/sound/ticket", headers={"Authorization": f"Basic {auth}"})
+        answer = conn.getresponse()
+        answer.read()
+        cookie = answer.getheader("Set-Cookie") or ""
+    finally:
+        conn.close()
+    if answer.status != 200 or not cookie:
+        raise BenchError(f"/sound/ticket answered {answer.status}")
+    return cookie.split(";", 1)[0]
+
+
+def _listen(port: int, cookie: str, stop: threading.Event, received: list[int]) -> None:
     """A listener as a page is one: a WebSocket on /sound, read until told to stop."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=5)
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall((f"GET /sound HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+                  f"Cookie: {cookie}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
     sock.settimeout(0.2)
     try:
         while not stop.is_set():
@@ -115,7 +133,9 @@ def _cpu(c: Running) -> dict[str, float]:
 def cpu_while_playing(c: Running, port: int, listening: bool) -> dict[str, float]:
     """% of one core of the pipeline and the server over WINDOW s of noise."""
     stop, received = threading.Event(), [0]
-    listener = threading.Thread(target=_listen, args=(port, stop, received), daemon=True)
+    cookie = _ticket(port, (c.state / "vnc_passwd").read_text().strip())
+    listener = threading.Thread(target=_listen, args=(port, cookie, stop, received),
+                                daemon=True)
     if listening:
         listener.start()
         time.sleep(1.0)

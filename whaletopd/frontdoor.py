@@ -83,6 +83,7 @@ class FrontDoor:
         self._events = events
         self._web = web  # None: the same account as whaletopd
         self.probe_token = secrets.token_hex(16)
+        self.sound_token = secrets.token_hex(16)
         self._users: dict[str, webusers.WebUser] = {}
         self._users_digest: str | None = None
         self._watcher: Watcher | None = None
@@ -162,7 +163,8 @@ class FrontDoor:
             self._write_web(paths.web_dir / "auth.json", json.dumps(settings, indent=1))
         spec = nginx_conf.FrontDoorSpec(
             probe_token=self.probe_token, tls_pem=tls_pem,
-            worker_user=WEB_ACCOUNT if self._web is not None else None)
+            worker_user=WEB_ACCOUNT if self._web is not None else None,
+            sound_token=self.sound_token)
         filedav.prepare(cfg, paths, desktop, self._web, vnc_password)
         atomic_write(paths.nginx_conf, nginx_conf.render(cfg, paths, spec), mode=0o600)
         with step("nginx_check"):

@@ -21,7 +21,8 @@ this file (0600); the access log has the path and no header of the request.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from whaletopd import filedav, link
@@ -48,6 +49,8 @@ class FrontDoorSpec:
     tls_pem: Path | None = None
     worker_user: str | None = None  # None when whaletopd itself does not run as root
     mime_types: Path = MIME_TYPES
+    # Without sign-in: the cookie /sound/ticket gives for the VNC password (per start).
+    sound_token: str = field(default_factory=lambda: secrets.token_hex(16))
 
 
 def _headers(config: Config) -> list[str]:
@@ -265,14 +268,46 @@ def _files(config: Config, paths: Paths, headers: list[str],
     if sign_in:
         server.insert(0, 'set $whaletop_files_role "";')
     return http, server
-def _sound(config: Config, paths: Paths, gate: list[str], headers: list[str]) -> list[str]:
+def _sound(config: Config, paths: Paths, gate: list[str], headers: list[str],
+           token: str) -> list[str]:
     """/sound: the sound bridge's WebSocket (whaletopd/sound.py), behind the same sign-in
-    and Origin check as the desktop's (viewers listen too); 404 with --no-sound."""
+    and Origin check as the desktop's (viewers listen too); 404 with --no-sound.
+
+    Without sign-in the desktop's own WebSocket is guarded by VNC's password inside the
+    RFB protocol, which nginx never sees; the sound is guarded by it too: the page asks
+    /sound/ticket with HTTP Basic (the desktop's user name and the full VNC password,
+    checked against the hashed copy /files/ uses), and gets a cookie holding a secret of
+    this start, which /sound then requires (a browser's WebSocket carries cookies, not
+    an Authorization header)."""
     if not config.sound:
-        return _block("location = /sound", ["access_log off;", "return 404;"])
-    return _block("location = /sound", [
+        return _block("location ^~ /sound", ["access_log off;", "return 404;"])
+    ticket: list[str] = []
+    cookie_check: list[str] = []
+    if not config.sign_in:
+        if not (token.isascii() and token.isalnum() and len(token) >= 32):
+            raise ValueError("the sound token must be 32 or more letters and digits")
+        cookie = f"whaletop_sound_{config.web_port}"
+        secure = "; Secure" if config.tls else ""
+        ticket = _block("location = /sound/ticket", [
+            "if ($whaletop_cross_origin) { return 403; }",
+            *_block("limit_except GET", ["deny all;"]),
+            # Password guesses: as slow as at the sign-in page.
+            "limit_req zone=signin burst=20 nodelay;",
+            'auth_basic "whaletop (the VNC password)";',
+            f"auth_basic_user_file {filedav.htpasswd_path(paths)};",
+            *headers,
+            'add_header Cache-Control "no-store" always;',
+            # No Path: the ticket's folder, so a reverse proxy's prefix is kept.
+            f'add_header Set-Cookie "{cookie}={token}; HttpOnly; SameSite=Strict{secure}";',
+            # A content handler, so auth_basic (access phase) runs first: a `return`
+            # would answer in the rewrite phase, before any check.
+            "empty_gif;",
+        ])
+        cookie_check = [f'if ($cookie_{cookie} != "{token}") {{ return 401; }}']
+    return ticket + _block("location = /sound", [
         *gate,
         "if ($whaletop_cross_origin) { return 403; }",
+        *cookie_check,
         f"limit_req zone=connections burst={CONNECTION_BURST} "
         f"delay={CONNECTION_BURST_UNDELAYED};",
         f"limit_conn open {CONNECTIONS_PER_ADDRESS};",
@@ -424,7 +459,7 @@ def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
     files_http, files_server = _files(config, paths, headers, gate)
     http += files_http
     server += files_server
-    server += _sound(config, paths, gate, headers)
+    server += _sound(config, paths, gate, headers, spec.sound_token)
 
     if not sign_in:
         # The page asks whether sign-in is on; without it, a quiet no.

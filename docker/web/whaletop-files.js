@@ -7,7 +7,7 @@
 // With sign-in the page's session cookie is enough; in the default mode each request
 // carries HTTP Basic with the desktop's user name and the VNC password typed into noVNC
 // (or given in the address).  GET files/ says which (404: file transfer is off).
-import UI from "./app/ui.js";
+import { basicAuth } from "./whaletop-auth.js";
 
 const REFUSED = {
     400: "refused: the name has '/', '..' or control characters, or is too long",
@@ -21,20 +21,10 @@ const REFUSED = {
 
 let about = null;
 
-function vncPassword() {
-    const creds = UI.rfb && UI.rfb._rfbCredentials;
-    if (creds && creds.password) return creds.password;
-    return new URLSearchParams(location.hash.slice(1)).get("password") ||
-        new URLSearchParams(location.search).get("password");
-}
-
 // Headers for a request to files/ (null: nothing to send yet).
 function authHeaders() {
     if (about.auth !== "vnc-password") return {};
-    const password = vncPassword();
-    if (!password) return null;
-    const bytes = new TextEncoder().encode(about.user + ":" + password);
-    return { Authorization: "Basic " + btoa(String.fromCharCode(...bytes)) };
+    return basicAuth(about.user);
 }
 
 function human(bytes) {

@@ -18,6 +18,7 @@
 // the desktop's user name and the VNC password typed into noVNC (as whaletop-files.js
 // does).  Otherwise (a viewer, a view-only password) it names the flag.
 import UI from "./app/ui.js";
+import { basicAuth } from "./whaletop-auth.js";
 
 const clip = {
     fromDesktop: null,  // the last text the desktop sent: never echoed back
@@ -137,18 +138,10 @@ async function keyboardNote() {
     document.body.appendChild(note);
 }
 
-function vncPassword() {
-    const creds = UI.rfb && UI.rfb._rfbCredentials;
-    if (creds && creds.password) return creds.password;
-    return new URLSearchParams(location.hash.slice(1)).get("password") ||
-        new URLSearchParams(location.search).get("password");
-}
-
 // The request's credentials: the session cookie with sign-in, else HTTP Basic.
 function authHeaders(info) {
     if (info.auth !== "vnc-password") return {};
-    const bytes = new TextEncoder().encode(info.user + ":" + (vncPassword() || ""));
-    return { Authorization: "Basic " + btoa(String.fromCharCode(...bytes)) };
+    return basicAuth(info.user) || {};
 }
 
 async function fullAccess(info) {

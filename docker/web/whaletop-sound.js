@@ -5,7 +5,12 @@
 //    would play later than MAX_AHEAD is dropped, so latency never piles up.
 //  - No button when the desktop runs with --no-sound (./sound answers 404), or when the
 //    browser has no WebCodecs (it needs a secure context: https, or localhost).
+//  - Without sign-in, nginx asks for the VNC password first: the page gets a ticket (a
+//    cookie of this start) from ./sound/ticket with HTTP Basic, as for files; with
+//    sign-in, the page's session does.
 //  - window.whaletopSound: the AnalyserNode the sound goes through, and counters (tests).
+import { basicAuth } from "./whaletop-auth.js";
+
 const RATE = 48000;
 const CHANNELS = 2;
 const JITTER = 0.06;     // seconds of sound kept ahead of the output
@@ -50,7 +55,39 @@ function newDecoder() {
     return decoder;
 }
 
-function open() {
+// Without sign-in: the cookie /sound asks for, for the VNC password.  False: refused.
+async function ticket() {
+    let info;
+    try {
+        const answer = await fetch("whaletop/keyboard", { cache: "no-store",
+                                                          credentials: "same-origin" });
+        info = answer.ok ? await answer.json() : {};
+    } catch (error) {
+        info = {};
+    }
+    if (info.auth !== "vnc-password") return true;  // signed in: the session does
+    const auth = basicAuth(info.user);
+    if (auth === null) return false;  // not connected yet: no password
+    try {
+        const answer = await fetch("sound/ticket", { cache: "no-store",
+                                                     credentials: "same-origin",
+                                                     headers: auth });
+        return answer.ok;
+    } catch (error) {
+        return false;
+    }
+}
+
+async function connect(button) {
+    if (!(await ticket())) {
+        state.on = false;
+        show(button, "Sound needs the desktop's full VNC password (connect first)");
+        return;
+    }
+    if (state.on && !state.socket) state.socket = open(button);
+}
+
+function open(button) {
     const url = new URL("sound", location.href);
     url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
     const socket = new WebSocket(url);
@@ -71,7 +108,7 @@ function open() {
     socket.onopen = () => { retry = RETRY_MS; };
     socket.onclose = () => {
         if (state.socket === socket) state.socket = null;
-        if (state.on) setTimeout(() => { if (state.on && !state.socket) state.socket = open(); },
+        if (state.on) setTimeout(() => { if (state.on && !state.socket) connect(button); },
             retry);
         retry = Math.min(retry * 2, MAX_RETRY_MS);
     };
@@ -87,15 +124,20 @@ async function toggle(button) {
         state.decoder = newDecoder();
     }
     state.on = !state.on;
+    show(button);
     if (state.on) {
         await state.context.resume();
-        state.socket = open();
+        await connect(button);
     } else {
         if (state.socket) state.socket.close();
         state.socket = null;
     }
+}
+
+function show(button, why = "") {
     button.textContent = state.on ? "\u{1F50A}" : "\u{1F507}";
-    button.title = state.on ? "Sound on (click to mute)" : "Sound off (click to hear the desktop)";
+    button.title = why || (state.on ? "Sound on (click to mute)"
+                                     : "Sound off (click to hear the desktop)");
     button.setAttribute("aria-pressed", String(state.on));
 }
 

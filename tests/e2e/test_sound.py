@@ -101,8 +101,15 @@ def test_a_tone_in_the_desktop_is_heard_in_the_tab_and_survives_the_bridge(deskt
     c.wait_status("HEALTHY")
     sound = c.status_json()["children"]["sound"]
     assert sound["running"]
+    # Whoever reaches the port cannot listen: /sound needs the VNC password's ticket.
+    assert _status_code("/sound") == 401
+    assert _status_code("/sound/ticket") == 401
     with browser.browser(tmp_path) as page:
-        page.goto(URL)
+        # The page connected with the VNC password, which it shows for the ticket.
+        browser.log_in(page, "http://127.0.0.1:8080/", c.password())
+        wait_until(lambda: page.evaluate(
+            "() => document.documentElement.classList.contains('noVNC_connected')"),
+            "noVNC connected")
         page.wait_for_selector("#whaletop_sound")
         assert page.evaluate(PEAK) is None, "nothing plays before the click"
         page.click("#whaletop_sound")

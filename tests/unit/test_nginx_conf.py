@@ -33,7 +33,8 @@ from typing import Any
 import pytest
 
 from bench import certgen
-from whaletopd import link, metrics, nginx_conf, probes
+from whaletopd import filedav, link, metrics, nginx_conf, probes
+from whaletopd.children import RunAs
 from whaletopd.config import Config
 from whaletopd.nginx_conf import (
     CONNECTION_BURST,
@@ -865,28 +866,63 @@ def bridge(paths: Paths, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     proc.wait()
 
 
-def _sound_request(door_port: int, origin: str | None = None) -> bytes:
+def _sound_request(door_port: int, origin: str | None = None, cookie: str = "") -> bytes:
     key = base64.b64encode(b"0123456789abcdef").decode()
     lines = ["GET /sound HTTP/1.1", f"Host: 127.0.0.1:{door_port}", "Upgrade: websocket",
              "Connection: Upgrade", "Sec-WebSocket-Version: 13", f"Sec-WebSocket-Key: {key}"]
     if origin:
         lines.append(f"Origin: {origin}")
+    if cookie:
+        lines.append(f"Cookie: {cookie}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def _sound_ticket(door: Door) -> str:
+    """The default mode's cookie for /sound, from /sound/ticket and the VNC password."""
+    web = None
+    if WORKER is not None:
+        entry = pwd.getpwnam(WORKER)
+        web = RunAs(uid=entry.pw_uid, gid=entry.pw_gid, groups=(), home="/")
+    filedav.write_credentials(door.config, door.paths, web, "secret1")
+    assert door.get("/sound/ticket").status == 401
+    wrong = door.get("/sound/ticket", _basic("user", "secret2"))
+    assert wrong.status == 401
+    assert "set-cookie" not in wrong.headers
+    answer = door.get("/sound/ticket", _basic("user", "secret1"))
+    assert answer.status == 200
+    cookie = answer.headers["set-cookie"]
+    assert cookie.endswith("; HttpOnly; SameSite=Strict"), cookie
+    return cookie.split(";", 1)[0]
 
 
 def test_nginx_opens_the_bridge_s_websocket(start: StartDoor,
                                             bridge: subprocess.Popen[bytes]) -> None:
     door = start()
+    origin = f"http://127.0.0.1:{door.port}"
+    # Without the VNC password's ticket: 401, the bridge never asked.
     sock = door.connect()
-    sock.sendall(_sound_request(door.port, origin=f"http://127.0.0.1:{door.port}"))
+    sock.sendall(_sound_request(door.port, origin=origin))
+    assert door.status_of(sock)[0] == 401
+    sock = door.connect()
+    name = f"whaletop_sound_{door.config.web_port}"
+    sock.sendall(_sound_request(door.port, origin=origin, cookie=f"{name}=guess"))
+    assert door.status_of(sock)[0] == 401
+    cookie = _sound_ticket(door)
+    sock = door.connect()
+    sock.sendall(_sound_request(door.port, origin=origin, cookie=cookie))
     status, head = door.status_of(sock)
     assert status == 101
     accept = base64.b64encode(hashlib.sha1(
         base64.b64encode(b"0123456789abcdef") + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11")
         .digest()).decode()
     assert f"Sec-WebSocket-Accept: {accept}" in head
-    # The page's question (a plain GET): answered by the bridge, not 404.
-    assert door.get("/sound").status == 400
+    # The page's question (a plain GET): not 404 (sound is on).
+    assert door.get("/sound").status == 401
+    assert door.get("/sound", {"Cookie": cookie}).status == 400  # the bridge's answer
 
 
 def test_another_site_cannot_open_the_sound(start: StartDoor,
@@ -909,3 +945,6 @@ def test_sound_location_behind_sign_in(paths: Paths) -> None:
     assert "auth_request /auth/check;" in block
     assert f"proxy_pass http://unix:{paths.sound_socket}:;" in block
     assert "$whaletop_cross_origin" in block
+    # The session is the ticket: no VNC password asked, no cookie of its own.
+    assert "/sound/ticket" not in conf
+    assert "$cookie_whaletop_sound" not in conf
