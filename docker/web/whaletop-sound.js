@@ -56,6 +56,8 @@ function newDecoder() {
 }
 
 // Without sign-in: the cookie /sound asks for, for the VNC password.  False: refused.
+// whaletop/keyboard says how this desktop asks (the one JSON the page reads in both
+// modes: "auth" and the user name).
 async function ticket() {
     let info;
     try {
