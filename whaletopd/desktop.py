@@ -382,6 +382,10 @@ class Desktop:
     def restartable(self, event: EventData) -> bool:
         return self.children.restartable(self._part(event))
 
+    def repairable(self, event: EventData) -> bool:
+        """A restart that is due can still repair it (what it runs on still runs)."""
+        return self.children.has_restart_policy(event.kwargs["event"].name)
+
     def retryable(self, event: EventData) -> bool:
         return self.children.has_restart_policy(self._part(event)) and not self.exit_on_failure
 

@@ -88,8 +88,10 @@ TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "child_exited", "source": LIVE, "dest": UNHEALTHY, "unless": "stale"},
     {"trigger": "child_exited", "source": UNHEALTHY, "dest": None,
      "conditions": "retryable", "unless": "stale", "after": "retry_later"},
+    # Due, and still repairable: a session whose X server died meanwhile is not (its
+    # exit can come before Xvnc's), and the reason stays the X server's.
     {"trigger": "restart_due", "source": [RECOVERING, UNHEALTHY], "dest": None,
-     "after": "restart_child"},
+     "conditions": "repairable", "after": "restart_child"},
     {"trigger": "recovery_timed_out", "source": [RECOVERING, RELOADING_TLS], "dest": UNHEALTHY},
     {"trigger": "startup_timed_out", "source": [STARTING, STARTED], "dest": UNHEALTHY},
     # TLS rotation: a changed --tls-certificate is validated first (a bad one is refused,
