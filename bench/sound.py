@@ -173,7 +173,8 @@ def fig_sound(bench: Bench, i: int) -> None:
         heard = cpu_while_playing(c, bench.web_port, listening=True)
         result = subprocess.run(
             [bench.browser.python, str(SOUND_PAGE), str(bench.web_port), c.name,
-             "--tones", "3" if bench.quick else "5", "--chromium", bench.browser.chromium],
+             "--tones", "3" if bench.quick else "5", "--chromium", bench.browser.chromium,
+             "--password-file", str(c.state / "vnc_passwd")],
             capture_output=True, text=True, timeout=300, check=False)
         lines = [ln for ln in result.stdout.splitlines() if ln.startswith("{")]
         if result.returncode != 0 or not lines:

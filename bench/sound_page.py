@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -71,7 +72,8 @@ def play(container: str, path: str) -> float:
     return float(out.split()[0])
 
 
-def measure(port: int, container: str, tones: int, chromium: str) -> dict[str, Any]:
+def measure(port: int, container: str, tones: int, chromium: str,
+            password: str) -> dict[str, Any]:
     from playwright.sync_api import sync_playwright  # type: ignore[import-not-found,unused-ignore]
 
     docker_exec(container, "python3", "-c", WAV, "tone", "0.5", "/tmp/bench-tone.wav")
@@ -83,7 +85,12 @@ def measure(port: int, container: str, tones: int, chromium: str) -> dict[str, A
             headless=True, args=ARGS)
         try:
             page = ctx.new_page()
-            page.goto(f"http://127.0.0.1:{port}/vnc.html")
+            # Connected with the VNC password, as a person is: without sign-in the page
+            # shows it to nginx for the sound's ticket.
+            page.goto(f"http://127.0.0.1:{port}/vnc.html?autoconnect=true"
+                      f"&reconnect=false#password={password}")
+            page.wait_for_function("() => document.documentElement.classList"
+                                   ".contains('noVNC_connected')", timeout=30_000)
             page.click("#whaletop_sound", timeout=30_000)
             page.wait_for_function("() => whaletopSound.socket && "
                                    "whaletopSound.socket.readyState === 1")
@@ -112,8 +119,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("container")
     parser.add_argument("--tones", type=int, default=5)
     parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--password-file", type=Path, required=True,
+                        help="the state folder's vnc_passwd")
     args = parser.parse_args(argv)
-    print(json.dumps(measure(args.port, args.container, args.tones, args.chromium)))
+    print(json.dumps(measure(args.port, args.container, args.tones, args.chromium,
+                             args.password_file.read_text().strip())))
     return 0
 
 
