@@ -268,6 +268,24 @@ def _files(config: Config, paths: Paths, headers: list[str],
     if sign_in:
         server.insert(0, 'set $whaletop_files_role "";')
     return http, server
+def _websocket_to(upstream: str) -> list[str]:
+    """A WebSocket passed on to a child of the desktop user's (websockify, the sound
+    bridge): none of the client's credentials go with it, and it may stay open for days."""
+    return [
+        f"proxy_pass http://{upstream};",
+        'proxy_set_header Cookie "";',
+        'proxy_set_header Authorization "";',
+        f'proxy_set_header {PROBE_HEADER} "";',
+        "proxy_http_version 1.1;",
+        "proxy_set_header Upgrade $http_upgrade;",
+        'proxy_set_header Connection "upgrade";',
+        "proxy_set_header Host $http_host;",
+        "proxy_buffering off;",
+        "proxy_read_timeout 7d;",
+        "proxy_send_timeout 7d;",
+    ]
+
+
 def _sound(config: Config, paths: Paths, gate: list[str], headers: list[str],
            token: str) -> list[str]:
     """/sound: the sound bridge's WebSocket (whaletopd/sound.py), behind the same sign-in
@@ -312,17 +330,7 @@ def _sound(config: Config, paths: Paths, gate: list[str], headers: list[str],
         f"delay={CONNECTION_BURST_UNDELAYED};",
         f"limit_conn open {CONNECTIONS_PER_ADDRESS};",
         *headers,
-        f"proxy_pass http://unix:{paths.sound_socket}:;",
-        'proxy_set_header Cookie "";',
-        'proxy_set_header Authorization "";',
-        f'proxy_set_header {PROBE_HEADER} "";',
-        "proxy_http_version 1.1;",
-        "proxy_set_header Upgrade $http_upgrade;",
-        'proxy_set_header Connection "upgrade";',
-        "proxy_set_header Host $http_host;",
-        "proxy_buffering off;",
-        "proxy_read_timeout 7d;",
-        "proxy_send_timeout 7d;",
+        *_websocket_to(f"unix:{paths.sound_socket}:"),
     ])
 
 
@@ -439,18 +447,7 @@ def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
         f"delay={CONNECTION_BURST_UNDELAYED};",
         f"limit_conn open {CONNECTIONS_PER_ADDRESS};",
         *headers,
-        "proxy_pass http://websockify;",
-        # websockify (the desktop user's) needs none of the credentials.
-        'proxy_set_header Cookie "";',
-        'proxy_set_header Authorization "";',
-        f'proxy_set_header {PROBE_HEADER} "";',
-        "proxy_http_version 1.1;",
-        "proxy_set_header Upgrade $http_upgrade;",
-        'proxy_set_header Connection "upgrade";',
-        "proxy_set_header Host $http_host;",
-        "proxy_buffering off;",
-        "proxy_read_timeout 7d;",
-        "proxy_send_timeout 7d;",
+        *_websocket_to("websockify"),
     ]
     server += _block("location = /websockify", websocket)
     server += _metrics(config, paths, headers)
