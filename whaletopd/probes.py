@@ -42,6 +42,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from whaletopd.events import EventQueue, ProbeFailed, ProbePassed
+from whaletopd.rfbauth import PROBE_RELAY_HEADERS
+from whaletopd.rfbauth import vnc_des_response as _vnc_des_response
 
 if TYPE_CHECKING:
     import ssl
@@ -112,58 +114,6 @@ class _WebSocketStream:
         self._sock.sendall(bytes([0x82, 0x80 | len(data)]) + mask + masked)
 
 
-def _vnc_key(password: str) -> bytes:
-    return bytes(int(f"{b:08b}"[::-1], 2) for b in password.encode("latin-1")[:8].ljust(8, b"\0"))
-
-
-@functools.cache
-def _libcrypto_des() -> tuple[Callable[..., object], Callable[..., object]] | None:
-    """OpenSSL's DES_set_key_unchecked and DES_ecb_encrypt, through ctypes: libcrypto is
-    in the daemon already (hashlib's), where cryptography's ciphers would cost it ~4 MiB
-    for two 8-byte blocks per login.  None when this libcrypto lacks them."""
-    import ctypes
-
-    try:
-        lib = ctypes.CDLL("libcrypto.so.3")
-        return lib.DES_set_key_unchecked, lib.DES_ecb_encrypt
-    except (OSError, AttributeError):
-        return None
-
-
-def _vnc_des_response(password: str, challenge: bytes) -> bytes:
-    """VNC authentication: DES-encrypt the challenge with the bit-reversed password."""
-    des = _libcrypto_des()
-    if des is not None:
-        import ctypes
-
-        set_key, ecb = des
-        schedule = ctypes.create_string_buffer(128)  # DES_key_schedule: 16 x 8 bytes
-        set_key(ctypes.create_string_buffer(_vnc_key(password), 8), schedule)
-        out = b""
-        for i in range(0, len(challenge), 8):
-            block = ctypes.create_string_buffer(challenge[i:i + 8], 8)
-            result = ctypes.create_string_buffer(8)
-            ecb(block, result, schedule, 1)  # DES_ENCRYPT
-            out += result.raw
-        return out
-    return _vnc_des_response_cryptography(password, challenge)
-
-
-def _vnc_des_response_cryptography(password: str, challenge: bytes) -> bytes:
-    from cryptography.hazmat.primitives.ciphers import Cipher, modes
-
-    try:  # cryptography >= 43 keeps (3)DES in "decrepit"; older ones in algorithms
-        from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
-    except ImportError:  # pragma: no cover - depends on the installed version
-        from cryptography.hazmat.primitives.ciphers.algorithms import (  # type: ignore[attr-defined,no-redef,unused-ignore]
-            TripleDES,
-        )
-    key = _vnc_key(password)
-    # Three equal keys make TripleDES single DES, which is what VNC authentication uses.
-    encryptor = Cipher(TripleDES(key * 3), modes.ECB()).encryptor()
-    return encryptor.update(challenge) + encryptor.finalize()
-
-
 def _rfb_login(stream: _Stream, password: str) -> str:
     banner = stream.recv_exact(12)
     if not banner.startswith(b"RFB "):
@@ -175,10 +125,15 @@ def _rfb_login(stream: _Stream, password: str) -> str:
         raise ProbeError("server refused the connection: "
                          + stream.recv_exact(size).decode(errors="replace"))
     types = stream.recv_exact(count)
-    if 2 not in types:
+    if 2 in types:
+        stream.sendall(b"\x02")
+        stream.sendall(_vnc_des_response(password, stream.recv_exact(16)))
+    elif list(types) == [1]:
+        # With sign-in the relay logs in to Xvnc itself and offers None: the relay's
+        # own login with the password is what this proves.
+        stream.sendall(b"\x01")
+    else:
         raise ProbeError(f"no VNC authentication offered (security types {list(types)})")
-    stream.sendall(b"\x02")
-    stream.sendall(_vnc_des_response(password, stream.recv_exact(16)))
     if int.from_bytes(stream.recv_exact(4), "big") != 0:
         raise ProbeError("authentication failed")
     return banner.decode("ascii", errors="replace").strip()
@@ -401,7 +356,8 @@ def desktop_probes(target: Target, blame: Mapping[str, str]) -> list[Probe]:
             behind: list[tuple[str, Callable[[], object]]] = [
                 ("x_display", lambda: rfb_login(t.vnc_socket, None, t.password, t.timeout)),
                 ("websockify_login", lambda: websocket_login(
-                    t.websockify_socket, None, t.password, t.timeout)),
+                    t.websockify_socket, None, t.password, t.timeout,
+                    headers=PROBE_RELAY_HEADERS)),
             ]
             auth = t.auth_socket
             if auth is not None:
