@@ -114,7 +114,7 @@ class _WebSocketStream:
         self._sock.sendall(bytes([0x82, 0x80 | len(data)]) + mask + masked)
 
 
-def _rfb_login(stream: _Stream, password: str) -> str:
+def _rfb_login(stream: _Stream, password: str, none_ok: bool = False) -> str:
     banner = stream.recv_exact(12)
     if not banner.startswith(b"RFB "):
         raise ProbeError(f"no RFB banner (got {banner!r})")
@@ -128,7 +128,7 @@ def _rfb_login(stream: _Stream, password: str) -> str:
     if 2 in types:
         stream.sendall(b"\x02")
         stream.sendall(_vnc_des_response(password, stream.recv_exact(16)))
-    elif list(types) == [1]:
+    elif none_ok and list(types) == [1]:
         # With sign-in the relay logs in to Xvnc itself and offers None: the relay's
         # own login with the password is what this proves.
         stream.sendall(b"\x01")
@@ -209,8 +209,9 @@ def rfb_login(host: Host, port: int | None, password: str, timeout: float) -> st
 
 def websocket_login(host: Host, port: int | None, password: str, timeout: float,
                     pin: str | None = None, path: str = "/websockify",
-                    headers: Mapping[str, str] | None = None) -> str:
-    """What noVNC does: open the WebSocket and log in to VNC through it."""
+                    headers: Mapping[str, str] | None = None, none_ok: bool = False) -> str:
+    """What noVNC does: open the WebSocket and log in to VNC through it (`none_ok`: with
+    sign-in, where the relay offers only "None" and logs in to Xvnc itself)."""
     key = base64.b64encode(os.urandom(16))
     request = _request(host, port, "GET", path, {
         "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
@@ -231,7 +232,7 @@ def websocket_login(host: Host, port: int | None, password: str, timeout: float,
                 raise ProbeError(f"no WebSocket upgrade ({status.decode(errors='replace')})")
             if accept not in head:
                 raise ProbeError("bad Sec-WebSocket-Accept")
-            return _rfb_login(_WebSocketStream(sock), password)
+            return _rfb_login(_WebSocketStream(sock), password, none_ok)
     except (OSError, ProbeError) as exc:
         raise ProbeError(f"WebSocket on {_where(host, port)}: {exc}") from None
 
@@ -339,6 +340,7 @@ def desktop_probes(target: Target, blame: Mapping[str, str]) -> list[Probe]:
     # nginx knows this header's value: whaletopd's checks are never limited or logged,
     # and the sign-in service lets them through.
     headers = {PROBE_HEADER: t.probe_token}
+    signed = t.auth_socket is not None  # sign-in: the relay logs in for the browser
 
     def login_through_the_front_door() -> None:
         # While a server behind nginx does not listen (starting, or dead: its socket
@@ -351,13 +353,14 @@ def desktop_probes(target: Target, blame: Mapping[str, str]) -> list[Probe]:
         # The user's path, nginx -> websockify -> Xvnc, proves them all at once; only
         # when it fails do the checks of each hop behind it tell which one is at fault.
         try:
-            websocket_login(host, t.web_port, t.password, t.timeout, t.pin, headers=headers)
+            websocket_login(host, t.web_port, t.password, t.timeout, t.pin, headers=headers,
+                            none_ok=signed)
         except ProbeError:
             behind: list[tuple[str, Callable[[], object]]] = [
                 ("x_display", lambda: rfb_login(t.vnc_socket, None, t.password, t.timeout)),
                 ("websockify_login", lambda: websocket_login(
                     t.websockify_socket, None, t.password, t.timeout,
-                    headers=PROBE_RELAY_HEADERS)),
+                    headers=PROBE_RELAY_HEADERS, none_ok=signed)),
             ]
             auth = t.auth_socket
             if auth is not None:
