@@ -85,10 +85,11 @@ def provision(config: Config, paths: Paths, display: int) -> Account:
         view_only = config.view_only_password or (
             generate_password() if config.sign_in else None)
         write_password(password, paths, run_as, view_only)
-    if config.vnc_password is None and (not config.sign_in or config.expose_vnc):
+    if config.vnc_password is None:
         # Logged for whoever must type it: without sign-in, or for the VNC port.  With
         # sign-in only the relay uses it (and it stays in the 0600 file).
-        log.info("vnc_password", password=password, file=str(paths.vnc_passwd))
+        if not config.sign_in or config.expose_vnc:
+            log.info("vnc_password", password=password, file=str(paths.vnc_passwd))
     elif len(config.vnc_password) > VNC_PASSWORD_LENGTH:
         log.warning("vnc_password_truncated", length=len(config.vnc_password),
                     reason="VNC authentication uses only the first 8 characters")

@@ -307,7 +307,7 @@ class Grants:
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self._key: object = None
+        self._key: object = ()  # never a stat's: the first look reads
         self.roles: dict[str, str] = {}
 
     def refresh(self) -> bool:
