@@ -608,7 +608,16 @@ class Relay:
             c.end("the desktop is stopping", 1001)
 
 
+def name_process(name: bytes = b"vncrelay") -> None:
+    """What `ps` shows (comm), instead of "python3" like every other Python child."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(15, name, 0, 0, 0)  # PR_SET_NAME
+
+
 def main(argv: list[str] | None = None) -> int:
+    name_process()
     parser = argparse.ArgumentParser(prog="python3 -m whaletopd.vncrelay",
                                      description="whaletop's WebSocket relay to Xvnc")
     parser.add_argument("--socket", required=True, type=Path,
