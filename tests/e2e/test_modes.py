@@ -118,7 +118,7 @@ class Mode:
 
 def _session_env(c: Container) -> dict[str, str]:
     pid = c.exec("pgrep", "-o", "lxpanel").stdout.strip()
-    raw = c.exec("cat", f"/proc/{pid}/environ").stdout
+    raw = c.exec("cat", f"/proc/{pid}/environ", user=DESKTOP_UID).stdout  # root may not
     return dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
 
 
