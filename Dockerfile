@@ -18,7 +18,7 @@ RUN apt-get update \
         tini sudo ca-certificates \
         python3 python3-transitions python3-watchdog python3-psutil \
         python3-cryptography python3-structlog \
-        tigervnc-standalone-server tigervnc-tools websockify nginx \
+        tigervnc-standalone-server tigervnc-tools nginx \
         dbus dbus-x11 lxde-core lxterminal lxde-icon-theme gnome-themes-extra \
         x11-utils x11-xserver-utils xdotool xclip fonts-dejavu-core libnss-wrapper \
         chromium \

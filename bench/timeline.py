@@ -164,8 +164,11 @@ def build_timeline(events: Sequence[dict[str, Any]], t_run: float,
             tl.spans.append(Span("Xvnc: spawned → listening", ms(starts["launch_xvnc"]),
                                  ms(ready), "child"))
     if "launch_websockify" in starts:
-        ready = _first_output(events, "websockify", "proxying from",
-                              starts["launch_websockify"])
+        # whaletop's relay in websockify's row says relay_ready (websockify itself, in
+        # runs before it: "proxying from").
+        ready = (_first_output(events, "websockify", "relay_ready", starts["launch_websockify"])
+                 or _first_output(events, "websockify", "proxying from",
+                                  starts["launch_websockify"]))
         if ready is not None:
             tl.spans.append(Span("websockify: spawned → listening",
                                  ms(starts["launch_websockify"]), ms(ready), "child"))

@@ -145,14 +145,15 @@ class FrontDoor:
         tmp = paths.nginx_dir / "tmp"
         tmp.mkdir(exist_ok=True)
         _own(tmp, self._web, 0o700)
+        self._write_relay(desktop, vnc_password, view_only_password)
         if cfg.sign_in:
             _fresh_dir(paths.web_dir, self._web, 0o700)
+            self._grants_dir(desktop)
             self._write_users()
             settings = {
                 "users_file": str(self.users_file),
                 "sessions_file": str(paths.web_dir / "sessions.json"),
-                "vnc_password": vnc_password,
-                "view_only_password": view_only_password,
+                "grants_file": str(paths.grants_file),
                 "probe_token": self.probe_token,
                 "attempts": cfg.sign_in_attempts,
                 "lockout_s": cfg.sign_in_lockout,
@@ -169,6 +170,33 @@ class FrontDoor:
         atomic_write(paths.nginx_conf, nginx_conf.render(cfg, paths, spec), mode=0o600)
         with step("nginx_check"):
             self.check()
+
+    def _write_relay(self, desktop: RunAs, vnc_password: str,
+                     view_only_password: str | None) -> None:
+        """The relay's settings (vncrelay.py, the desktop user's child): the passwords
+        it logs in to Xvnc with.  Only there and in Xvnc's own file: with sign-in no
+        browser is ever handed one."""
+        paths, cfg = self._paths, self._config
+        settings = {
+            "vnc_socket": str(paths.vnc_socket),
+            "sign_in": cfg.sign_in,
+            "password": vnc_password,
+            "view_only_password": view_only_password,
+            "grants_file": str(paths.grants_file) if cfg.sign_in else None,
+        }
+        owner = (desktop.uid, desktop.gid) if os.geteuid() == 0 else None
+        atomic_write(paths.relay_settings, json.dumps(settings), mode=0o600, owner=owner)
+
+    def _grants_dir(self, desktop: RunAs) -> None:
+        """The sign-in service writes the grants, the relay (the desktop user) reads
+        them; nobody else: the web account's, group the desktop user's, setgid so the
+        file gets that group."""
+        folder = self._paths.grants_file.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        if self._web is not None and os.geteuid() == 0:
+            os.chown(folder, self._web.uid, desktop.gid)
+        folder.chmod(0o2750)
+        self._paths.grants_file.unlink(missing_ok=True)  # a previous run's
 
     def check(self) -> None:
         """`nginx -t`: its own words when it refuses (FrontDoorError)."""

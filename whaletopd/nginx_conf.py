@@ -438,8 +438,16 @@ def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
         static.append("error_page 401 = @signin;")
     server += _block("location /", static)
 
+    # Who the relay (vncrelay.py) serves: with sign-in, the person, their role and
+    # their grant as the sign-in service named them (the relay logs in to Xvnc for the
+    # role, and closes the connection when the grant ends); never what a client sent.
+    relay_headers = [f"proxy_set_header X-Whaletop-{name.title()} "
+                     + (f"$whaletop_{name};" if sign_in else '"";')
+                     for name in ("user", "role", "grant")]
     websocket = [
         *gate,
+        *([f"auth_request_set $whaletop_{name} $upstream_http_x_whaletop_{name};"
+           for name in ("role", "grant")] if sign_in else []),
         # A page of another site must not open the desktop with this browser's
         # credentials: browsers always send Origin on a WebSocket.
         "if ($whaletop_cross_origin) { return 403; }",
@@ -448,6 +456,7 @@ def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
         f"limit_conn open {CONNECTIONS_PER_ADDRESS};",
         *headers,
         *_websocket_to("websockify"),
+        *relay_headers,
     ]
     server += _block("location = /websockify", websocket)
     server += _metrics(config, paths, headers)

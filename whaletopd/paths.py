@@ -69,6 +69,17 @@ class Paths:
         return self.desktop_dir / "websockify.sock"
 
     @property
+    def relay_settings(self) -> Path:
+        """The desktop's relay's settings (vncrelay.py): the VNC passwords, 0600."""
+        return self.desktop_dir / "relay.json"
+
+    @property
+    def grants_file(self) -> Path:
+        """With sign-in: what may stay connected, written by the sign-in service, read
+        by the relay (its folder: the web account's, the desktop user's group)."""
+        return self.run_dir / "grants" / "grants.json"
+
+    @property
     def sound_socket(self) -> Path:
         """The sound bridge's WebSocket (whaletopd/sound.py), for nginx."""
         return self.desktop_dir / "sound.sock"

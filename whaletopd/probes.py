@@ -42,6 +42,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from whaletopd.events import EventQueue, ProbeFailed, ProbePassed
+from whaletopd.rfbauth import PROBE_RELAY_HEADERS
+from whaletopd.rfbauth import vnc_des_response as _vnc_des_response
 
 if TYPE_CHECKING:
     import ssl
@@ -112,59 +114,7 @@ class _WebSocketStream:
         self._sock.sendall(bytes([0x82, 0x80 | len(data)]) + mask + masked)
 
 
-def _vnc_key(password: str) -> bytes:
-    return bytes(int(f"{b:08b}"[::-1], 2) for b in password.encode("latin-1")[:8].ljust(8, b"\0"))
-
-
-@functools.cache
-def _libcrypto_des() -> tuple[Callable[..., object], Callable[..., object]] | None:
-    """OpenSSL's DES_set_key_unchecked and DES_ecb_encrypt, through ctypes: libcrypto is
-    in the daemon already (hashlib's), where cryptography's ciphers would cost it ~4 MiB
-    for two 8-byte blocks per login.  None when this libcrypto lacks them."""
-    import ctypes
-
-    try:
-        lib = ctypes.CDLL("libcrypto.so.3")
-        return lib.DES_set_key_unchecked, lib.DES_ecb_encrypt
-    except (OSError, AttributeError):
-        return None
-
-
-def _vnc_des_response(password: str, challenge: bytes) -> bytes:
-    """VNC authentication: DES-encrypt the challenge with the bit-reversed password."""
-    des = _libcrypto_des()
-    if des is not None:
-        import ctypes
-
-        set_key, ecb = des
-        schedule = ctypes.create_string_buffer(128)  # DES_key_schedule: 16 x 8 bytes
-        set_key(ctypes.create_string_buffer(_vnc_key(password), 8), schedule)
-        out = b""
-        for i in range(0, len(challenge), 8):
-            block = ctypes.create_string_buffer(challenge[i:i + 8], 8)
-            result = ctypes.create_string_buffer(8)
-            ecb(block, result, schedule, 1)  # DES_ENCRYPT
-            out += result.raw
-        return out
-    return _vnc_des_response_cryptography(password, challenge)
-
-
-def _vnc_des_response_cryptography(password: str, challenge: bytes) -> bytes:
-    from cryptography.hazmat.primitives.ciphers import Cipher, modes
-
-    try:  # cryptography >= 43 keeps (3)DES in "decrepit"; older ones in algorithms
-        from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
-    except ImportError:  # pragma: no cover - depends on the installed version
-        from cryptography.hazmat.primitives.ciphers.algorithms import (  # type: ignore[attr-defined,no-redef,unused-ignore]
-            TripleDES,
-        )
-    key = _vnc_key(password)
-    # Three equal keys make TripleDES single DES, which is what VNC authentication uses.
-    encryptor = Cipher(TripleDES(key * 3), modes.ECB()).encryptor()
-    return encryptor.update(challenge) + encryptor.finalize()
-
-
-def _rfb_login(stream: _Stream, password: str) -> str:
+def _rfb_login(stream: _Stream, password: str, none_ok: bool = False) -> str:
     banner = stream.recv_exact(12)
     if not banner.startswith(b"RFB "):
         raise ProbeError(f"no RFB banner (got {banner!r})")
@@ -175,10 +125,15 @@ def _rfb_login(stream: _Stream, password: str) -> str:
         raise ProbeError("server refused the connection: "
                          + stream.recv_exact(size).decode(errors="replace"))
     types = stream.recv_exact(count)
-    if 2 not in types:
+    if 2 in types:
+        stream.sendall(b"\x02")
+        stream.sendall(_vnc_des_response(password, stream.recv_exact(16)))
+    elif none_ok and list(types) == [1]:
+        # With sign-in the relay logs in to Xvnc itself and offers None: the relay's
+        # own login with the password is what this proves.
+        stream.sendall(b"\x01")
+    else:
         raise ProbeError(f"no VNC authentication offered (security types {list(types)})")
-    stream.sendall(b"\x02")
-    stream.sendall(_vnc_des_response(password, stream.recv_exact(16)))
     if int.from_bytes(stream.recv_exact(4), "big") != 0:
         raise ProbeError("authentication failed")
     return banner.decode("ascii", errors="replace").strip()
@@ -254,8 +209,9 @@ def rfb_login(host: Host, port: int | None, password: str, timeout: float) -> st
 
 def websocket_login(host: Host, port: int | None, password: str, timeout: float,
                     pin: str | None = None, path: str = "/websockify",
-                    headers: Mapping[str, str] | None = None) -> str:
-    """What noVNC does: open the WebSocket and log in to VNC through it."""
+                    headers: Mapping[str, str] | None = None, none_ok: bool = False) -> str:
+    """What noVNC does: open the WebSocket and log in to VNC through it (`none_ok`: with
+    sign-in, where the relay offers only "None" and logs in to Xvnc itself)."""
     key = base64.b64encode(os.urandom(16))
     request = _request(host, port, "GET", path, {
         "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
@@ -276,7 +232,7 @@ def websocket_login(host: Host, port: int | None, password: str, timeout: float,
                 raise ProbeError(f"no WebSocket upgrade ({status.decode(errors='replace')})")
             if accept not in head:
                 raise ProbeError("bad Sec-WebSocket-Accept")
-            return _rfb_login(_WebSocketStream(sock), password)
+            return _rfb_login(_WebSocketStream(sock), password, none_ok)
     except (OSError, ProbeError) as exc:
         raise ProbeError(f"WebSocket on {_where(host, port)}: {exc}") from None
 
@@ -384,6 +340,7 @@ def desktop_probes(target: Target, blame: Mapping[str, str]) -> list[Probe]:
     # nginx knows this header's value: whaletopd's checks are never limited or logged,
     # and the sign-in service lets them through.
     headers = {PROBE_HEADER: t.probe_token}
+    signed = t.auth_socket is not None  # sign-in: the relay logs in for the browser
 
     def login_through_the_front_door() -> None:
         # While a server behind nginx does not listen (starting, or dead: its socket
@@ -396,12 +353,14 @@ def desktop_probes(target: Target, blame: Mapping[str, str]) -> list[Probe]:
         # The user's path, nginx -> websockify -> Xvnc, proves them all at once; only
         # when it fails do the checks of each hop behind it tell which one is at fault.
         try:
-            websocket_login(host, t.web_port, t.password, t.timeout, t.pin, headers=headers)
+            websocket_login(host, t.web_port, t.password, t.timeout, t.pin, headers=headers,
+                            none_ok=signed)
         except ProbeError:
             behind: list[tuple[str, Callable[[], object]]] = [
                 ("x_display", lambda: rfb_login(t.vnc_socket, None, t.password, t.timeout)),
                 ("websockify_login", lambda: websocket_login(
-                    t.websockify_socket, None, t.password, t.timeout)),
+                    t.websockify_socket, None, t.password, t.timeout,
+                    headers=PROBE_RELAY_HEADERS, none_ok=signed)),
             ]
             auth = t.auth_socket
             if auth is not None:

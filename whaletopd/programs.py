@@ -19,9 +19,6 @@ from whaletopd.keyboard import session_prefix
 from whaletopd.paths import Paths
 
 DISPLAY = 1
-# websockify's three lines per connection (nginx logs each request, with the address).
-WEBSOCKIFY_CHATTER = re.compile(
-    r"^\S+ - - \[[^\]]*\] (\S+: Plain non-SSL|\S+: Path: |connecting to unix socket)")
 # Xvnc logs every connection (status, level 10), health probes included, a dozen lines
 # each: keep only errors (level 0) of those modules.  websockify logs browser connections.
 XVNC_LOG = ",".join(["*:stderr:30"] + [
@@ -100,11 +97,12 @@ def xvnc_argv(launch: Launch) -> list[str]:
 
 
 def websockify_argv(launch: Launch) -> list[str]:
+    """The desktop's relay (vncrelay.py) between nginx and Xvnc, both on UNIX sockets:
+    it took websockify's place (and row name: noVNC asks for /websockify), and reads
+    what clients say.  It needs no running Xvnc to start."""
     paths = launch.paths
-    # Between nginx and Xvnc, both on UNIX sockets; it needs no running Xvnc to start.
-    # nginx's workers (another account) connect: the socket is in the desktop's folder.
-    return ["websockify", "--unix-listen", str(paths.websockify_socket),
-            "--unix-listen-mode", "0666", "--unix-target", str(paths.vnc_socket)]
+    return ["python3", "-m", "whaletopd.vncrelay", "--socket", str(paths.websockify_socket),
+            "--settings", str(paths.relay_settings)]
 
 
 def nginx_argv(launch: Launch) -> list[str]:
@@ -170,7 +168,7 @@ def session_argv(launch: Launch) -> list[str]:
 PROGRAMS: tuple[Program, ...] = (
     Program("xvnc", xvnc_argv, ready="displayfd", stop_order=8, probes=("x_display",)),
     Program("websockify", websockify_argv, restart=Restart(), stop_order=7,
-            probes=("websockify_login",), quiet=WEBSOCKIFY_CHATTER),
+            probes=("websockify_login",), json_lines=True),
     Program("nginx", nginx_argv, restart=Restart(), stop_order=0, account="root",
             probes=("web_login", "novnc_page"), json_lines=True),
     Program("webauth", webauth_argv, restart=Restart(), stop_order=2, account="web",

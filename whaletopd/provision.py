@@ -81,12 +81,15 @@ def provision(config: Config, paths: Paths, display: int) -> Account:
             out["result"] = configure_sudo(config, paths)
     with step("vnc_password"):
         password = config.vnc_password or generate_password()
-        # With sign-in, viewers get it from the sign-in service, never typed.
+        # With sign-in the relay logs in with it for viewers: nobody types it.
         view_only = config.view_only_password or (
             generate_password() if config.sign_in else None)
         write_password(password, paths, run_as, view_only)
     if config.vnc_password is None:
-        log.info("vnc_password", password=password, file=str(paths.vnc_passwd))
+        # Logged for whoever must type it: without sign-in, or for the VNC port.  With
+        # sign-in only the relay uses it (and it stays in the 0600 file).
+        if not config.sign_in or config.expose_vnc:
+            log.info("vnc_password", password=password, file=str(paths.vnc_passwd))
     elif len(config.vnc_password) > VNC_PASSWORD_LENGTH:
         log.warning("vnc_password_truncated", length=len(config.vnc_password),
                     reason="VNC authentication uses only the first 8 characters")

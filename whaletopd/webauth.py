@@ -14,15 +14,19 @@ address in X-Real-IP):
     GET  /auth/signin    the sign-in page;  POST: sign in, 303 to ../NEXT with a cookie
     GET  /auth/redirect  302 to the sign-in page, relative to X-Original-URI
     GET  /auth/signout   a page with a button;  POST: end the session, 303 to signin
-    GET  /auth/session   {"user", "role", "vnc_password"} for noVNC (view-only password
-                         for a viewer)
+    GET  /auth/session   {"user", "role"} for the page (never a VNC password: the
+                         desktop's relay logs in to the VNC server itself, vncrelay.py)
 
 Sessions are random tokens; only their sha256 is kept, in memory and in the sessions file
 (so a restart keeps people signed in).  A session ends when it expires or its user leaves
-the users file or gets a new password or role.  Failed sign-ins are counted per client
-address: past half the allowed attempts each failure is answered more slowly, at the
-limit the address is refused for lockout_s.  Logs are JSON lines on stdout, never with a
-password, hash, token or cookie.
+the users file or gets a new password or role.  /auth/check names the grant a request
+came with (X-Whaletop-Grant: the session, or the user's password for Basic), and the
+grants still good are published in the grants file, rewritten within GRANTS_TICK of any
+change: the desktop's relay closes the connections of a grant that ended.
+
+Failed sign-ins are counted per client address: past half the allowed attempts each
+failure is answered more slowly, at the limit the address is refused for lockout_s.
+Logs are JSON lines on stdout, never with a password, hash, token or cookie.
 """
 
 from __future__ import annotations
@@ -52,7 +56,17 @@ from typing import Any, cast
 from urllib.parse import parse_qs, quote, urlsplit
 
 from whaletopd import webusers
-from whaletopd.webauth_state import Guard, Sessions, UsersFile, emit
+from whaletopd.rfbauth import PROBE_GRANT
+from whaletopd.webauth_state import (
+    GRANTS_TICK,
+    GrantsFile,
+    Guard,
+    Sessions,
+    UsersFile,
+    emit,
+    session_grant,
+    user_grant,
+)
 from whaletopd.webusers import WebUser
 
 MAX_BODY = 8 * 1024
@@ -77,8 +91,7 @@ _NEXT_RE = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@/?%#]*$")
 class Settings:
     users_file: Path
     sessions_file: Path
-    vnc_password: str = field(repr=False)
-    view_only_password: str | None = field(repr=False)
+    grants_file: Path
     probe_token: str = field(repr=False)
     attempts: int = 10
     lockout_s: float = 300.0
@@ -98,13 +111,9 @@ class Settings:
                 raise ValueError(f"{path}: {key!r} is missing or of the wrong type")
             return value
 
-        view_only = doc.get("view_only_password")
-        if view_only is not None and not isinstance(view_only, str):
-            raise ValueError(f"{path}: 'view_only_password' is not a string or null")
         s = cls(users_file=Path(get("users_file", str)),
                 sessions_file=Path(get("sessions_file", str)),
-                vnc_password=get("vnc_password", str),
-                view_only_password=view_only,
+                grants_file=Path(get("grants_file", str)),
                 probe_token=get("probe_token", str),
                 attempts=get("attempts", int, 10),
                 lockout_s=float(get("lockout_s", (int, float), 300)),
@@ -178,7 +187,22 @@ class App:
         self.users = UsersFile(settings.users_file)
         self.sessions = Sessions(settings.sessions_file)
         self.guard = Guard(settings.attempts, settings.lockout_s)
+        self.grants = GrantsFile(settings.grants_file)
         self.template = Template(TEMPLATE.read_text("utf-8"))
+
+    def publish_grants(self) -> None:
+        """The grants still good, for the desktop's relay: every valid session, and
+        every user's password (what HTTP Basic signs in with), each with its role."""
+        users = self.users.current()
+        grants = {user_grant(u): u.role for u in users.values()}
+        grants.update(self.sessions.live(users))
+        self.grants.publish(grants)
+
+    def keep_grants(self, tick: float = GRANTS_TICK) -> None:
+        """A thread: users file changes and expiries become grants that end."""
+        while True:
+            time.sleep(tick)
+            self.publish_grants()
 
     def cookie(self, value: str, max_age: int) -> str:
         secure = "; Secure" if self.settings.secure_cookie else ""
@@ -305,19 +329,20 @@ class Handler(BaseHTTPRequestHandler):
         name, _, password = decoded.partition(":")
         return name, password
 
-    def authenticate(self) -> tuple[WebUser | None, float]:
-        """(the user, 0) for a valid session cookie or Basic credentials, else (None,
-        seconds this address stays refused)."""
+    def authenticate(self) -> tuple[WebUser | None, float, str]:
+        """(the user, 0, its grant) for a valid session cookie or Basic credentials,
+        else (None, seconds this address stays refused, "")."""
         users = self.app.users.current()
         for token in self.tokens():
             user = self.app.sessions.lookup(token, users)
             if user is not None:
-                return user, 0.0
+                return user, 0.0, session_grant(token)
         client = self.client()
         creds = self.basic()
         if creds is None:
-            return None, self.app.guard.locked_for(client)
-        return self.app.try_password(client, creds[0], creds[1], users)
+            return None, self.app.guard.locked_for(client), ""
+        user, locked = self.app.try_password(client, creds[0], creds[1], users)
+        return user, locked, user_grant(user) if user is not None else ""
 
     def refused(self, locked: float) -> tuple[int, tuple[tuple[str, str], ...]]:
         if locked:
@@ -364,16 +389,18 @@ class Handler(BaseHTTPRequestHandler):
         if probe is not None and hmac.compare_digest(
                 probe.encode("utf-8"), self.app.settings.probe_token.encode("utf-8")):
             self.send(204, headers=(("X-Whaletop-User", PROBE_USER),
-                                    ("X-Whaletop-Role", "full")))
+                                    ("X-Whaletop-Role", "full"),
+                                    ("X-Whaletop-Grant", PROBE_GRANT)))
             return
-        user, _locked = self.authenticate()
+        user, _locked, grant = self.authenticate()
         if user is not None and user.role != "full" and parse_qs(
                 urlsplit(self.path).query).get("need") == ["full"]:
             self.send(403)
             return
         if user is not None:
             self.send(204, headers=(("X-Whaletop-User", user.name),
-                                    ("X-Whaletop-Role", user.role)))
+                                    ("X-Whaletop-Role", user.role),
+                                    ("X-Whaletop-Grant", grant)))
             return
         # 401 even for a locked-out address (whose password was not even checked): nginx's
         # auth_request turns any answer but 2xx, 401 and 403 into a 500, whereas a 401
@@ -381,16 +408,13 @@ class Handler(BaseHTTPRequestHandler):
         self.send(401)
 
     def session(self) -> None:
-        user, locked = self.authenticate()
+        user, locked, _grant = self.authenticate()
         if user is None:
             status, headers = self.refused(locked)
             self.send_json(status, {"error": "too many failed sign-ins" if locked
                                     else "not signed in"}, headers)
             return
-        s = self.app.settings
-        self.send_json(200, {"user": user.name, "role": user.role,
-                             "vnc_password": (s.vnc_password if user.role == "full"
-                                              else s.view_only_password)})
+        self.send_json(200, {"user": user.name, "role": user.role})
 
     def signin_page(self) -> None:
         values = parse_qs(urlsplit(self.path).query).get("next", [""])
@@ -427,6 +451,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         s = self.app.settings
         token = self.app.sessions.create(user, s.session_hours)
+        self.app.publish_grants()
         emit("signed_in", user=user.name, role=user.role, client=client)
         self.send(303, headers=(("Location", "../" + next_),
                                 ("Set-Cookie", self.app.cookie(token,
@@ -450,6 +475,7 @@ class Handler(BaseHTTPRequestHandler):
         for token in self.tokens():
             s = self.app.sessions.delete(token)
             if s is not None:
+                self.app.publish_grants()  # the desktop's relay closes its connections
                 emit("signed_out", user=s.user, client=self.client())
         self.send(303, headers=(("Location", "signin"),
                                 ("Set-Cookie", self.app.cookie("", 0))))
@@ -498,8 +524,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         emit("webauth_failed", "error", reason=str(e))
         return 2
-    app.users.current()
-    # Nothing wakes on a timer: the loop's poll interval only matters to shutdown(), which
+    app.publish_grants()
+    threading.Thread(target=app.keep_grants, name="grants", daemon=True).start()
+    # Nothing else wakes on a timer: the loop's poll interval only matters to shutdown(), which
     # is never called (the process exits instead).
     threading.Thread(target=server.serve_forever, args=(3600,), name="serve",
                      daemon=True).start()

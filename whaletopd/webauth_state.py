@@ -26,6 +26,9 @@ from whaletopd.files import atomic_write
 from whaletopd.webusers import WebUser, WebUsersError
 
 MAX_SESSIONS = 1000
+# How often the grants are looked at for users file changes and expiries (sign-in and
+# sign-out publish at once); the relay looks as often (vncrelay.GRANTS_POLL).
+GRANTS_TICK = 0.3
 MAX_CLIENTS = 10_000
 MAX_DELAY = 3.0
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
@@ -78,6 +81,43 @@ def fingerprint(user: WebUser) -> str:
 
 def _session_id(token: str) -> str:
     return hashlib.sha256(token.encode("ascii")).hexdigest()
+
+
+def session_grant(token: str) -> str:
+    """What a session's requests carry to the relay: not the token, not its id."""
+    return _grant_of_id(_session_id(token))
+
+
+def _grant_of_id(sid: str) -> str:
+    return "s" + hashlib.sha256(b"grant\0" + sid.encode()).hexdigest()[:40]
+
+
+def user_grant(user: WebUser) -> str:
+    """What a user's HTTP Basic requests carry: it ends with their password or role."""
+    return "u" + hashlib.sha256(f"grant\0{user.name}\0{user.role}\0".encode()
+                                + fingerprint(user).encode()).hexdigest()[:40]
+
+
+class GrantsFile:
+    """{"grants": {GRANT: ROLE}}: what may stay connected to the desktop, for its relay
+    (another account: mode 0640, the folder's group is the desktop user's).  Written
+    atomically, and only when it changed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._last: dict[str, str] | None = None
+
+    def publish(self, grants: dict[str, str]) -> None:
+        with self._lock:
+            if grants == self._last:
+                return
+            try:
+                atomic_write(self.path, json.dumps({"grants": grants}), mode=0o640)
+            except OSError as e:
+                emit("grants_unsaved", "error", path=str(self.path), reason=e.strerror)
+                return
+            self._last = dict(grants)
 
 
 @dataclass(frozen=True)
@@ -160,6 +200,22 @@ class Sessions:
             del self._by_id[sid]
             self._save()
             return None
+
+    def live(self, users: dict[str, WebUser]) -> dict[str, str]:
+        """The grants of the sessions still good, with their roles; the others are
+        forgotten (saved only when some were)."""
+        now = self.clock()
+        with self.lock:
+            good: dict[str, Session] = {}
+            for sid, s in self._by_id.items():
+                user = users.get(s.user)
+                if (s.expires > now and user is not None and user.role == s.role
+                        and hmac.compare_digest(fingerprint(user), s.fingerprint)):
+                    good[sid] = s
+            if len(good) != len(self._by_id):
+                self._by_id = good
+                self._save()
+            return {_grant_of_id(sid): s.role for sid, s in good.items()}
 
     def delete(self, token: str) -> Session | None:
         if not TOKEN_RE.match(token):

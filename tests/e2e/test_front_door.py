@@ -365,8 +365,7 @@ def test_a_sign_in_guesser_is_locked_out_and_others_still_sign_in(desktop, users
             assert cookie
             doc = session(cookie, client=client)
             assert doc.status == 200
-            assert json.loads(doc.body) == {"user": "alice", "role": "full",
-                                            "vnc_password": c.password()}
+            assert json.loads(doc.body) == {"user": "alice", "role": "full"}
             headers = {"Cookie": f"{COOKIE}={cookie}", **(
                 {"X-Forwarded-For": client} if client else {})}
             assert request("GET", "/vnc.html", headers).status == 200
@@ -542,25 +541,22 @@ def test_sign_in_connect_without_a_vnc_prompt_and_sign_out(desktop, users_dir, t
 
 def test_a_viewers_input_does_not_reach_the_desktop(desktop, users_dir):
     c = signed_in_desktop(desktop, users_dir)
-    grants = {}
+    cookies = {}
     for name in ("bob", "alice"):
         answer = sign_in(name, PASSWORDS[name])
         assert answer.status == 303
         cookie = answer.cookie()
         assert cookie
         doc = json.loads(session(cookie).body)
-        grants[name] = (cookie, doc)
-    assert grants["bob"][1]["role"] == "viewer"
-    assert grants["alice"][1]["vnc_password"] == c.password()
-    assert grants["bob"][1]["vnc_password"] != c.password(), "a viewer's own VNC password"
-    view_only_file = (c.state_dir / "vnc_view_only_passwd").read_text().strip()
-    assert grants["bob"][1]["vnc_password"] == view_only_file
+        assert doc == {"user": name, "role": "viewer" if name == "bob" else "full"}, \
+            "no VNC password is handed to a signed-in browser"
+        cookies[name] = cookie
+    assert not events(c, "vnc_password"), "with sign-in nobody needs it: not logged"
 
     move_pointer(c, 10, 10)
-    cookie, doc = grants["bob"]
-    bob = vnc.WebVNC(PORT, None, headers={"Cookie": f"{COOKIE}={cookie}"})
+    bob = vnc.WebVNC(PORT, None, headers={"Cookie": f"{COOKIE}={cookies['bob']}"})
     try:
-        width, height = bob.log_in(doc["vnc_password"])
+        width, height = bob.log_in(None)
         assert width > 300
         assert height > 400
         bob.pointer(200, 300)
@@ -572,11 +568,17 @@ def test_a_viewers_input_does_not_reach_the_desktop(desktop, users_dir):
         assert pointer_at(c) == (10, 10), "the viewer's pointer did not move the desktop's"
     finally:
         bob.close()
-
-    cookie, doc = grants["alice"]
-    alice = vnc.WebVNC(PORT, None, headers={"Cookie": f"{COOKIE}={cookie}"})
+    # The full VNC password is no way in for a viewer: the relay asks for none.
+    bob = vnc.WebVNC(PORT, None, headers={"Cookie": f"{COOKIE}={cookies['bob']}"})
     try:
-        alice.log_in(doc["vnc_password"])
+        with pytest.raises(ConnectionError, match="no VNC authentication offered"):
+            bob.log_in(c.password())
+    finally:
+        bob.close()
+
+    alice = vnc.WebVNC(PORT, None, headers={"Cookie": f"{COOKIE}={cookies['alice']}"})
+    try:
+        alice.log_in(None)
         alice.pointer(200, 300)
         alice.framebuffer_update()
         wait_until(lambda: pointer_at(c) == (200, 300), "alice's pointer moved the desktop's",
@@ -586,6 +588,72 @@ def test_a_viewers_input_does_not_reach_the_desktop(desktop, users_dir):
     # Without the cookie the WebSocket is not even opened.
     with pytest.raises(ConnectionError, match="401"):
         vnc.WebVNC(PORT, None)
+
+
+def _replace_users(users_dir: Path, text: str) -> None:
+    """As an operator's tool (or Kubernetes) does: a new file renamed over the old."""
+    tmp = users_dir / ".users.new"
+    tmp.write_text(text)
+    os.replace(tmp, users_dir / "users")
+
+
+def _connect_as(name: str, password: str | None = None) -> tuple[str, vnc.WebVNC]:
+    """Signed in (a cookie) or, with `password`, HTTP Basic as a script would: a
+    connection logged in through the relay."""
+    if password is None:
+        cookie = sign_in(name, PASSWORDS[name]).cookie()
+        assert cookie, f"{name} signs in"
+        headers = {"Cookie": f"{COOKIE}={cookie}"}
+    else:
+        cookie = ""
+        headers = {"Authorization": "Basic " + b64encode(f"{name}:{password}".encode()).decode()}
+    conn = vnc.WebVNC(PORT, None, headers=headers)
+    conn.log_in(None)
+    conn.framebuffer_update()
+    return cookie, conn
+
+
+def test_access_taken_back_closes_the_open_connections_at_once(desktop, users_dir):
+    """Sign-out, a new role, removal from the users file and a new password each close
+    that person's open desktop connections (the relay is told by the sign-in service's
+    grants); others stay connected."""
+    c = signed_in_desktop(desktop, users_dir)
+    closed_after: dict[str, float] = {}
+
+    def taken_back(conn: vnc.WebVNC, what: str) -> None:
+        t0 = time.monotonic()
+        reason = conn.wait_closed(timeout=10)
+        closed_after[what] = time.monotonic() - t0
+        assert reason in ("access taken back", "role changed"), (what, reason)
+
+    _, bob = _connect_as("bob")  # stays connected throughout
+    # Sign-out.
+    cookie, alice = _connect_as("alice")
+    assert request("POST", "/auth/signout", {"Cookie": f"{COOKIE}={cookie}"}).status == 303
+    taken_back(alice, "signed out")
+    # Demoted to viewer: her connection closes; signed in again she only watches.
+    _, alice = _connect_as("alice")
+    _replace_users(users_dir, users_text(alice="viewer", bob="viewer"))
+    taken_back(alice, "demoted")
+    move_pointer(c, 10, 10)
+    wait_until(lambda: sign_in("alice", PASSWORDS["alice"]).cookie(), "alice signs in again")
+    _, alice = _connect_as("alice")
+    alice.pointer(200, 300)
+    alice.framebuffer_update()
+    time.sleep(0.5)
+    assert pointer_at(c) == (10, 10), "a demoted person's pointer does nothing"
+    alice.close()
+    # Removed from the users file, over HTTP Basic (a script): closed too.
+    _replace_users(users_dir, users_text(alice="full", bob="viewer"))
+    wait_until(lambda: sign_in("alice", PASSWORDS["alice"]).cookie(), "alice is back")
+    _, script = _connect_as("alice", PASSWORDS["alice"])
+    _replace_users(users_dir, users_text(bob="viewer"))
+    taken_back(script, "removed")
+    # Bob was never touched: his connection still gets updates.
+    bob.framebuffer_update()
+    bob.close()
+    print("closed after (s):", {k: round(v, 2) for k, v in closed_after.items()})
+    assert [e["reason"] for e in events(c, "desktop_closed")].count("access taken back") >= 2
 
 
 # =============================================================================================

@@ -74,7 +74,7 @@ def test_any_uid_gets_a_working_desktop_run_as_that_uid(desktop, user: str) -> N
     wait_until(lambda: "lxpanel" in {comm for _, _, comm in _processes(c)}, "LXDE's panel")
     procs = _processes(c)
     assert {(u, g) for u, g, _ in procs} == {(uid, gid)}, procs
-    assert {"Xvnc", "nginx", "websockify", "lxpanel"} <= {comm for _, _, comm in procs}
+    assert {"Xvnc", "nginx", "vncrelay", "lxpanel"} <= {comm for _, _, comm in procs}
     assert _whoami_in_the_session(c) == "user"
     home = c.exec("stat", "-c", "%u %F", "/home/user/.bashrc").stdout.split(None, 1)
     assert home == [str(uid), "regular file\n"], "the default files are the user's"

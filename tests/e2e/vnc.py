@@ -125,24 +125,32 @@ class WebVNC:
 
     def send(self, data: bytes) -> None:
         mask = os.urandom(4)
-        length = (bytes([0x80 | len(data)]) if len(data) < 126
-                  else bytes([0x80 | 126]) + struct.pack("!H", len(data)))
+        n = len(data)
+        length = (bytes([0x80 | n]) if n < 126
+                  else bytes([0x80 | 126]) + struct.pack("!H", n) if n < 65536
+                  else bytes([0x80 | 127]) + struct.pack("!Q", n))
         self.sock.sendall(b"\x82" + length + mask
                           + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
 
     # -- RFB ---------------------------------------------------------------------------
 
-    def log_in(self, password: str) -> tuple[int, int]:
-        """RFB 3.8, VNC authentication, ClientInit (shared: others stay connected); the
-        screen's size from ServerInit."""
+    def log_in(self, password: str | None) -> tuple[int, int]:
+        """RFB 3.8, VNC authentication with `password` (None: the "None" security type
+        the relay offers a signed-in browser), ClientInit (shared: others stay
+        connected); the screen's size from ServerInit."""
         if not self.recv(12).startswith(b"RFB "):
             raise ConnectionError("no RFB banner")
         self.send(b"RFB 003.008\n")
         types = self.recv(self.recv(1)[0])
-        if 2 not in types:
-            raise ConnectionError(f"no VNC authentication offered: {list(types)}")
-        self.send(b"\x02")
-        self.send(_des_response(password, self.recv(16)))
+        if password is None:
+            if 1 not in types:
+                raise ConnectionError(f"no None security offered: {list(types)}")
+            self.send(b"\x01")
+        else:
+            if 2 not in types:
+                raise ConnectionError(f"no VNC authentication offered: {list(types)}")
+            self.send(b"\x02")
+            self.send(_des_response(password, self.recv(16)))
         if self.recv(4) != b"\0\0\0\0":
             reason = self.recv(struct.unpack("!I", self.recv(4))[0])
             raise PermissionError(f"VNC authentication failed: {reason!r}")
@@ -151,6 +159,29 @@ class WebVNC:
         self.bits_per_pixel = self.recv(16)[0]
         self.name = self.recv(struct.unpack("!I", self.recv(4))[0]).decode()
         return self.width, self.height
+
+    def wait_closed(self, timeout: float) -> str:
+        """Read (and drop) what the server sends until it closes the connection: the
+        reason its close frame gave ("" for none).  TimeoutError if it stays open."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.sock.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                head = self._read_socket(2)
+                length = head[1] & 0x7F
+                if length == 126:
+                    length = struct.unpack("!H", self._read_socket(2))[0]
+                elif length == 127:
+                    length = struct.unpack("!Q", self._read_socket(8))[0]
+                payload = self._read_socket(length) if length else b""
+            except ConnectionError:
+                return ""
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"still open after {timeout} s") from None
+                continue
+            if head[0] & 0x0F == 0x8:
+                return payload[2:].decode(errors="replace")
 
     def pointer(self, x: int, y: int, buttons: int = 0) -> None:
         self.send(b"\x05" + bytes([buttons]) + struct.pack("!HH", x, y))

@@ -291,8 +291,7 @@ def test_web_password_makes_a_users_file_for_the_desktop_user(
     assert settings == {
         "users_file": str(door.users_file),
         "sessions_file": str(paths.web_dir / "sessions.json"),
-        "vnc_password": "vncpass1",
-        "view_only_password": "viewer11",
+        "grants_file": str(paths.grants_file),
         "probe_token": door.probe_token,
         "attempts": 4,
         "lockout_s": 60.0,

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from whaletopd import probes, tls, web
+from whaletopd import rfbauth, tls, web
 
 DAEMON = ("from whaletopd import signals, config, logs, loop, desktop, cli; "
-          "from whaletopd import probes; probes._vnc_des_response('s3cretpw', bytes(16)); "
+          "from whaletopd import rfbauth; rfbauth.vnc_des_response('s3cretpw', bytes(16)); "
           # what the daemon runs of the web front without TLS
           "from whaletopd.web import WebFront; from whaletopd.paths import Paths; "
           "from whaletopd.events import EventQueue; from whaletopd.deadlines import Deadlines; "
@@ -41,12 +41,12 @@ def test_tls_loads_it() -> None:
     assert "cryptography.x509" in _loaded("from whaletopd import web, tls; ")
 
 
-@pytest.mark.skipif(probes._libcrypto_des() is None, reason="libcrypto without DES_*")
+@pytest.mark.skipif(rfbauth.libcrypto_des() is None, reason="libcrypto without DES_*")
 @pytest.mark.parametrize("password", ["s3cretpw", "abc", "abcdefghIGNORED", "", "\xe9t\xe9"])
 def test_des_through_libcrypto_is_cryptographys(password: str) -> None:
     challenge = os.urandom(16)
-    assert probes._vnc_des_response(password, challenge) == (
-        probes._vnc_des_response_cryptography(password, challenge))
+    assert rfbauth.vnc_des_response(password, challenge) == (
+        rfbauth.vnc_des_response_cryptography(password, challenge))
 
 
 def test_the_web_fronts_defaults_are_tls_own() -> None:

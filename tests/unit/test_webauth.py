@@ -26,8 +26,6 @@ from whaletopd import webauth, webusers
 ROOT = Path(__file__).resolve().parents[2]
 ALICE_PW = "alice's secret"
 BOB_PW = "bob sees only"
-VNC = "vncFULL1"
-VIEW = "vncVIEW2"
 PROBE = "probe-0123456789abcdef"
 COOKIE = "whaletop_session_8080"
 HOST = "localhost:8080"
@@ -145,7 +143,7 @@ def start(tmp_path: Path, hashes: dict[str, str]) -> Iterator[Start]:
     def _start(**overrides: object) -> Service:
         settings = {"users_file": str(users_file),
                     "sessions_file": str(tmp_path / "sessions.json"),
-                    "vnc_password": VNC, "view_only_password": VIEW, "probe_token": PROBE,
+                    "grants_file": str(tmp_path / "grants.json"), "probe_token": PROBE,
                     "attempts": 4, "lockout_s": 30, "secure_cookie": False,
                     "cookie_name": COOKIE, "session_hours": 12, **overrides}
         settings_file = tmp_path / "auth.json"
@@ -177,7 +175,7 @@ def start(tmp_path: Path, hashes: dict[str, str]) -> Iterator[Start]:
         for line in svc.lines:
             doc = json.loads(line)
             assert doc["level"] in ("info", "warning", "error"), line
-            for secret in (ALICE_PW, BOB_PW, VNC, VIEW, PROBE, *hashes.values(),
+            for secret in (ALICE_PW, BOB_PW, PROBE, *hashes.values(),
                            *svc.tokens):
                 assert secret not in line
 
@@ -208,12 +206,12 @@ def test_sign_in_then_check_then_session(start: Start) -> None:
     session = svc.request("GET", "/auth/session", Cookie=f"{COOKIE}={token}")
     assert session.status == 200
     assert session.header("Cache-Control") == "no-store"
-    assert session.json() == {"user": "alice", "role": "full", "vnc_password": VNC}
+    assert session.json() == {"user": "alice", "role": "full"}
 
     viewer = svc.sign_in("bob", BOB_PW).cookie()
     assert svc.check(viewer).header("X-Whaletop-Role") == "viewer"
     assert svc.request("GET", "/auth/session", Cookie=f"{COOKIE}={viewer}").json() == {
-        "user": "bob", "role": "viewer", "vnc_password": VIEW}
+        "user": "bob", "role": "viewer"}
 
     assert svc.request("GET", "/auth/session").status == 401
     assert svc.check().status == 401
@@ -328,7 +326,7 @@ def test_basic_auth_works_and_counts_failures(start: Start) -> None:
     assert ok.status == 204
     assert (ok.header("X-Whaletop-User"), ok.header("X-Whaletop-Role")) == ("bob", "viewer")
     session = svc.request("GET", "/auth/session", Authorization=basic("alice", ALICE_PW))
-    assert session.json()["vnc_password"] == VNC
+    assert session.json() == {"user": "alice", "role": "full"}
     assert svc.check(Authorization=basic("bob", "guess")).status == 401
     assert svc.check(Authorization="Basic !!!notbase64").status == 401
     assert svc.sign_in("bob", BOB_PW).status == 429
@@ -379,6 +377,47 @@ def test_a_new_password_or_role_ends_the_session(start: Start,
     assert svc.sign_in("alice", ALICE_PW).status == 401
     assert svc.sign_in("alice", "new password").status == 303
     assert [e["count"] for e in svc.events("users_loaded")] == [2, 2, 2]
+
+
+def _grants(svc: Service) -> dict[str, str]:
+    path = svc.settings.parent / "grants.json"
+    try:
+        return dict(json.loads(path.read_text())["grants"])
+    except FileNotFoundError:
+        return {}
+
+
+def test_the_grants_the_relay_reads_end_with_the_access(start: Start,
+                                                        hashes: dict[str, str]) -> None:
+    """Every grant /auth/check names is in the grants file with its role while it is
+    good, and gone once signed out, demoted, removed or re-passworded: the relay closes
+    the connections of a grant that is gone (vncrelay.py)."""
+    svc = start()
+    alice = svc.sign_in("alice", ALICE_PW).cookie()
+    bob = svc.sign_in("bob", BOB_PW).cookie()
+    a_grant = svc.check(alice).header("X-Whaletop-Grant")
+    b_grant = svc.check(bob).header("X-Whaletop-Grant")
+    basic_grant = svc.check(Authorization=basic("alice", ALICE_PW)).header("X-Whaletop-Grant")
+    assert len({a_grant, b_grant, basic_grant}) == 3
+    assert alice not in json.dumps(_grants(svc)), "the cookie is never written"
+    wait_for(lambda: _grants(svc).get(a_grant) == "full"
+             and _grants(svc).get(b_grant) == "viewer"
+             and _grants(svc).get(basic_grant) == "full", "the grants published")
+    # Sign-out: at once.
+    assert svc.request("POST", "/auth/signout", Cookie=f"{COOKIE}={bob}").status == 303
+    assert b_grant not in _grants(svc)
+    # A new role (by a users file edit): within a tick of the service.
+    replace_file(svc.users_file, users_text(hashes, bob_role="full"))
+    wait_for(lambda: _grants(svc).get(a_grant) == "full"
+             and basic_grant in _grants(svc), "alice's grants kept")
+    # A new password ends her session and her Basic grant alike.
+    new = {**hashes, "alice": webusers.hash_password("new password")}
+    replace_file(svc.users_file, users_text(new))
+    wait_for(lambda: a_grant not in _grants(svc) and basic_grant not in _grants(svc),
+             "alice's grants gone with her old password")
+    probe = svc.check(X_Whaletop_Probe=PROBE)
+    assert probe.header("X-Whaletop-Grant") == "probe"
+    assert "probe" not in _grants(svc), "the probes' grant is the relay's own to know"
 
 
 def test_a_refused_users_file_keeps_the_previous_users(start: Start) -> None:
