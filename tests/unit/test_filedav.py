@@ -35,10 +35,11 @@ from whaletopd.children import RunAs
 from whaletopd.config import Config, ConfigError, parse
 from whaletopd.paths import Paths
 
+from .. import tools
 from .helpers import wait_for
 
-NGINX = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
-needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
+NGINX = tools.NGINX.path
+needs_nginx = tools.NGINX.needed
 PASSWORD = "vnc-s3cret"
 ROOT = os.geteuid() == 0
 WORKER = "www-data" if ROOT else None
