@@ -3,19 +3,58 @@
 
 log() { printf '[whaletop] %s\n' "$*" >&2; }
 
+_have() {
+    # CHECK PACKAGE: a command, an absolute path that exists, or "-" for what dpkg says of
+    # the package (libraries and data provide no command).
+    local check=$1 pkg=$2 p
+    case $check in
+        -)  for p in ${pkg//|/ }; do
+                [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null)" = installed ] \
+                    && return 0
+            done
+            return 1 ;;
+        /*) [ -e "$check" ] ;;
+        *)  PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin" command -v "$check" >/dev/null 2>&1 ;;
+    esac
+}
+
+_candidate() {
+    # "a|b": the first package this machine's Debian has (Debian 13's name, then 12's).
+    local p
+    for p in ${1//|/ }; do
+        apt-cache policy "$p" 2>/dev/null | grep -q 'Candidate: [^(]' && { echo "$p"; return 0; }
+    done
+    echo "${1%%|*}"  # none has one: apt-get says so
+}
+
 apt_install() {
-    # Install Debian packages only when a command they provide is missing.
-    local missing=()
-    local cmd pkg
+    # Install Debian packages only when what they provide is missing: pairs of CHECK
+    # PACKAGE (see _have; PACKAGE may be "a|b").  Services the packages bring (nginx's,
+    # Prometheus') are not started: the tests start their own, on their own ports.
+    local missing=() chosen=() check pkg
     while [ $# -gt 0 ]; do
-        cmd=$1 pkg=$2; shift 2
-        command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+        check=$1 pkg=$2; shift 2
+        _have "$check" "$pkg" || missing+=("$pkg")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
-    log "installing ${missing[*]}"
+    if [ "$(id -u)" -ne 0 ]; then
+        log "missing Debian packages ${missing[*]}: install them, or run this as root"
+        return 1
+    fi
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q >/dev/null
-    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    for pkg in "${missing[@]}"; do chosen+=("$(_candidate "$pkg")"); done
+    log "installing ${chosen[*]}"
+    local policy=/usr/sbin/policy-rc.d ours="" status=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\n# scripts/test: installing packages for the tests starts no service\nexit 101\n' \
+            >"$policy"
+        chmod 755 "$policy"
+        ours=1
+    fi
+    apt-get install -y -q --no-install-recommends "${chosen[@]}" >/dev/null || status=$?
+    [ -z "$ours" ] || rm -f "$policy"
+    return "$status"
 }
 
 remove_stale_pidfile() {

@@ -474,11 +474,15 @@ def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
         to_auth = ["proxy_pass http://webauth;",
                    "proxy_set_header Host $http_host;",
                    "proxy_set_header X-Real-IP $remote_addr;"]
+        # The checks are subrequests that carry the request's Content-Length but never its
+        # body: no body limit there (nginx's default 1 MiB turned every larger upload into
+        # a 413 of the check, answered 500).  The location asked for keeps its own limit.
+        no_body = ["client_max_body_size 0;", "proxy_pass_request_body off;",
+                   'proxy_set_header Content-Length "";']
         server += _block("location = /auth/check", [
             "internal;",
             *to_auth,
-            "proxy_pass_request_body off;",
-            'proxy_set_header Content-Length "";',
+            *no_body,
         ])
         # Full access only (not a viewer): 403 from the sign-in service otherwise.
         server += _block("location = /auth/check-full", [
@@ -486,8 +490,7 @@ def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
             "proxy_pass http://webauth/auth/check?need=full;",
             "proxy_set_header Host $http_host;",
             "proxy_set_header X-Real-IP $remote_addr;",
-            "proxy_pass_request_body off;",
-            'proxy_set_header Content-Length "";',
+            *no_body,
         ])
         server += _block("location /auth/", [
             "limit_req zone=signin burst=20 nodelay;",

@@ -3,15 +3,14 @@ works, resizes the window, copies and pastes; over HTTPS and behind a reverse pr
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
+from tests import tools
 from tests.e2e import browser, vnc
 from tests.e2e.conftest import Container, wait_until
 
 pytestmark = [pytest.mark.e2e,
-              pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium")]
+              tools.CHROMIUM.needed]
 
 
 def _screen_size(c: Container) -> str:

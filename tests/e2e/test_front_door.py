@@ -18,7 +18,6 @@ import http.client
 import json
 import os
 import re
-import shutil
 import socket
 import ssl
 import threading
@@ -36,14 +35,14 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 
 from bench import certgen
+from tests import tools
 from tests.e2e import browser, vnc
 from tests.e2e.conftest import Container, docker, wait_until
 from whaletopd import webusers
 from whaletopd.probes import ProbeError, websocket_login
 
 pytestmark = pytest.mark.e2e
-needs_chromium = pytest.mark.skipif(not shutil.which("chromium"),
-                                    reason="needs Debian's chromium")
+needs_chromium = tools.CHROMIUM.needed
 
 HOST = "127.0.0.1"
 PORT = 8080

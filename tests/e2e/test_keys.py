@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 from typing import Any
 
 import pytest
 
+from tests import tools
 from tests.e2e import browser
 from tests.e2e import test_front_door as front
 from tests.e2e.conftest import Container, wait_until
 from tests.e2e.test_lifecycle import _lxsession_pid
 
 pytestmark = [pytest.mark.e2e,
-              pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium")]
+              tools.CHROMIUM.needed]
 
 URL = "http://127.0.0.1:8080/"
 # CDP's modifier bits.

@@ -3,16 +3,15 @@ frame rate follow the flag; a level the person chose in the address still wins."
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
+from tests import tools
 from tests.e2e import browser
 from tests.e2e.conftest import Container, wait_until
 from whaletopd.link import LINKS
 
 pytestmark = [pytest.mark.e2e,
-              pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium")]
+              tools.CHROMIUM.needed]
 
 LEVELS = """async () => {
   const UI = (await import("./app/ui.js")).default;

@@ -11,17 +11,17 @@ of it runs.  Autoplay: the Playwright click is the user gesture; no
 from __future__ import annotations
 
 import json
-import shutil
 import urllib.error
 import urllib.request
 
 import pytest
 
+from tests import tools
 from tests.e2e import browser
 from tests.e2e.conftest import Container, wait_until
 
 pytestmark = [pytest.mark.e2e,
-              pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium")]
+              tools.CHROMIUM.needed]
 
 URL = "http://127.0.0.1:8080/vnc.html"
 SOUND_PROGRAMS = ("pipewire", "wireplumber", "pipewire-pulse", "whaletopd.sound", "parec")

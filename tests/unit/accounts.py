@@ -31,6 +31,8 @@ from typing import Any, TypeVar
 
 from whaletopd.provision import SKEL
 
+from .. import tools
+
 T = TypeVar("T")
 
 CLONE_NEWNS = 0x0002_0000
@@ -210,8 +212,9 @@ def unavailable_reason() -> str | None:
     """None when a sandbox can be made here, else why not (asked once per session)."""
     if os.geteuid() != 0:
         return "the sandbox mounts over /etc and runs useradd: needs root"
-    if not shutil.which("useradd") or not shutil.which("groupadd"):
-        return "useradd/groupadd (Debian package passwd) are not installed"
+    for tool in (tools.USERADD, tools.GROUPADD):
+        if tool.path is None:
+            return tool.reason
     with tempfile.TemporaryDirectory(prefix="sandbox-probe.") as scratch:
         try:
             run(lambda: None, Path(scratch))

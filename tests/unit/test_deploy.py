@@ -37,6 +37,8 @@ import yaml
 from bench import certgen
 from whaletopd import certs, children, cli, config, files, watch
 
+from .. import tools
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 KUBE = DEPLOY / "kubernetes"
@@ -646,8 +648,8 @@ def test_podmonitor_scrapes_every_desktop_with_the_desktops_token() -> None:
 
 # -- rendering -------------------------------------------------------------------------------
 
-KUBECTL = shutil.which("kubectl")
-needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl (kustomize) not installed")
+KUBECTL = tools.KUBECTL.path
+needs_kubectl = tools.KUBECTL.needed
 
 
 def kustomize(folder: Path) -> list[dict[str, Any]]:

@@ -18,11 +18,13 @@ import pwd
 import shutil
 import signal
 import socket
+import socketserver
 import subprocess
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +35,11 @@ from whaletopd.children import RunAs
 from whaletopd.config import Config, ConfigError, parse
 from whaletopd.paths import Paths
 
+from .. import tools
 from .helpers import wait_for
 
-NGINX = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
-needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
+NGINX = tools.NGINX.path
+needs_nginx = tools.NGINX.needed
 PASSWORD = "vnc-s3cret"
 ROOT = os.geteuid() == 0
 WORKER = "www-data" if ROOT else None
@@ -495,3 +498,67 @@ def test_a_name_too_long_for_the_filesystem_is_refused(start: StartFiles) -> Non
         answer = files.request("PUT", "/files/Desktop/" + name, b"x")
         assert answer.status == 400, answer
     assert len(list((files.home / "Desktop").iterdir())) == 1
+
+
+# -- with sign-in ------------------------------------------------------------------------
+
+class _SignInHandler(BaseHTTPRequestHandler):
+    """Stands for webauth: /auth/check passes the cookie "ok" or any Basic credentials as
+    alice with full access, and refuses anything else."""
+
+    def address_string(self) -> str:
+        return "unix"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        signed_in = ("session=ok" in self.headers.get("Cookie", "")
+                     or self.headers.get("Authorization", "").startswith("Basic "))
+        self.send_response(204 if signed_in else 401)
+        if signed_in:
+            self.send_header("X-Whaletop-User", "alice")
+            self.send_header(filedav.ROLE_HEADER, "full")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+@pytest.fixture
+def sign_in_service() -> Iterator[Callable[[Paths], None]]:
+    servers: list[socketserver.UnixStreamServer] = []
+
+    def serve(paths: Paths) -> None:
+        paths.web_dir.mkdir(parents=True, exist_ok=True)
+        server = socketserver.ThreadingUnixStreamServer(str(paths.auth_socket),
+                                                        _SignInHandler)
+        paths.auth_socket.chmod(0o666)  # the front's workers run as www-data here
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@needs_nginx
+@pytest.mark.parametrize("credentials", [{"Cookie": "session=ok"},
+                                         {"Authorization": "Basic YWxpY2U6cHc="}])
+def test_with_sign_in_an_upload_larger_than_nginx_s_default_body_limit_lands(
+        start: StartFiles, sign_in_service: Callable[[Paths], None],
+        credentials: dict[str, str]) -> None:
+    """The sign-in check is a subrequest that carries the upload's Content-Length but not
+    its body: nginx's default 1 MiB body limit there must not refuse it (it did: 500).
+    --max-upload still holds."""
+    files = start(web_password_from_env=True, web_password="correct horse", max_upload="8M")
+    sign_in_service(files.paths)
+    data = os.urandom(8 * 1024**2)
+    put = files.request("PUT", "/files/Desktop/x", data, password=None, headers=credentials)
+    assert put.status == 201, (put.status, files.errors)
+    assert (files.home / "Desktop" / "x").read_bytes() == data
+    assert files.logged("/files/Desktop/x")["user"] == "alice"
+    over = files.request("PUT", "/files/Desktop/y", data + b"!", password=None,
+                         headers=credentials)
+    assert over.status == 413
+    assert files.logged("/files/Desktop/y")["refused"] == "larger than --max-upload"
+    assert not (files.home / "Desktop" / "y").exists()

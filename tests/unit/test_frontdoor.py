@@ -26,11 +26,10 @@ from whaletopd.events import EventQueue, WebUsersChanged
 from whaletopd.frontdoor import FrontDoor, FrontDoorError
 from whaletopd.paths import Paths
 
+from .. import tools
 from .helpers import WAIT
 
-needs_nginx = pytest.mark.skipif(
-    shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin") is None,
-    reason="nginx is not installed")
+needs_nginx = tools.NGINX.needed
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="owners are set as root only")
 # Hashing costs about 35 ms each: made once.
 ALICE = webusers.hash_password("alice's password")

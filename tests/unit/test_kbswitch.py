@@ -33,7 +33,7 @@ from tests.unit.test_nginx_conf import (
     needs_nginx,
     nginx_t,
 )
-from whaletopd import filedav, kbswitch, keyboard
+from whaletopd import filedav, kbswitch
 from whaletopd.children import RunAs
 from whaletopd.config import Config
 from whaletopd.deadlines import Deadlines
@@ -45,7 +45,9 @@ from whaletopd.paths import Paths
 from whaletopd.programs import Launch, session_argv
 from whaletopd.provision import Account
 
-needs_xkb = pytest.mark.skipif(not keyboard.XKB_RULES.exists(), reason="needs xkb-data")
+from .. import tools
+
+needs_xkb = tools.XKB_DATA.needed
 SIGNED = Config(web_users="/data/users")
 
 

@@ -3,7 +3,6 @@ command line (setxkbmap, xrdb) and Xvnc's."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -14,7 +13,9 @@ from whaletopd.config import Config, ConfigError, parse
 from whaletopd.paths import Paths
 from whaletopd.programs import Launch, session_argv, xvnc_argv
 
-needs_xkb = pytest.mark.skipif(not keyboard.XKB_RULES.exists(), reason="needs xkb-data")
+from .. import tools
+
+needs_xkb = tools.XKB_DATA.needed
 
 
 def test_defaults() -> None:
@@ -182,7 +183,7 @@ def test_nginx_never_gets_the_layout(paths: Paths) -> None:
     assert "return 200 'x" not in conf
 
 
-@pytest.mark.skipif(not shutil.which("node"), reason="needs node")
+@tools.NODE.needed
 def test_the_page_guesses_layouts_from_the_browsers_key_map(tmp_path: Path) -> None:
     """whaletop-keys.js's guessLayout, run by node on key maps as Chromium reports them."""
     source = (Path(__file__).parents[2] / "docker/web/whaletop-keys.js").read_text()

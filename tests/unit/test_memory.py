@@ -12,6 +12,8 @@ import pytest
 
 from whaletopd import rfbauth, tls, web
 
+from .. import tools
+
 DAEMON = ("from whaletopd import signals, config, logs, loop, desktop, cli; "
           "from whaletopd import rfbauth; rfbauth.vnc_des_response('s3cretpw', bytes(16)); "
           # what the daemon runs of the web front without TLS
@@ -41,7 +43,7 @@ def test_tls_loads_it() -> None:
     assert "cryptography.x509" in _loaded("from whaletopd import web, tls; ")
 
 
-@pytest.mark.skipif(rfbauth.libcrypto_des() is None, reason="libcrypto without DES_*")
+@tools.LIBCRYPTO_DES.needed
 @pytest.mark.parametrize("password", ["s3cretpw", "abc", "abcdefghIGNORED", "", "\xe9t\xe9"])
 def test_des_through_libcrypto_is_cryptographys(password: str) -> None:
     challenge = os.urandom(16)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -30,10 +29,9 @@ from whaletopd.paths import Paths
 from whaletopd.probes import Probe, ProbeError, Prober, run_all
 from whaletopd.programs import Launch, Program
 
+from .. import tools
 from .helpers import WAIT, wait_for
 from .test_machine import Run, _desktop, programs
-
-PROMTOOL = shutil.which("promtool")
 
 
 def samples(text: str) -> dict[str, float]:
@@ -48,9 +46,7 @@ def samples(text: str) -> dict[str, float]:
 
 def promtool_check(text: str) -> None:
     """Prometheus' own judgement of the text (format, names, HELP and TYPE lines)."""
-    if PROMTOOL is None:
-        pytest.skip("promtool is not installed (Debian: apt-get install prometheus)")
-    result = subprocess.run([PROMTOOL, "check", "metrics"], input=text, text=True,
+    result = subprocess.run([tools.PROMTOOL.require(), "check", "metrics"], input=text, text=True,
                             capture_output=True, check=False, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout + result.stderr == "", "promtool has remarks"

@@ -45,11 +45,12 @@ from whaletopd.nginx_conf import (
 )
 from whaletopd.paths import Paths
 
+from .. import tools
 from .helpers import wait_for
 from .rfb import RFBServer
 
-NGINX = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
-needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
+NGINX = tools.NGINX.path
+needs_nginx = tools.NGINX.needed
 pytestmark = needs_nginx
 TOKEN = "0123456789abcdef0123456789abcdef"
 PASSWORD = "s3cretpw"

@@ -41,8 +41,10 @@ from tests.unit.test_deploy import (
 from whaletopd import config
 from whaletopd.paths import Paths
 
+from .. import tools
+
 KUBE_ROOT = KUBE / "root"
-needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl (kustomize) not installed")
+needs_kubectl = tools.KUBECTL.needed
 
 # -- the standard ----------------------------------------------------------------------------
 
@@ -250,7 +252,7 @@ def read_kustomization(folder: Path) -> list[dict[str, Any]]:
     kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
     rest = set(kustomization) - {"apiVersion", "kind", "resources", "images"}
     if rest:
-        pytest.skip(f"kubectl is needed to render {folder.name}/ ({sorted(rest)})")
+        tools.KUBECTL.require()  # to render what this reader cannot
     docs: list[dict[str, Any]] = []
     for resource in kustomization["resources"]:
         path = folder / resource

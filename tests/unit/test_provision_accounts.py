@@ -27,6 +27,8 @@ from whaletopd.config import Config
 from whaletopd.paths import Paths
 from whaletopd.provision import ProvisionError
 
+from .. import tools
+
 T = TypeVar("T")
 Sandbox = Callable[[Callable[[], T]], T]
 
@@ -38,8 +40,7 @@ SKEL_FILES = {
     ".config/lxterminal/lxterminal.conf": "[general]\nfontname=Monospace 10\n",
 }
 SKEL_LINKS = {".face": "/usr/share/pixmaps/debian-logo.png"}
-NO_VNCPASSWD = "vncpasswd (Debian package tigervnc-tools) is not installed"
-needs_vncpasswd = pytest.mark.skipif(shutil.which("vncpasswd") is None, reason=NO_VNCPASSWD)
+needs_vncpasswd = tools.VNCPASSWD.needed
 
 
 @pytest.fixture(autouse=True)
@@ -540,7 +541,7 @@ def _vnc_decrypt(block: bytes) -> bytes:
 @needs_root
 def test_the_plain_password_file_is_roots_alone(paths: Paths) -> None:
     provision.prepare_dirs(paths)
-    if shutil.which("vncpasswd") is None:  # only the obfuscated file needs it
+    if tools.VNCPASSWD.path is None:  # only the obfuscated file needs it
         with pytest.raises(ProvisionError, match="vncpasswd"):
             provision.write_password("hunter22", paths, RUN_AS)
     else:

@@ -35,8 +35,11 @@ def test_readme_gives_the_run_and_test_commands_ci_uses() -> None:
     text = README.read_text(encoding="utf-8")
     assert "```sh\nscripts/run\n```" in text
     assert "```sh\nscripts/test\n```" in text
+    assert "```sh\nscripts/fresh-test\n```" in text
     ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
-    assert "scripts/test" in ci
+    commands = [line for line in ci.splitlines() if line and not line.startswith("#")]
+    assert "scripts/test" in commands
+    assert "scripts/fresh-test" in commands
 
 
 def test_every_status_word_is_explained() -> None:

@@ -19,6 +19,8 @@ from whaletopd import rootless
 from whaletopd.config import Config
 from whaletopd.paths import Paths
 
+from .. import tools
+
 T = TypeVar("T")
 UID, GID = 54321, 54322  # no entry in this machine's /etc/passwd or /etc/group
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="becomes another uid: needs root")
@@ -113,9 +115,7 @@ def test_the_names_work_for_a_real_program(paths: Paths) -> None:
         return subprocess.run(["id", "-un"], env={**env, "PATH": "/usr/bin:/bin"},
                               capture_output=True, text=True, check=True).stdout.strip()
 
-    if not any(Path(d, "libnss_wrapper.so").exists()
-               for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib")):
-        pytest.skip("libnss-wrapper is not installed here (the image has it)")
+    tools.NSS_WRAPPER.require()
     assert as_user(inside) == "alice"
 
 

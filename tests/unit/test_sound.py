@@ -7,7 +7,6 @@ test_sound.py's: the host of the unit tests has none.
 
 from __future__ import annotations
 
-import ctypes.util
 import json
 import math
 import os
@@ -24,6 +23,7 @@ from whaletopd.config import Config, parse
 from whaletopd.paths import Paths
 from whaletopd.programs import PROGRAMS, Launch
 
+from .. import tools
 from .helpers import wait_for
 
 SOUND_ROWS = ("pipewire", "wireplumber", "pipewire-pulse", "sound")
@@ -66,8 +66,7 @@ def test_frames_are_final_binary_and_unmasked(size: int, head: bytes) -> None:
 
 # -- Opus --------------------------------------------------------------------------------
 
-needs_libopus = pytest.mark.skipif(ctypes.util.find_library("opus") is None,
-                                   reason="libopus is not installed")
+needs_libopus = tools.LIBOPUS.needed
 
 
 def _tone(hz: float, frames: int, start: int = 0) -> bytes:
