@@ -94,6 +94,9 @@ def xvnc_argv(launch: Launch) -> list[str]:
         # keysym (which loses dead keys: the browser has no keysym for them).
         "-RawKeyboard",
         *link.xvnc_args(cfg.link),
+        # Only clients with the cookie (xauth.py): the X socket itself is 0777, as X's
+        # are.  No TCP, no abstract socket ("local": with --network host, the host's).
+        "-auth", str(paths.xauthority),
         "-nolisten", "tcp", "-nolisten", "local", "-Log", XVNC_LOG,
         "-displayfd", str(launch.ready_fd),
     ]
@@ -102,9 +105,10 @@ def xvnc_argv(launch: Launch) -> list[str]:
 def websockify_argv(launch: Launch) -> list[str]:
     paths = launch.paths
     # Between nginx and Xvnc, both on UNIX sockets; it needs no running Xvnc to start.
-    # nginx's workers (another account) connect: the socket is in the desktop's folder.
+    # nginx's workers (another account) connect: the socket is in the desktop's folder,
+    # whose group (the web account's) it gets (frontdoor.desktop_dir_mode).
     return ["websockify", "--unix-listen", str(paths.websockify_socket),
-            "--unix-listen-mode", "0666", "--unix-target", str(paths.vnc_socket)]
+            "--unix-listen-mode", "0660", "--unix-target", str(paths.vnc_socket)]
 
 
 def nginx_argv(launch: Launch) -> list[str]:
