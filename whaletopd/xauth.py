@@ -42,8 +42,9 @@ def write(path: Path, display: int, owner: tuple[int, int] | None) -> None:
     or OSError."""
     folder = path.parent
     _own_folder(folder, owner)
+    # Made anew at every start, so not worth an fsync (the desktop starts fast).
     atomic_write(path, entry(display, secrets.token_bytes(COOKIE_BYTES)), mode=0o600,
-                 owner=owner)
+                 owner=owner, durable=False)
 
 
 def _own_folder(folder: Path, owner: tuple[int, int] | None) -> None:

@@ -53,6 +53,8 @@ def test_xvnc_argv(paths: Paths) -> None:
     assert _after(argv, "-rfbport") == "-1", "raw VNC on TCP without --expose-vnc"
     assert "-localhost" not in argv
     assert "5999" not in argv
+    # X clients need the desktop user's cookie (xauth.py); the X socket itself is 0777.
+    assert _after(argv, "-auth") == str(paths.xauthority)
 
 
 def test_xvnc_blacklists_no_address(paths: Paths) -> None:
@@ -88,8 +90,8 @@ def test_websockify_between_two_unix_sockets(paths: Paths) -> None:
     assert argv[0] == "websockify"
     assert _after(argv, "--unix-listen") == str(paths.websockify_socket)
     assert _after(argv, "--unix-target") == str(paths.vnc_socket)
-    # nginx's workers run as another account.
-    assert _after(argv, "--unix-listen-mode") == "0666"
+    # nginx's workers run as another account: the folder gives the socket their group.
+    assert _after(argv, "--unix-listen-mode") == "0660"
     # No TCP, no TLS, no files of its own: nginx does all that.
     for flag in ("--cert", "--ssl-only", "--web", "--key"):
         assert flag not in argv
