@@ -77,6 +77,9 @@ COPY docker/pipewire/wireplumber.conf /etc/wireplumber/wireplumber.conf.d/whalet
 COPY docker/start.py /start.py
 COPY docker/whaletopd /usr/local/bin/whaletopd
 COPY whaletopd /usr/lib/python3/dist-packages/whaletopd
+# The X display's cookie (whaletopd/xauth.py), readable by the desktop user and root
+# only: `docker exec -u user -e DISPLAY=:1 ...` finds it, any other uid is refused.
+ENV XAUTHORITY=/run/whaletop/x/Xauthority
 RUN python3 -m compileall -q /usr/lib/python3/dist-packages/whaletopd \
  && mkdir -p /Apps
 # Any uid may run the container (docker run --user, OpenShift, Kubernetes' restricted

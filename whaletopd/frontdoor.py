@@ -60,19 +60,28 @@ def web_env() -> dict[str, str]:
     return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": os.environ.get("LANG", "C.UTF-8")}
 
 
-def _own(path: Path, account: RunAs | None, mode: int) -> None:
+def _own(path: Path, account: RunAs | None, mode: int, gid: int | None = None) -> None:
     if account is not None and os.geteuid() == 0:
-        os.chown(path, account.uid, account.gid)
+        os.chown(path, account.uid, account.gid if gid is None else gid)
     path.chmod(mode)
 
 
-def _fresh_dir(path: Path, account: RunAs | None, mode: int) -> None:
+def _fresh_dir(path: Path, account: RunAs | None, mode: int, gid: int | None = None) -> None:
     """The folder, owned and with its mode; sockets left by a killed desktop removed
     (a server cannot bind to a path that exists)."""
     path.mkdir(parents=True, exist_ok=True)
     for leftover in path.glob("*.sock"):
         leftover.unlink(missing_ok=True)
-    _own(path, account, mode)
+    _own(path, account, mode, gid)
+
+
+def desktop_dir_mode(web: RunAs | None) -> tuple[int, int | None]:
+    """The mode and group of the desktop user's socket folder.  Its servers (websockify,
+    the sound bridge, the file server) are the desktop user's and nginx's workers are
+    their only clients: with a web account, the folder's group is the web account's, and
+    setgid, so each socket made in it has that group too (0660 is enough); other uids
+    cannot pass the folder, whatever a socket's own mode.  Without root, one uid: 0700."""
+    return (0o700, None) if web is None else (0o2750, web.gid)
 
 
 class FrontDoor:
@@ -140,7 +149,7 @@ class FrontDoor:
         """Folders, the sign-in service's files, nginx's configuration, checked.
         Raises FrontDoorError (nginx's own message) or OSError."""
         paths, cfg = self._paths, self._config
-        _fresh_dir(paths.desktop_dir, desktop, 0o755)
+        _fresh_dir(paths.desktop_dir, desktop, *desktop_dir_mode(self._web))
         _fresh_dir(paths.nginx_dir, None, 0o755)
         tmp = paths.nginx_dir / "tmp"
         tmp.mkdir(exist_ok=True)

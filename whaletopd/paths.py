@@ -55,6 +55,12 @@ class Paths:
     def vnc_auth(self) -> Path:
         return self.run_dir / "vncauth"
 
+    @property
+    def xauthority(self) -> Path:
+        """The X display's cookie (xauth.py), in a folder of the desktop user's own.  The
+        image's XAUTHORITY names it too: `docker exec -u user` finds it."""
+        return self.run_dir / "x" / "Xauthority"
+
     # The desktop user's sockets: Xvnc's RFB and websockify's, for nginx.
     @property
     def desktop_dir(self) -> Path:

@@ -91,6 +91,9 @@ def xvnc_argv(launch: Launch) -> list[str]:
         # keysym (which loses dead keys: the browser has no keysym for them).
         "-RawKeyboard",
         *link.xvnc_args(cfg.link),
+        # Only clients with the cookie (xauth.py): the X socket itself is 0777, as X's
+        # are.  No TCP, no abstract socket ("local": with --network host, the host's).
+        "-auth", str(paths.xauthority),
         "-nolisten", "tcp", "-nolisten", "local", "-Log", XVNC_LOG,
         "-displayfd", str(launch.ready_fd),
     ]

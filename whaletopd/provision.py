@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-from whaletopd import logs, rootless
+from whaletopd import logs, rootless, xauth
 from whaletopd.children import RunAs
 from whaletopd.config import Config, system_group
 from whaletopd.files import atomic_write, copy_missing
@@ -85,6 +85,8 @@ def provision(config: Config, paths: Paths, display: int) -> Account:
         view_only = config.view_only_password or (
             generate_password() if config.sign_in else None)
         write_password(password, paths, run_as, view_only)
+    with step("x_cookie"):
+        write_x_cookie(paths, run_as, display)
     if config.vnc_password is None:
         # Logged for whoever must type it: without sign-in, or for the VNC port.  With
         # sign-in only the relay uses it (and it stays in the 0600 file).
@@ -114,6 +116,7 @@ def child_env(config: Config, run_as: RunAs, display: int, paths: Paths,
         "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/games",
         "LANG": os.environ.get("LANG", "C.UTF-8"),
         "DISPLAY": f":{display}",
+        "XAUTHORITY": str(paths.xauthority),
         "XDG_RUNTIME_DIR": xdg_runtime_dir,
         "XDG_DATA_DIRS": f"/usr/local/share:/usr/share:{paths.menu_data_dir}",
         "APPIMAGE_EXTRACT_AND_RUN": "1",
@@ -412,6 +415,15 @@ def write_password(password: str, paths: Paths, run_as: RunAs,
     lines = password + "\n" + (view_only + "\n" if view_only else "")
     obfuscated = _run(["vncpasswd", "-f"], input_text=lines)
     atomic_write(paths.vnc_auth, obfuscated, mode=0o600, owner=(run_as.uid, run_as.gid))
+
+
+def write_x_cookie(paths: Paths, run_as: RunAs, display: int) -> None:
+    """The X display's cookie, the desktop user's (xauth.py)."""
+    owner = (run_as.uid, run_as.gid) if os.geteuid() == 0 else None
+    try:
+        xauth.write(paths.xauthority, display, owner)
+    except xauth.XauthError as exc:
+        raise ProvisionError(str(exc)) from None
 
 
 def runtime_dir(run_as: RunAs, paths: Paths) -> str:

@@ -305,8 +305,8 @@ class Bridge:
     async def run(self) -> None:
         self.socket_path.unlink(missing_ok=True)
         server = await asyncio.start_unix_server(self.serve_listener, path=str(self.socket_path))
-        # nginx's workers (another account) connect.
-        os.chmod(self.socket_path, 0o666)
+        # nginx's workers (another account) connect: the folder gives it their group.
+        os.chmod(self.socket_path, 0o660)
         async with server:
             await wait_for_sound_server()
             log("sound_ready", socket=str(self.socket_path))

@@ -593,8 +593,9 @@ class Relay:
                 socket_path.unlink()  # left by a previous run
         server = await asyncio.start_unix_server(self.serve, path=str(socket_path),
                                                  limit=MAX_REQUEST)
-        # nginx's workers (another account) connect; the folder says who may.
-        os.chmod(socket_path, 0o666)
+        # nginx's workers (another account) connect: the desktop's folder gives the
+        # socket their group (frontdoor.py), and nobody else gets through the folder.
+        os.chmod(socket_path, 0o660)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

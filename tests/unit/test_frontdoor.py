@@ -137,9 +137,15 @@ def test_prepare_writes_a_configuration_nginx_accepts(
     assert ("user www-data;" in conf) == (web is not None)
     assert "auth_request" not in conf
     assert [e["step"] for e in logs if e["event"] == "step"] == ["files_folders", "nginx_check"]
-    # The desktop user's folder holds Xvnc's and websockify's sockets; nginx's is root's.
-    assert _mode(paths.desktop_dir) == 0o755
-    assert _owner(paths.desktop_dir) == (desktop.uid, desktop.gid)
+    # The desktop user's folder holds Xvnc's and websockify's sockets, and only nginx's
+    # workers pass it (their group, setgid: every socket made in it gets that group);
+    # without root, one uid: its own.  nginx's folder is root's.
+    if web is not None:
+        assert _mode(paths.desktop_dir) == 0o2750
+        assert _owner(paths.desktop_dir) == (desktop.uid, web.gid)
+    else:
+        assert _mode(paths.desktop_dir) == 0o700
+        assert _owner(paths.desktop_dir)[0] == desktop.uid
     assert _owner(paths.nginx_dir) == (os.geteuid(), os.getegid())
     tmp = paths.nginx_dir / "tmp"
     assert _mode(tmp) == 0o700

@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 
 from bench import certgen
-from whaletopd import filedav, link, metrics, nginx_conf, probes
+from whaletopd import filedav, frontdoor, link, metrics, nginx_conf, probes
 from whaletopd.children import RunAs
 from whaletopd.config import Config
 from whaletopd.nginx_conf import (
@@ -88,6 +88,12 @@ def paths(base: Path) -> Paths:
     if WORKER is not None:
         entry = pwd.getpwnam(WORKER)
         os.chown(p.nginx_dir / "tmp", entry.pw_uid, entry.pw_gid)
+        # As the front door makes it: only the workers' group passes, and each socket
+        # made in it gets that group (setgid), so 0660 sockets are theirs to reach.
+        mode, gid = frontdoor.desktop_dir_mode(
+            RunAs(uid=entry.pw_uid, gid=entry.pw_gid, groups=(), home="/"))
+        os.chown(p.desktop_dir, -1, gid if gid is not None else -1)
+        p.desktop_dir.chmod(mode)
     (p.novnc_dir / "vnc.html").write_text(VNC_HTML)
     (p.novnc_dir / "app" / "ui.js").write_text("export const secretName = 1;\n")
     return p
@@ -357,7 +363,7 @@ def start(paths: Paths) -> Iterator[StartDoor]:
         checked = nginx_t(paths)
         assert checked.returncode == 0, checked.stderr
         backend = RFBServer(transport="ws", password=PASSWORD, unix=paths.websockify_socket)
-        paths.websockify_socket.chmod(0o666)  # websockify's --unix-listen-mode
+        paths.websockify_socket.chmod(0o660)  # websockify's --unix-listen-mode
         assert NGINX is not None
         proc = subprocess.Popen([NGINX, "-c", str(paths.nginx_conf), "-p",
                                  str(paths.nginx_dir), "-e", "stderr"],

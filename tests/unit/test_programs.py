@@ -52,6 +52,8 @@ def test_xvnc_argv(paths: Paths) -> None:
     assert _after(argv, "-rfbport") == "-1", "raw VNC on TCP without --expose-vnc"
     assert "-localhost" not in argv
     assert "5999" not in argv
+    # X clients need the desktop user's cookie (xauth.py); the X socket itself is 0777.
+    assert _after(argv, "-auth") == str(paths.xauthority)
 
 
 def test_xvnc_blacklists_no_address(paths: Paths) -> None:

@@ -54,6 +54,8 @@ def test_child_env_is_the_whole_environment(run_as: RunAs,
         "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/games",
         "LANG": "de_DE.UTF-8",
         "DISPLAY": ":1",
+        # The X display's cookie (xauth.py): the image's XAUTHORITY names it too.
+        "XAUTHORITY": "/run/whaletop/x/Xauthority",
         "XDG_RUNTIME_DIR": "/run/user/RUNTIME",
         # /Apps entries, after the system's: a Debian entry of the same name wins.
         "XDG_DATA_DIRS": "/usr/local/share:/usr/share:/run/whaletop/menu",

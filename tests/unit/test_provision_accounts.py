@@ -628,7 +628,7 @@ def test_a_new_password_replaces_both_files(paths: Paths) -> None:
 # -- provision(), end to end ------------------------------------------------------------
 
 STEPS = ["prepare_dirs", "clear_stale_x_lock", "ensure_user", "clear_session_leftovers",
-         "configure_sudo", "vnc_password"]
+         "configure_sudo", "vnc_password", "x_cookie"]
 
 
 Logged = list[MutableMapping[str, Any]]
@@ -669,6 +669,11 @@ def test_provision_logs_each_step_and_the_generated_password(
     assert account.view_only_password is None
     assert not paths.vnc_view_only_passwd.exists()
     assert _owner(paths.vnc_auth) == (1000, 1000)
+    # The X display's cookie: the desktop user's alone, named to the children.
+    assert (_owner(paths.xauthority), _mode(paths.xauthority)) == ((1000, 1000), 0o600)
+    assert (_owner(paths.xauthority.parent), _mode(paths.xauthority.parent)) == (
+        (1000, 1000), 0o700)
+    assert account.env["XAUTHORITY"] == str(paths.xauthority)
     assert paths.sudoers_file.read_text() == f"{NAME} ALL=(ALL:ALL) NOPASSWD: ALL\n"
     assert account.run_as == RunAs(uid=1000, gid=1000, groups=(), home=str(_home(paths)))
 
@@ -761,6 +766,7 @@ def test_the_childrens_environment_is_made_for_the_user(
         "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/games",
         "LANG": "de_DE.UTF-8",
         "DISPLAY": f":{DISPLAY}",
+        "XAUTHORITY": str(paths.xauthority),
         "XDG_RUNTIME_DIR": "/run/user/1000",
         "XDG_DATA_DIRS": f"/usr/local/share:/usr/share:{paths.menu_data_dir}",
         "APPIMAGE_EXTRACT_AND_RUN": "1",
