@@ -349,7 +349,8 @@ class Desktop:
             cfg.web_port, str(paths.x11_socket_dir / f"X{DISPLAY}"), paths.vnc_socket,
             paths.websockify_socket, self.account.password, cfg.probe_timeout,
             self.front.probe_token, pin=self.web.pin,
-            auth_socket=paths.auth_socket if cfg.sign_in else None)
+            auth_socket=paths.auth_socket if cfg.sign_in else None,
+            front_socket=paths.probe_socket)
         return target
 
     # -- conditions ----------------------------------------------------------------------

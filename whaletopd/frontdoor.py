@@ -151,6 +151,8 @@ class FrontDoor:
         paths, cfg = self._paths, self._config
         _fresh_dir(paths.desktop_dir, desktop, *desktop_dir_mode(self._web))
         _fresh_dir(paths.nginx_dir, None, 0o755)
+        # nginx's listener for the health checks: whaletopd's account alone enters.
+        _fresh_dir(paths.probe_dir, None, 0o700)
         tmp = paths.nginx_dir / "tmp"
         tmp.mkdir(exist_ok=True)
         _own(tmp, self._web, 0o700)

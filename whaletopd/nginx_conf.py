@@ -9,7 +9,23 @@ sign-in is on.  Its access log is JSON lines on stdout, which whaletopd re-emits
 
 whaletopd's own health checks carry a per-start secret header (the probe token): they
 are never rate-limited and never logged, so no client can lock them out and they do
-not drown the log.
+not drown the log.  They reach nginx on a UNIX socket of their own, in a folder only
+whaletopd's account can enter (Paths.probe_dir): a flood of the web port (its accept
+queue, one address's limits) never stands in their way.
+
+Floods of connections that never finish a request (slowloris: a header sent a byte at
+a time; slow bodies) are capped by time, not by a per-address count: nginx counts a
+request per address (limit_conn) only once its header is read.  A connection has
+HEADER_TIMEOUT to send its whole header (nginx's timer runs from the connection's
+start, however slowly bytes trickle in), BODY_TIMEOUT between two reads of a body, and
+a refused request's unread body is drained for at most LINGER_TIME; a connection that
+times out is reset (its buffers freed at once).  So one address holds at most its
+connection rate times HEADER_TIMEOUT half-open connections (slowhttptest's 200 a second:
+2,000), and WORKER_CONNECTIONS is sized well above that.  Once its header is read, a
+request counts against REQUESTS_PER_ADDRESS (WebSockets and /files/ against their own
+caps), which caps slow bodies and slow readers per address.  What no setting here
+stops: many addresses, or one opening more than WORKER_CONNECTIONS / HEADER_TIMEOUT
+connections a second; that is a firewall's job (connlimit) in front of the desktop.
 
 /metrics is the file whaletopd keeps (metrics.py), served as it is: open like the page
 when no sign-in is configured and no --metrics-token is set; with a token, only to a
@@ -38,6 +54,18 @@ CONNECTION_BURST = 20
 CONNECTION_BURST_UNDELAYED = 10
 # Open desktop connections from one address (several tabs, a viewer or two).
 CONNECTIONS_PER_ADDRESS = 20
+# Half-open connections (see the module's docstring).  A browser sends its header in one
+# packet; 10 s leave room for a slow link's TLS handshake.
+HEADER_TIMEOUT = "10s"
+BODY_TIMEOUT = "10s"
+LINGER_TIME = "10s"
+# Requests in progress from one address outside the WebSocket and /files/ locations
+# (a page load is about six at once; a few browsers behind one NAT).
+REQUESTS_PER_ADDRESS = 64
+# One worker's connections: a client's take one, a proxied one two (its descriptors:
+# twice as many, and nginx's own files).  ~430 bytes each, allocated at start (~3.5 MiB).
+WORKER_CONNECTIONS = 8192
+WORKER_FILES = 2 * WORKER_CONNECTIONS
 MIME_TYPES = Path("/etc/nginx/mime.types")
 
 
@@ -350,6 +378,10 @@ def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
         "sendfile on;",
         "tcp_nodelay on;",
         "keepalive_timeout 65s;",
+        f"client_header_timeout {HEADER_TIMEOUT};",
+        f"client_body_timeout {BODY_TIMEOUT};",
+        f"lingering_time {LINGER_TIME};",
+        "reset_timedout_connection on;",
         "charset utf-8;",
         "charset_types text/css application/javascript application/json;",
         f"client_body_temp_path {tmp}/body;",
@@ -388,6 +420,7 @@ def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
         f"limit_req_zone $whaletop_client zone=connections:1m rate={rate}r/m;",
         "limit_req_zone $whaletop_client zone=signin:1m rate=30r/m;",
         "limit_conn_zone $whaletop_client zone=open:1m;",
+        "limit_conn_zone $whaletop_client zone=requests:1m;",
         "limit_req_status 429;",
         "limit_conn_status 429;",
         "limit_req_log_level warn;",
@@ -403,10 +436,16 @@ def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
         http += _block("upstream webauth", [f"server unix:{paths.auth_socket};"])
 
     server: list[str] = []
+    ssl = " ssl" if config.tls else ""
+    server += [
+        f"listen {config.web_port}{ssl};",
+        # whaletopd's health checks only (the module's docstring): TLS too, so they
+        # prove the certificate served.  nginx makes it 0666; its folder is 0700.
+        f"listen unix:{paths.probe_socket}{ssl};",
+    ]
     if config.tls:
         assert spec.tls_pem is not None, "TLS needs the certificate's file"
         server += [
-            f"listen {config.web_port} ssl;",
             f"ssl_certificate {spec.tls_pem};",
             f"ssl_certificate_key {spec.tls_pem};",
             "ssl_protocols TLSv1.2 TLSv1.3;",
@@ -416,8 +455,6 @@ def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
             # Plain HTTP sent to the HTTPS port: send the browser to https.
             "error_page 497 =301 https://$host:$server_port$request_uri;",
         ]
-    else:
-        server.append(f"listen {config.web_port};")
     server += [
         f"root {paths.novnc_dir};",
         "index index.html;",
@@ -425,6 +462,9 @@ def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
         # Relative redirects: deployments on a sub-path behind a proxy keep working.
         "absolute_redirect off;",
         'set $whaletop_user "";',
+        # Slow bodies and slow readers: requests in progress per address (locations
+        # with a limit_conn of their own keep only theirs).
+        f"limit_conn requests {REQUESTS_PER_ADDRESS};",
     ]
     gate: list[str] = []
     if sign_in:
@@ -509,11 +549,12 @@ def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
         "# Written by whaletopd from its flags at every start; edits here are lost.",
         *([f"user {spec.worker_user};"] if spec.worker_user else []),
         "worker_processes 1;",
+        f"worker_rlimit_nofile {WORKER_FILES};",
         "daemon off;",
         f"pid {paths.nginx_dir / 'nginx.pid'};",
         "error_log stderr warn;",
         "pcre_jit on;",
-        *_block("events", ["worker_connections 1024;"]),
+        *_block("events", [f"worker_connections {WORKER_CONNECTIONS};"]),
         *_block("http", [*http, *_block("server", server)]),
     ]
     return "\n".join(conf) + "\n"

@@ -100,6 +100,16 @@ class Paths:
         return self.nginx_dir / "nginx.conf"
 
     @property
+    def probe_dir(self) -> Path:
+        """whaletopd's alone (0700): nginx's listener for the health checks is in it."""
+        return self.nginx_dir / "probe"
+
+    @property
+    def probe_socket(self) -> Path:
+        """nginx's second listener, for whaletopd's health checks only (nginx_conf.py)."""
+        return self.probe_dir / "probe.sock"
+
+    @property
     def web_dir(self) -> Path:
         return self.run_dir / "web"
 

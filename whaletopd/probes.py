@@ -1,11 +1,20 @@
 """Health checks that speak the protocols a user's connection needs, and their thread.
 
 HEALTHY means a user can connect now, so each check is what a client would do: the
-X display accepts a connection; a VNC login through the web port's WebSocket (nginx,
-websockify, Xvnc: the user's whole path) succeeds; the web port serves noVNC's page.
+X display accepts a connection; a VNC login through nginx's WebSocket (nginx,
+websockify, Xvnc: the user's whole path) succeeds; nginx serves noVNC's page.
 Logging in (not just reading the banner) proves the password file and the server's
 authentication.  The checks carry a per-start secret header that nginx knows, so no
 client's flood can get them limited, and they are not logged.
+
+They reach nginx on its UNIX socket for them (Target.front_socket, in a folder only
+whaletopd's account enters), not on the web port: a flood of half-open connections on
+the web port (its accept queue full, its address's limits reached) must not make a
+healthy desktop RECOVERING, and restarting nginx would only drop every session without
+ending the flood.  It is the same server block as the web port's (same locations, TLS
+and certificate), so the check still proves what a user's request meets; what it does
+not prove, that the TCP port accepts, the light round checks (port_accepts), and a
+failure there makes the full round judge.
 
 What a round costs is what an idle desktop costs, so there are two kinds.  The full
 round above forks a websockify handler, runs a VNC login and fetches a page: ~17 ms of
@@ -161,13 +170,14 @@ def _connect(host: Host, port: int | None, timeout: float,
         except BaseException:
             sock.close()
             raise
-        return sock
-    assert port is not None
-    sock = socket.create_connection((host, port), timeout=timeout)
+    else:
+        assert port is not None
+        sock = socket.create_connection((host, port), timeout=timeout)
     if pin is None:
         return sock
     try:
-        tls_sock = _tls_context().wrap_socket(sock, server_hostname=host)
+        tls_sock = _tls_context().wrap_socket(
+            sock, server_hostname=None if isinstance(host, Path) else host)
     except BaseException:
         sock.close()
         raise
@@ -330,13 +340,16 @@ class Target:
     probe_token: str
     pin: str | None = None  # with TLS: the SHA-256 of the certificate that must be served
     auth_socket: Path | None = None  # with sign-in: the sign-in service
+    # nginx's listener for these checks (module docstring); None: the web port.
+    front_socket: Path | None = None
 
 
 def desktop_probes(target: Target, blame: Mapping[str, str]) -> list[Probe]:
     """In dependency order: a failure is blamed on the first part that fails.  `blame`
     (from the programs table) names the child each check points at."""
-    host = "127.0.0.1"
     t = target
+    host: Host = t.front_socket or "127.0.0.1"
+    port = None if t.front_socket else t.web_port
     # nginx knows this header's value: whaletopd's checks are never limited or logged,
     # and the sign-in service lets them through.
     headers = {PROBE_HEADER: t.probe_token}
@@ -353,7 +366,7 @@ def desktop_probes(target: Target, blame: Mapping[str, str]) -> list[Probe]:
         # The user's path, nginx -> websockify -> Xvnc, proves them all at once; only
         # when it fails do the checks of each hop behind it tell which one is at fault.
         try:
-            websocket_login(host, t.web_port, t.password, t.timeout, t.pin, headers=headers,
+            websocket_login(host, port, t.password, t.timeout, t.pin, headers=headers,
                             none_ok=signed)
         except ProbeError:
             behind: list[tuple[str, Callable[[], object]]] = [
@@ -376,7 +389,7 @@ def desktop_probes(target: Target, blame: Mapping[str, str]) -> list[Probe]:
     checks: list[tuple[str, Callable[[], object]]] = [
         ("x_display", lambda: x_display(t.x_socket, t.timeout)),
         ("web_login", login_through_the_front_door),
-        ("novnc_page", lambda: novnc_page(host, t.web_port, t.timeout, pin=t.pin,
+        ("novnc_page", lambda: novnc_page(host, port, t.timeout, pin=t.pin,
                                           headers=headers)),
     ]
     return [Probe(name, blame[name], check) for name, check in checks]

@@ -109,9 +109,11 @@ def websockify_argv(launch: Launch) -> list[str]:
 
 
 def nginx_argv(launch: Launch) -> list[str]:
+    # A killed nginx leaves the health checks' socket behind (a stopped one removes
+    # it), and a new one could not bind to it: removed first.
     paths = launch.paths
-    return ["nginx", "-c", str(paths.nginx_conf), "-p", str(paths.nginx_dir),
-            "-e", "stderr"]
+    return ["/bin/sh", "-c", 'rm -f -- "$1" && exec nginx -c "$2" -p "$3" -e stderr',
+            "nginx", str(paths.probe_socket), str(paths.nginx_conf), str(paths.nginx_dir)]
 
 
 def webauth_argv(launch: Launch) -> list[str]:

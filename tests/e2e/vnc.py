@@ -64,8 +64,11 @@ class WebVNC:
     for input events and framebuffer updates."""
 
     def __init__(self, port: int, password: str | None, tls: bool = False,
-                 timeout: float = 10, headers: dict[str, str] | None = None) -> None:
-        raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+                 timeout: float = 10, headers: dict[str, str] | None = None,
+                 source: str = "127.0.0.1") -> None:
+        # `source`: another loopback address (127.0.0.2) is another client for nginx.
+        raw = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                       source_address=(source, 0))
         if tls:
             context = ssl.create_default_context()
             context.check_hostname = False
@@ -77,6 +80,7 @@ class WebVNC:
             self.sock = raw
             self.certificate = ""
         self._buffer = b""
+        self.rectangles = 0  # in the last FramebufferUpdate
         key = base64.b64encode(os.urandom(16)).decode()
         lines = ["GET /websockify HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket",
                  "Connection: Upgrade", "Sec-WebSocket-Version: 13",
@@ -194,13 +198,23 @@ class WebVNC:
         """Ask for the top-left pixel (raw encoding, the default) and return it.  The
         server handles a client's messages in order: everything sent before this has
         been dealt with once it returns."""
-        self.send(struct.pack("!BBHHHH", 3, 0, 0, 0, 1, 1))
+        return self._update(False, 0, 0, 1, 1)
+
+    def screen_changes(self) -> int:
+        """An incremental request for the whole screen, as noVNC sends them: the server
+        answers only once something on it changed.  How many rectangles came."""
+        self._update(True, 0, 0, self.width, self.height)
+        return self.rectangles
+
+    def _update(self, incremental: bool, x: int, y: int, w: int, h: int) -> bytes:
+        self.send(struct.pack("!BBHHHH", 3, int(incremental), x, y, w, h))
         while True:
             kind = self.recv(1)[0]
             if kind == 0:
                 self.recv(1)
                 pixels = b""
-                for _ in range(struct.unpack("!H", self.recv(2))[0]):
+                self.rectangles = struct.unpack("!H", self.recv(2))[0]
+                for _ in range(self.rectangles):
                     _x, _y, w, h, encoding = struct.unpack("!HHHHi", self.recv(12))
                     assert encoding == 0, encoding
                     pixels += self.recv(w * h * self.bits_per_pixel // 8)

@@ -203,7 +203,7 @@ def start() -> Iterator[StartFiles]:
             web = None
         home = Path(desktop.home)
         for folder in (paths.run_dir, paths.desktop_dir, paths.nginx_dir,
-                       paths.nginx_dir / "tmp", paths.novnc_dir, home):
+                       paths.nginx_dir / "tmp", paths.probe_dir, paths.novnc_dir, home):
             folder.mkdir(parents=True, exist_ok=True)
             folder.chmod(0o755)
         if ROOT:
@@ -214,6 +214,9 @@ def start() -> Iterator[StartFiles]:
         filedav.prepare(config, paths, desktop, web, PASSWORD)
         spec = nginx_conf.FrontDoorSpec(probe_token=TOKEN, worker_user=WORKER)
         paths.nginx_conf.write_text(nginx_conf.render(config, paths, spec))
+        # A second front in the same folders takes the health checks' socket over, as
+        # nginx_argv does for a restarted one.
+        paths.probe_socket.unlink(missing_ok=True)
         files = Files(paths, config, home, desktop)
         started.append(files)
         commands: list[tuple[list[str], int | None]] = [

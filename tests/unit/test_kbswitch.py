@@ -287,7 +287,8 @@ class FullOrViewer:
 def web_paths(base: Path) -> Paths:  # noqa: F811
     """As the image has them: nginx's folders, its workers' account (root's tests)."""
     p = _paths(base)
-    for folder in (p.run_dir, p.nginx_dir, p.nginx_dir / "tmp", p.novnc_dir, p.web_dir):
+    for folder in (p.run_dir, p.nginx_dir, p.nginx_dir / "tmp", p.probe_dir, p.novnc_dir,
+                   p.web_dir):
         folder.mkdir(parents=True, exist_ok=True)
         folder.chmod(0o755)
     if WORKER is not None:

@@ -85,6 +85,8 @@ def paths(base: Path) -> Paths:
                    p.novnc_dir / "app", p.web_dir):
         folder.mkdir(parents=True, exist_ok=True)
         folder.chmod(0o755)
+    p.probe_dir.mkdir()
+    p.probe_dir.chmod(0o700)  # as frontdoor.py makes it: whaletopd's account's alone
     if WORKER is not None:
         entry = pwd.getpwnam(WORKER)
         os.chown(p.nginx_dir / "tmp", entry.pw_uid, entry.pw_gid)
@@ -177,6 +179,31 @@ def test_tls_configuration(paths: Paths) -> None:
     assert f"ssl_certificate {paths.tls_pem};" in conf
     assert f"ssl_certificate_key {paths.tls_pem};" in conf
     assert "Strict-Transport-Security" in conf
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_half_open_connections_are_capped_by_time_in_every_mode(name: str,
+                                                                 paths: Paths) -> None:
+    """What caps a slowloris and a slow body (nginx_conf's docstring), and the health
+    checks' own listener, in every mode: TLS on it too when the web port has it."""
+    config = CONFIGS[name]
+    lines = [line.strip() for line in render(config, paths, _spec(paths.tls_pem)).splitlines()]
+    ssl = " ssl" if config.tls else ""
+    for line in (f"listen {config.web_port}{ssl};", f"listen unix:{paths.probe_socket}{ssl};",
+                 f"client_header_timeout {nginx_conf.HEADER_TIMEOUT};",
+                 f"client_body_timeout {nginx_conf.BODY_TIMEOUT};",
+                 f"lingering_time {nginx_conf.LINGER_TIME};",
+                 "reset_timedout_connection on;",
+                 "limit_conn_zone $whaletop_client zone=requests:1m;",
+                 f"limit_conn requests {nginx_conf.REQUESTS_PER_ADDRESS};",
+                 f"worker_connections {nginx_conf.WORKER_CONNECTIONS};",
+                 f"worker_rlimit_nofile {nginx_conf.WORKER_FILES};"):
+        assert lines.count(line) == 1, line
+    assert [line for line in lines if line.startswith("listen ")] == [
+        f"listen {config.web_port}{ssl};", f"listen unix:{paths.probe_socket}{ssl};"]
+    # Room for slowhttptest's 2,000 (200 a second for HEADER_TIMEOUT) several times.
+    assert 4 * 200 * int(nginx_conf.HEADER_TIMEOUT[:-1]) <= nginx_conf.WORKER_CONNECTIONS
+    assert nginx_conf.WORKER_FILES >= 2 * nginx_conf.WORKER_CONNECTIONS
 
 
 def test_sign_in_configuration(paths: Paths) -> None:
@@ -527,6 +554,50 @@ def test_with_tls_hsts_and_the_certificate_served(start: StartDoor, paths: Paths
     # The WebSocket over TLS, and a whole VNC login through it, as noVNC does it.
     assert probes.websocket_login("127.0.0.1", door.port, PASSWORD, 5, pin=served,
                                   headers={probes.PROBE_HEADER: TOKEN}) == "RFB 003.008"
+
+
+def _desktop_checks(door: Door, pin: str | None = None) -> list[probes.Probe]:
+    """whaletopd's full round (probes.desktop_probes) against this nginx, through its
+    listener for them; the X display is not nginx's business here."""
+    paths = door.paths
+    target = probes.Target(door.port, "", paths.desktop_dir / "vnc.sock",
+                           paths.websockify_socket, PASSWORD, 5, TOKEN, pin=pin,
+                           front_socket=paths.probe_socket)
+    blame = {"x_display": "xvnc", "web_login": "nginx", "novnc_page": "nginx"}
+    return [p for p in probes.desktop_probes(target, blame) if p.name != "x_display"]
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_the_health_checks_pass_on_their_own_socket(start: StartDoor, paths: Paths,
+                                                    tls: bool) -> None:
+    door = start(Config(enable_tls=tls))
+    pin = (certgen.fingerprint(certgen.x509.load_pem_x509_certificate(
+        paths.tls_pem.read_bytes())) if tls else None)
+    assert probes.run_all(_desktop_checks(door, pin)) is None
+    assert door.backend.results == [0], "one VNC login, through nginx"
+    if tls:  # the certificate is pinned there too: another one fails
+        with pytest.raises(probes.ProbeError, match="expected 0000000000000000"):
+            probes.novnc_page(paths.probe_socket, None, 5, pin="0" * 64,
+                              headers={probes.PROBE_HEADER: TOKEN})
+    # Only whaletopd's account may enter the socket's folder.
+    assert paths.probe_dir.stat().st_mode & 0o777 == 0o700
+
+
+def test_slow_bodies_from_one_address_are_capped_and_spare_the_others(
+        start: StartDoor) -> None:
+    """A slow body (slowhttptest -B): a header, then a byte now and then.  Once headers
+    are read, requests in progress count per address: the address gets 429 past
+    REQUESTS_PER_ADDRESS; another address and the health checks are served."""
+    door = start()
+    head = (f"POST /vnc.html HTTP/1.1\r\nHost: 127.0.0.1:{door.port}\r\n"
+            "Content-Length: 100000\r\n\r\nx").encode()
+    for _ in range(nginx_conf.REQUESTS_PER_ADDRESS):
+        door.connect().sendall(head)
+    extra = door.connect()
+    extra.sendall(head)
+    assert door.status_of(extra)[0] == 429
+    assert door.get("/vnc.html", source="127.0.0.2").status == 200
+    assert probes.run_all(_desktop_checks(door)) is None
 
 
 def test_with_tls_plain_http_is_sent_to_https(start: StartDoor) -> None:

@@ -3,6 +3,7 @@ which child each health check blames."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from pathlib import Path
 
@@ -105,12 +106,27 @@ def test_websockify_needs_no_readiness_pipe(paths: Paths) -> None:
 
 # -- nginx, the sign-in service ------------------------------------------------------------
 
-def test_nginx_argv_runs_in_the_foreground_with_whaletopd_s_configuration(paths: Paths) -> None:
+def test_nginx_argv_runs_in_the_foreground_with_whaletopd_s_configuration(
+        paths: Paths, tmp_path: Path) -> None:
+    """Run as it is, with a stand-in nginx on PATH that says what it was given: a
+    health checks' socket left by a killed nginx is removed first (a new one could not
+    bind to it)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nginx").write_text('#!/bin/sh\nprintf "%s\\n" "$0" "$@"\n')
+    (bin_dir / "nginx").chmod(0o755)
+    paths.probe_dir.mkdir(parents=True)
+    with socket.socket(socket.AF_UNIX) as left:
+        left.bind(str(paths.probe_socket))
     argv = nginx_argv(Launch(Config(), paths))
-    assert argv[0] == "nginx"
-    assert _after(argv, "-c") == str(paths.nginx_conf)
-    assert _after(argv, "-p") == str(paths.nginx_dir)
-    assert _after(argv, "-e") == "stderr", "its early errors reach whaletopd's log"
+    done = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=10,
+                          env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    given = done.stdout.splitlines()
+    assert Path(given[0]).name == "nginx"
+    assert _after(given, "-c") == str(paths.nginx_conf)
+    assert _after(given, "-p") == str(paths.nginx_dir)
+    assert _after(given, "-e") == "stderr", "its early errors reach whaletopd's log"
+    assert not paths.probe_socket.exists()
 
 
 def test_nginx_s_row() -> None:
