@@ -192,15 +192,14 @@ class App:
         wait = self.guard.begin(client)
         if wait:
             return None, wait
-        user = users.get(name)
-        if webusers.verify(user, password):
-            assert user is not None
+        user = webusers.check(users, name, password)
+        if user is not None:
             self.guard.succeeded(client)
             return user, 0.0
         f = self.guard.failed(client)
         # A name nobody has may be a password typed in the wrong field: not logged.
         emit("sign_in_failed", "warning", client=client,
-             user=name if user is not None else None, failures=f.failures)
+             user=name if name in users else None, failures=f.failures)
         if f.locked_s:
             emit("sign_in_locked", "warning", client=client, seconds=f.locked_s)
         if f.delay:

@@ -67,8 +67,10 @@ class UsersFile:
                 emit("users_refused", "error", reason=str(e), kept=len(self._users))
                 return self._users
             self._users = users
+            # Each sign-in costs one hash per kind and cost (webusers.check).
             emit("users_loaded", count=len(users),
-                 viewers=sum(u.role == "viewer" for u in users.values()))
+                 viewers=sum(u.role == "viewer" for u in users.values()),
+                 hash_costs=len({webusers.cost_class(u.hash) for u in users.values()}))
             return users
 
 
