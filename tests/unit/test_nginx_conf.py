@@ -522,6 +522,38 @@ def test_with_tls_hsts_and_the_certificate_served(start: StartDoor, paths: Paths
                                   headers={probes.PROBE_HEADER: TOKEN}) == "RFB 003.008"
 
 
+def _tls12_handshake(port: int, ciphers: str) -> str | None:
+    """The suite nginx picks for a TLS 1.2 client offering only `ciphers`; None when it
+    refuses them all."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(ciphers)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                context.wrap_socket(raw) as tls:
+            cipher = tls.cipher()
+            return cipher[0] if cipher else None
+    except ssl.SSLError:
+        return None
+
+
+def test_with_tls_only_mozilla_intermediate_suites(start: StartDoor) -> None:
+    """TLS 1.2 with AEAD and forward secrecy only: a client offering only CBC suites
+    (LUCKY13's kind) or RSA key exchange gets no connection; one offering Mozilla's
+    intermediate suites does."""
+    door = start(Config(enable_tls=True))
+    for refused in ("ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA384",
+                    "ECDHE-ECDSA-AES128-SHA256", "ECDHE-ECDSA-AES256-SHA",
+                    "AES128-GCM-SHA256", "AES256-SHA"):
+        assert _tls12_handshake(door.port, refused) is None, refused
+    for suite in ("ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
+                  "ECDHE-ECDSA-CHACHA20-POLY1305"):
+        assert _tls12_handshake(door.port, suite) == suite
+    assert door.get("/vnc.html").status == 200, "TLS 1.3, as browsers speak it"
+
+
 def test_with_tls_plain_http_is_sent_to_https(start: StartDoor) -> None:
     door = start(Config(enable_tls=True))
     sock = socket.create_connection(("127.0.0.1", door.port), timeout=5)
