@@ -12,7 +12,7 @@ are never rate-limited and never logged, so no client can lock them out and they
 not drown the log.
 
 /metrics is the file whaletopd keeps (metrics.py), served as it is: open like the page
-when no sign-in is configured and no --metrics-token is set; with a token, only to a
+when no sign-in is configured and no METRICS_TOKEN is set; with a token, only to a
 request that carries it (`Authorization: Bearer TOKEN`, compared exactly), 401 to any
 other before anything else; with sign-in and no token, off (404).  The token is only in
 this file (0600); the access log has the path and no header of the request.
