@@ -147,6 +147,20 @@ def _keyboard(config: Config, paths: Paths, gate: list[str],
         # Names never hold '/' (webusers.NAME_RE, config.validate_username).
         f"alias {paths.requests_dir}/layout.{who};",
     ])]
+def _scheme(proxies: list[str]) -> list[str]:
+    """$whaletop_scheme: the scheme the browser uses, which its Origin must name.  The
+    connection's; behind a trusted proxy (--trusted-proxy), the one it says it received
+    (X-Forwarded-Proto), since a proxy that terminates TLS speaks plain HTTP to us."""
+    if not proxies:
+        return _block("map $scheme $whaletop_scheme", ["default $scheme;"])
+    return [
+        *_block("geo $realip_remote_addr $whaletop_via_proxy",
+                ["default 0;", *(f"{cidr} 1;" for cidr in proxies)]),
+        *_block('map "$whaletop_via_proxy|$http_x_forwarded_proto" $whaletop_scheme',
+                ['"1|https" https;', '"1|http" http;', "default $scheme;"]),
+    ]
+
+
 def _link_defaults(config: Config, headers: list[str]) -> list[str]:
     """noVNC's defaults.json (its quality and compression levels) for --link, from
     link.py: the page reads it at start.  Nothing secret: answered before any sign-in
@@ -376,6 +390,7 @@ def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
     if proxies:
         http += [f"set_real_ip_from {cidr};" for cidr in proxies]
         http += ["real_ip_header X-Forwarded-For;", "real_ip_recursive on;"]
+    http += _scheme(proxies)
     http += [
         # whaletopd's health checks: never limited, never logged.
         *_block(f"map $http_{PROBE_HEADER.lower().replace('-', '_')} $whaletop_probe",
@@ -383,13 +398,16 @@ def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
         *_block("map $whaletop_probe $whaletop_client", ['1 "";',
                                                         "default $binary_remote_addr;"]),
         *_block("map $whaletop_probe $whaletop_loggable", ["1 0;", "default 1;"]),
-        # The host part of a browser's Origin; "" when there is none (not a browser).
+        # A browser's Origin, scheme://host[:port]; "" when there is none (not a browser).
         *_block("map $http_origin $whaletop_origin_host",
-                ['"" "";', '"~^https?://(?<origin_host>[^/]+)$" $origin_host;',
+                ['"" "";', '"~^(?<origin_host>https?://[^/]+)$" $origin_host;',
                  'default "(invalid)";']),
-        # 1 when a browser's Origin names another host than the request's Host (a
-        # backreference compares the two; no Origin is not a browser, and passes).
-        *_block('map "$whaletop_origin_host|$http_host" $whaletop_cross_origin',
+        # 1 when a browser's Origin is not this site as the browser reaches it: another
+        # host, or the same over the other scheme (a backreference compares the two; no
+        # Origin is not a browser, and passes).  A page on http:// is another origin for
+        # an https:// desktop: anyone on the network can write it.
+        *_block('map "$whaletop_origin_host|$whaletop_scheme://$http_host" '
+                '$whaletop_cross_origin',
                 ['"~^(\\|.*|([^|]+)\\|\\2)$" 0;', "default 1;"]),
         # The path as the client asked for it, without its query: noVNC's ?password=...
         # never reaches the log.
@@ -476,6 +494,7 @@ def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
     if sign_in:
         to_auth = ["proxy_pass http://webauth;",
                    "proxy_set_header Host $http_host;",
+                   "proxy_set_header X-Forwarded-Proto $whaletop_scheme;",
                    "proxy_set_header X-Real-IP $remote_addr;"]
         server += _block("location = /auth/check", [
             "internal;",
