@@ -5,7 +5,8 @@ problem is a ConfigError whose message names the flag or variable at fault.
 
 Each secret variable (SECRET_VARIABLES) has a NAME_FILE twin, the convention of Docker's
 official images, for Docker and Kubernetes secrets mounted as files: the file's content
-stands for NAME and meets NAME's rules.
+stands for NAME and meets NAME's rules.  No secret has a flag that takes it: a command
+line is readable by every process in the container (/proc/PID/cmdline).
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ MAX_WEB_PASSWORD_BYTES = 512
 VNC_PASSWORD_CHARS = 8
 # --stop-when-idle: from a few seconds (tests, demos) to a week.
 MIN_IDLE_MINUTES, MAX_IDLE_MINUTES = 0.05, 10080.0
+# The flag the token once had, now refused: see _parse.
+METRICS_FLAG = "--metrics-token"
 METRICS_TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
 # --max-upload: a byte count with an optional 1024-based unit; at most 1 TiB.
 SIZE_RE = re.compile(r"([0-9]{1,13})([KMGkmg]?)")
@@ -187,9 +190,6 @@ OPTIONS: tuple[Option, ...] = (
            "minutes with no client connected after which the desktop stops itself "
            "(STOPPED, exit 0; IDLE with a warning a minute before, or halfway for 2 "
            "minutes or less); 0: never"),
-    Option("--metrics-token", METRICS_TOKEN_ENV, str, "",
-           "bearer token for /metrics (Prometheus text format on the web port); without "
-           "one, /metrics is open like the page unless sign-in is on, then it is off"),
     Option("--no-file-transfer", "WHALETOP_NO_FILE_TRANSFER", bool, False,
            "turn off /files/ (uploads to ~/Desktop, downloads from ~/Downloads)"),
     Option("--max-upload", "WHALETOP_MAX_UPLOAD", str, "2G",
@@ -234,7 +234,6 @@ class Config:
     probe_timeout: float = 2.0
     startup_timeout: float = 60.0
     stop_when_idle: float = 0.0
-    metrics_token: str = ""
     no_file_transfer: bool = False
     max_upload: str = "2G"
     no_sound: bool = False
@@ -244,6 +243,7 @@ class Config:
     tls_key_password: bytes | None = None
     view_only_password: str | None = None
     web_password: str | None = None
+    metrics_token: str = ""  # METRICS_TOKEN (or its file): never a flag
 
     @property
     def sudo(self) -> bool:
@@ -299,6 +299,9 @@ def _parser() -> argparse.ArgumentParser:
         else:
             parser.add_argument(opt.flag, default=None, metavar=opt.dest.upper(),
                                 help=f"{opt.help} (env {opt.env}, default {opt.default})")
+    # Once a flag: known, so that its refusal says what to do instead.
+    parser.add_argument(METRICS_FLAG, dest="metrics_token_flag", nargs="?", const="",
+                        default=None, help=argparse.SUPPRESS)
     return parser
 
 
@@ -391,6 +394,11 @@ def resolve_secret_files(env: Mapping[str, str]) -> tuple[dict[str, str], dict[s
 def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Config:
     """Flags, then environment (secrets perhaps from files), then defaults; validated."""
     args = vars(_parser().parse_args(list(argv)))
+    if args.pop("metrics_token_flag") is not None:
+        raise ConfigError(f"{METRICS_FLAG}: a token on the command line is readable by every "
+                          "process in the container (/proc/PID/cmdline); set "
+                          f"{METRICS_TOKEN_ENV}, or {METRICS_TOKEN_ENV}{FILE_SUFFIX} naming a "
+                          "file that holds it (a Docker or Kubernetes secret)")
     env, origins = resolve_secret_files(os.environ if environ is None else environ)
     try:
         return _parse(args, env)
@@ -398,10 +406,7 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Conf
         # "VNC_PASSWORD is shorter than 6 characters" means the file's content.
         message = str(exc)
         for name, origin in origins.items():
-            named = re.search(rf"(?<![A-Z_]){name}(?![A-Z_])", message) or (
-                name == METRICS_TOKEN_ENV and args["metrics_token"] is None
-                and message.startswith("--metrics-token"))
-            if named:
+            if re.search(rf"(?<![A-Z_]){name}(?![A-Z_])", message):
                 raise ConfigError(f"{message} (read from {origin})") from None
         raise
 
@@ -431,6 +436,7 @@ def _parse(args: dict[str, Any], env: Mapping[str, str]) -> Config:
                               "in its first 8 characters")
     if values["web_password_from_env"]:
         values["web_password"] = _web_password_from_env(env)
+    values["metrics_token"] = _env_text(env, METRICS_TOKEN_ENV) or ""
     # Only for an encrypted private key; never logged, never written.
     values["tls_key_password"] = (_env_text(env, TLS_KEY_PASSWORD_ENV) or "").encode() or None
     config = Config(**values)
@@ -558,7 +564,8 @@ def validate(config: Config) -> None:
                           f"between {MIN_IDLE_MINUTES:g} and {MAX_IDLE_MINUTES:g} minutes")
     if config.metrics_token and not METRICS_TOKEN_RE.fullmatch(config.metrics_token):
         # It is written into nginx's configuration: a token, never syntax.
-        raise ConfigError("--metrics-token: 16 to 256 characters of A-Z a-z 0-9 . _ ~ + / = -")
+        raise ConfigError(f"{METRICS_TOKEN_ENV} must be 16 to 256 characters of A-Z a-z 0-9 "
+                          ". _ ~ + / = -")
     match = SIZE_RE.fullmatch(config.max_upload.strip(ASCII_SPACE))
     if match is None or not 1 <= config.max_upload_bytes <= MAX_UPLOAD_LIMIT:
         raise ConfigError(f"--max-upload: {show(config.max_upload)} is not a size from 1 "

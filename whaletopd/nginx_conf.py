@@ -28,7 +28,7 @@ stops: many addresses, or one opening more than WORKER_CONNECTIONS / HEADER_TIME
 connections a second; that is a firewall's job (connlimit) in front of the desktop.
 
 /metrics is the file whaletopd keeps (metrics.py), served as it is: open like the page
-when no sign-in is configured and no --metrics-token is set; with a token, only to a
+when no sign-in is configured and no METRICS_TOKEN is set; with a token, only to a
 request that carries it (`Authorization: Bearer TOKEN`, compared exactly), 401 to any
 other before anything else; with sign-in and no token, off (404).  The token is only in
 this file (0600); the access log has the path and no header of the request.
@@ -67,6 +67,15 @@ REQUESTS_PER_ADDRESS = 64
 WORKER_CONNECTIONS = 8192
 WORKER_FILES = 2 * WORKER_CONNECTIONS
 MIME_TYPES = Path("/etc/nginx/mime.types")
+# TLS 1.2's suites: Mozilla's "intermediate" (guideline 5.7) without its DHE ones, which
+# only clients without ECDHE would take and which need a DH group nginx does not have
+# by default.  AEAD with forward secrecy only: no CBC (LUCKY13), no RSA key exchange.
+# TLS 1.3's suites are OpenSSL's, all AEAD, as Mozilla's.
+TLS12_CIPHERS = ":".join((
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+))
 
 
 @dataclass(frozen=True)
@@ -166,6 +175,20 @@ def _keyboard(config: Config, paths: Paths, gate: list[str],
         # Names never hold '/' (webusers.NAME_RE, config.validate_username).
         f"alias {paths.requests_dir}/layout.{who};",
     ])]
+def _scheme(proxies: list[str]) -> list[str]:
+    """$whaletop_scheme: the scheme the browser uses, which its Origin must name.  The
+    connection's; behind a trusted proxy (--trusted-proxy), the one it says it received
+    (X-Forwarded-Proto), since a proxy that terminates TLS speaks plain HTTP to us."""
+    if not proxies:
+        return _block("map $scheme $whaletop_scheme", ["default $scheme;"])
+    return [
+        *_block("geo $realip_remote_addr $whaletop_via_proxy",
+                ["default 0;", *(f"{cidr} 1;" for cidr in proxies)]),
+        *_block('map "$whaletop_via_proxy|$http_x_forwarded_proto" $whaletop_scheme',
+                ['"1|https" https;', '"1|http" http;', "default $scheme;"]),
+    ]
+
+
 def _link_defaults(config: Config, headers: list[str]) -> list[str]:
     """noVNC's defaults.json (its quality and compression levels) for --link, from
     link.py: the page reads it at start.  Nothing secret: answered before any sign-in
@@ -399,6 +422,7 @@ def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
     if proxies:
         http += [f"set_real_ip_from {cidr};" for cidr in proxies]
         http += ["real_ip_header X-Forwarded-For;", "real_ip_recursive on;"]
+    http += _scheme(proxies)
     http += [
         # whaletopd's health checks: never limited, never logged.
         *_block(f"map $http_{PROBE_HEADER.lower().replace('-', '_')} $whaletop_probe",
@@ -406,13 +430,16 @@ def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
         *_block("map $whaletop_probe $whaletop_client", ['1 "";',
                                                         "default $binary_remote_addr;"]),
         *_block("map $whaletop_probe $whaletop_loggable", ["1 0;", "default 1;"]),
-        # The host part of a browser's Origin; "" when there is none (not a browser).
+        # A browser's Origin, scheme://host[:port]; "" when there is none (not a browser).
         *_block("map $http_origin $whaletop_origin_host",
-                ['"" "";', '"~^https?://(?<origin_host>[^/]+)$" $origin_host;',
+                ['"" "";', '"~^(?<origin_host>https?://[^/]+)$" $origin_host;',
                  'default "(invalid)";']),
-        # 1 when a browser's Origin names another host than the request's Host (a
-        # backreference compares the two; no Origin is not a browser, and passes).
-        *_block('map "$whaletop_origin_host|$http_host" $whaletop_cross_origin',
+        # 1 when a browser's Origin is not this site as the browser reaches it: another
+        # host, or the same over the other scheme (a backreference compares the two; no
+        # Origin is not a browser, and passes).  A page on http:// is another origin for
+        # an https:// desktop: anyone on the network can write it.
+        *_block('map "$whaletop_origin_host|$whaletop_scheme://$http_host" '
+                '$whaletop_cross_origin',
                 ['"~^(\\|.*|([^|]+)\\|\\2)$" 0;', "default 1;"]),
         # The path as the client asked for it, without its query: noVNC's ?password=...
         # never reaches the log.
@@ -449,7 +476,10 @@ def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
             f"ssl_certificate {spec.tls_pem};",
             f"ssl_certificate_key {spec.tls_pem};",
             "ssl_protocols TLSv1.2 TLSv1.3;",
+            f"ssl_ciphers {TLS12_CIPHERS};",
             "ssl_prefer_server_ciphers off;",
+            # Tickets' key is never rotated while nginx runs: no forward secrecy.
+            "ssl_session_tickets off;",
             "ssl_session_cache shared:tls:1m;",
             "ssl_session_timeout 1d;",
             # Plain HTTP sent to the HTTPS port: send the browser to https.
@@ -513,6 +543,7 @@ def render(config: Config, paths: Paths, spec: FrontDoorSpec) -> str:
     if sign_in:
         to_auth = ["proxy_pass http://webauth;",
                    "proxy_set_header Host $http_host;",
+                   "proxy_set_header X-Forwarded-Proto $whaletop_scheme;",
                    "proxy_set_header X-Real-IP $remote_addr;"]
         # The checks are subrequests that carry the request's Content-Length but never its
         # body: no body limit there (nginx's default 1 MiB turned every larger upload into

@@ -143,14 +143,16 @@ def safe_next(value: str) -> str:
     return value
 
 
-def same_origin(origin: str | None, host: str | None) -> bool:
-    """No Origin header, or one whose host:port is the Host header's."""
+def same_origin(origin: str | None, host: str | None, scheme: str) -> bool:
+    """No Origin header, or one that is `scheme`://Host: this site as the browser reaches
+    it.  A page on http:// is another origin for an https:// desktop (anyone on the
+    network can write it), whatever its host."""
     if origin is None:
         return True
     if not host:
         return False
     parts = urlsplit(origin.strip())
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    if parts.scheme != scheme or not parts.netloc:
         return False
     default = ":80" if parts.scheme == "http" else ":443"
 
@@ -216,15 +218,14 @@ class App:
         wait = self.guard.begin(client)
         if wait:
             return None, wait
-        user = users.get(name)
-        if webusers.verify(user, password):
-            assert user is not None
+        user = webusers.check(users, name, password)
+        if user is not None:
             self.guard.succeeded(client)
             return user, 0.0
         f = self.guard.failed(client)
         # A name nobody has may be a password typed in the wrong field: not logged.
         emit("sign_in_failed", "warning", client=client,
-             user=name if user is not None else None, failures=f.failures)
+             user=name if name in users else None, failures=f.failures)
         if f.locked_s:
             emit("sign_in_locked", "warning", client=client, seconds=f.locked_s)
         if f.delay:
@@ -309,6 +310,14 @@ class Handler(BaseHTTPRequestHandler):
     def client(self) -> str:
         addr = self.headers.get("X-Real-IP", "").strip()
         return addr if _ADDR_RE.match(addr) else "unknown"
+
+    def same_origin(self) -> bool:
+        """nginx says which scheme the browser used (X-Forwarded-Proto: the connection's,
+        or a trusted proxy's word); without it, the one whaletop serves."""
+        scheme = (self.headers.get("X-Forwarded-Proto") or "").strip().lower()
+        if scheme not in ("http", "https"):
+            scheme = "https" if self.app.settings.secure_cookie else "http"
+        return same_origin(self.headers.get("Origin"), self.headers.get("Host"), scheme)
 
     def tokens(self) -> Iterator[str]:
         name = self.app.settings.cookie_name
@@ -426,7 +435,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send(302, headers=(("Location", location),))
 
     def signin(self) -> None:
-        if not same_origin(self.headers.get("Origin"), self.headers.get("Host")):
+        if not self.same_origin():
             self.discard_body()
             self.send(403, b"Cross-site sign-in refused.\n", "text/plain; charset=utf-8")
             return
@@ -469,7 +478,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def signout(self) -> None:
         self.discard_body()
-        if not same_origin(self.headers.get("Origin"), self.headers.get("Host")):
+        if not self.same_origin():
             self.send(403, b"Cross-site sign-out refused.\n", "text/plain; charset=utf-8")
             return
         for token in self.tokens():

@@ -29,6 +29,8 @@ MAX_SESSIONS = 1000
 # How often the grants are looked at for users file changes and expiries (sign-in and
 # sign-out publish at once); the relay looks as often (vncrelay.GRANTS_POLL).
 GRANTS_TICK = 0.3
+# One person's sessions (browsers signed in at once); their oldest goes first.
+SESSIONS_PER_USER = 20
 MAX_CLIENTS = 10_000
 MAX_DELAY = 3.0
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
@@ -70,8 +72,10 @@ class UsersFile:
                 emit("users_refused", "error", reason=str(e), kept=len(self._users))
                 return self._users
             self._users = users
+            # Each sign-in costs one hash per kind and cost (webusers.check).
             emit("users_loaded", count=len(users),
-                 viewers=sum(u.role == "viewer" for u in users.values()))
+                 viewers=sum(u.role == "viewer" for u in users.values()),
+                 hash_costs=len({webusers.cost_class(u.hash) for u in users.values()}))
             return users
 
 
@@ -131,12 +135,16 @@ class Session:
 
 class Sessions:
     """Signed-in sessions by sha256(token): in memory, and saved (0600, atomically) on
-    every change so that a restart of the service keeps them."""
+    every change so that a restart of the service keeps them.  At most `per_user` per
+    person and `capacity` in all, so that nobody's sign-ins push out another person's
+    sessions: see _trim."""
 
     def __init__(self, path: Path, capacity: int = MAX_SESSIONS,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 per_user: int = SESSIONS_PER_USER) -> None:
         self.path = path
         self.capacity = capacity
+        self.per_user = per_user
         self.clock = clock
         self.lock = threading.Lock()
         self._by_id: dict[str, Session] = {}
@@ -161,7 +169,23 @@ class Sessions:
                  reason=type(e).__name__)
             return
         now = self.clock()
-        self._by_id = {sid: s for sid, s in loaded[-self.capacity:] if s.expires > now}
+        self._by_id = {sid: s for sid, s in loaded if s.expires > now}
+        self._trim()
+
+    def _trim(self) -> None:
+        """Drop the oldest sessions of anyone over per_user; then, while more than
+        `capacity` are left, the oldest of whoever holds the most.  A person signing in
+        again and again drops only their own (or, when the whole is full, those of
+        someone holding as many), never everyone else's."""
+        held = collections.Counter(s.user for s in self._by_id.values())
+        for sid, s in list(self._by_id.items()):  # oldest first
+            if held[s.user] > self.per_user:
+                del self._by_id[sid]
+                held[s.user] -= 1
+        while len(self._by_id) > self.capacity:
+            most = max(held.values())
+            sid = next(sid for sid, s in self._by_id.items() if held[s.user] == most)
+            held[self._by_id.pop(sid).user] -= 1
 
     def _save(self) -> None:
         doc = {"version": 1, "sessions": [{"id": sid, **s.__dict__}
@@ -179,8 +203,7 @@ class Sessions:
             self._by_id[_session_id(token)] = Session(user.name, user.role,
                                                       now + hours * 3600,
                                                       fingerprint(user), now)
-            while len(self._by_id) > self.capacity:  # the oldest go first
-                del self._by_id[next(iter(self._by_id))]
+            self._trim()
             self._save()
         return token
 

@@ -227,6 +227,57 @@ def hash_password(password: str) -> str:
     return hashed
 
 
+def cost_class(hashed: str) -> str:
+    """What checking a password against `hashed` costs, as a key: its kind and cost
+    without the salt (the salt does not change the work).  bcrypt's $2a$, $2b$ and $2y$
+    are one algorithm; SHA-crypt without rounds= has crypt's default, 5,000."""
+    if m := _BCRYPT_RE.match(hashed):
+        return f"bcrypt:{int(m.group(1))}"
+    if m := _SHA_RE.match(hashed):
+        return f"sha{m.group(1)}:{int(m.group(2) or 5000)}"
+    if hashed.startswith("$y$"):
+        return "yescrypt:" + hashed.split("$")[2]
+    return "other:" + hashed[:4]
+
+
+# The users the last check() saw, and one hash of each cost class among them: the dict
+# is held, so `is` cannot match another dict that got its id.  UsersFile hands out the
+# same dict until the file changes, so this is worked out once per change.
+_decoys_of: tuple[object, dict[str, str]] = (None, {})
+
+
+def _decoys(users: Mapping[str, WebUser]) -> dict[str, str]:
+    global _decoys_of
+    held, decoys = _decoys_of
+    if held is not users:
+        decoys = {}
+        for user in users.values():
+            decoys.setdefault(cost_class(user.hash), user.hash)
+        _decoys_of = (users, decoys)
+    return decoys
+
+
+def check(users: Mapping[str, WebUser], name: str, password: str) -> WebUser | None:
+    """The user `name` when `password` is theirs, else None.  Every call does the same
+    work whatever the name, so the answer's timing tells no names: one hash of each cost
+    class in `users`, in the same order, the user's own for their class and another
+    user's of the other classes (whose result is thrown away).  A file whose users all
+    have one kind and cost (the usual: one tool made them) costs one hash."""
+    user = users.get(name)
+    own = cost_class(user.hash) if user is not None else None
+    decoys = _decoys(users)
+    if not decoys:  # no users at all (a file refused at start): still one hash
+        crypt(password, _DUMMY)
+        return None
+    right = False
+    for kind, decoy in decoys.items():
+        if kind == own:
+            right = verify(user, password)
+        else:
+            crypt(password, decoy)
+    return user if right else None
+
+
 def verify(user: WebUser | None, password: str) -> bool:
     """Whether `password` is `user`'s.  An unknown user (None) costs one hash too, so the
     answer's timing does not tell which names exist."""

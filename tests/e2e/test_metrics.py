@@ -106,6 +106,22 @@ def test_with_a_token_only_its_bearer_scrapes(desktop):
     assert states(text) == ["HEALTHY"]
     assert TOKEN not in c.logs()
     assert TOKEN not in c.exec("cat", "/run/whaletop/metrics/metrics.prom").stdout
+    # No command line in the container holds it (every uid reads them all).
+    cmdlines = c.exec("sh", "-c", "cat /proc/[0-9]*/cmdline", user="nobody", check=False)
+    assert "nginx" in cmdlines.stdout
+    assert TOKEN not in cmdlines.stdout
+
+
+def test_a_token_on_the_command_line_is_refused(desktop):
+    """`/start.py --metrics-token TOKEN` would put the token in /proc/1/cmdline, where
+    every uid of the container reads it: FAILED, exit 2, saying what to use instead."""
+    c: Container = desktop("--metrics-token", TOKEN)
+    assert c.wait_exit() == 2
+    assert c.status() == "FAILED\n"
+    reason = c.status_json()["reason"]
+    assert reason.startswith("--metrics-token: a token on the command line")
+    assert "METRICS_TOKEN_FILE" in reason
+    assert TOKEN not in c.logs()
 
 
 def test_with_sign_in_and_no_token_metrics_are_off(desktop):

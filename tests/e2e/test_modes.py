@@ -155,7 +155,8 @@ def mode(request: pytest.FixtureRequest, image: str,
     sign_in = name.startswith("sign-in")
     if sign_in:
         run += ["-v", f"{users}:/users:ro"]
-        args += ["--web-users=/users/users", f"--metrics-token={METRICS_TOKEN}"]
+        run += ["-e", f"METRICS_TOKEN={METRICS_TOKEN}"]  # never on a command line
+        args.append("--web-users=/users/users")
     if name == "sign-in-tls":
         args.append("--enable-tls")
     if name == "rootless-read-only":

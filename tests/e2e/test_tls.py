@@ -5,8 +5,11 @@ expiry, and every bad file refused clearly."""
 from __future__ import annotations
 
 import http.client
+import json
 import os
+import shutil
 import ssl
+import subprocess
 import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -272,3 +275,38 @@ def test_encrypted_key_with_password_is_served(desktop, certdir):
     c.wait_status("HEALTHY")
     assert certgen.served_fingerprint() == certgen.fingerprint(cert)
     assert "hunter22" not in c.logs()
+
+
+# What testssl.sh may find and still pass: BREACH names any page served compressed (it
+# asks only "/", noVNC's static page, which holds no secret).
+TESTSSL_ACCEPTED = {"BREACH"}
+TESTSSL_FLAGS = {"LOW", "MEDIUM", "HIGH", "CRITICAL", "WARN"}
+
+
+def test_testssl_flags_nothing_but_breach_on_static_files(desktop, tmp_path):
+    """Debian's testssl.sh, as an auditor runs it: protocols, cipher categories and
+    every vulnerability check, against 127.0.0.1 only (no DNS, no phoning out).  Only
+    Mozilla's intermediate suites are offered: no CBC (LUCKY13), no RSA key exchange."""
+    testssl = shutil.which("testssl") or shutil.which("testssl.sh")
+    if testssl is None:
+        if os.environ.get("CI"):
+            pytest.fail("testssl.sh is not installed (Debian's testssl.sh)")
+        pytest.skip("testssl.sh is not installed (Debian's testssl.sh)")
+    c = desktop("--enable-tls")
+    c.wait_status("HEALTHY")
+    report = tmp_path / "testssl.json"
+    run = subprocess.run(
+        [testssl, "--quiet", "--warnings", "off", "--color", "0", "--nodns", "none",
+         "--protocols", "--standard", "--vulnerable", "--jsonfile", str(report),
+         "127.0.0.1:8080"],
+        capture_output=True, text=True, timeout=600, check=False)
+    assert report.exists(), run.stdout[-3000:] + run.stderr[-3000:]
+    findings = [f for f in json.loads(report.read_text())
+                if f.get("ip", "").startswith("127.0.0.1")]  # not testssl's own openssl
+    by_id = {f["id"]: f for f in findings}
+    for checked in ("TLS1_2", "TLS1_3", "cipherlist_AVERAGE", "LUCKY13", "BREACH"):
+        assert checked in by_id, f"testssl.sh did not check {checked}: {run.stdout[-3000:]}"
+    assert by_id["TLS1_1"]["finding"] == "not offered"
+    flagged = [f"{f['severity']} {f['id']}: {f['finding']}" for f in findings
+               if f.get("severity") in TESTSSL_FLAGS and f["id"] not in TESTSSL_ACCEPTED]
+    assert flagged == [], "\n".join(flagged)

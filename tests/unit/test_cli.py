@@ -144,7 +144,11 @@ def run_here(paths: Paths, monkeypatch: pytest.MonkeyPatch,
     (["--geometry", "0x0"], {}, "--geometry"),
     (["--gid", "42", "--no-sudo"], {}, "--gid"),
     (["--bogus\nflag"], {}, "--bogus"),
-], ids=["tls-key-password", "web-password", "username", "geometry", "gid", "newline"])
+    # Refused before anything else is judged (a bad geometry too, so that where the flag
+    # was taken, as it once was, the run stops here as well).
+    (["--metrics-token", "s3cret-token_0123", "--geometry", "0x0"], {}, "METRICS_TOKEN_FILE"),
+], ids=["tls-key-password", "web-password", "username", "geometry", "gid", "newline",
+        "metrics-token-flag"])
 def test_run_with_bad_input_ends_failed_with_exit_2(
         run_here: Paths, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         argv: list[str], env: dict[str, str], name: str) -> None:
@@ -156,7 +160,9 @@ def test_run_with_bad_input_ends_failed_with_exit_2(
     reason = json.loads(run_here.status_json.read_text())["reason"]
     assert name in reason
     assert reason.isprintable()
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    out = capsys.readouterr().out
+    assert "s3cret" not in out + reason, "a secret given is never shown"
+    lines = [json.loads(line) for line in out.splitlines()]
     assert [(d["event"], d["code"]) for d in lines if d["event"] == "daemon_exit"] == [
         ("daemon_exit", 2)]
     assert not [d for d in lines if d.get("level") in ("error", "critical")

@@ -38,7 +38,6 @@ NON_DEFAULT = {
     "connection_rate": ("120", 120),
     "trusted_proxy": ("10.0.0.0/8,fd00::/8", "10.0.0.0/8,fd00::/8"),
     "stop_when_idle": ("30", 30.0),
-    "metrics_token": ("s3cret-token_0123", "s3cret-token_0123"),
     "keyboard_layout": ("de(nodeadkeys)", "de(nodeadkeys)"),
     "dpi": ("192", 192),
     "link": ("wan", "wan"),
@@ -63,18 +62,15 @@ def test_defaults_without_flags_or_environment() -> None:
     assert cfg.tls_key_password is None
 
 
-SECRET_VARIABLES = {"METRICS_TOKEN"}
-
-
 def test_option_table_matches_config_defaults() -> None:
     """The --help text shows OPTIONS' defaults; Config must hold the same ones."""
     fields = {f.name: f.default for f in dataclasses.fields(Config)}
     for opt in OPTIONS:
         assert fields[opt.dest] == opt.default, opt.flag
-    # Secrets keep the names people know from other images (METRICS_TOKEN, with a
-    # METRICS_TOKEN_FILE twin); every other variable is whaletop's own.
-    assert all(opt.env.startswith("WHALETOP_") for opt in OPTIONS
-               if opt.env not in SECRET_VARIABLES)
+    # Every option's variable is whaletop's own; secrets (METRICS_TOKEN, ...) keep the
+    # names people know from other images and are no option: they have no flag.
+    assert all(opt.env.startswith("WHALETOP_") for opt in OPTIONS)
+    assert not {opt.env for opt in OPTIONS} & set(config.SECRET_VARIABLES)
     assert len({opt.env for opt in OPTIONS}) == len(OPTIONS)
 
 
@@ -86,12 +82,35 @@ def test_uid_and_gid_must_be_ordinary_ids(flag: str, value: str) -> None:
 
 
 @pytest.mark.parametrize(("flag", "value"), [
-    ("--stop-when-idle", "0.01"), ("--stop-when-idle", "20000"), ("--stop-when-idle", "-1"),
-    ("--metrics-token", "short"), ("--metrics-token", "sixteen chars ok"),
-    ("--metrics-token", "x" * 16 + ";"), ("--metrics-token", "x" * 257)])
-def test_idle_minutes_and_metrics_token_are_checked(flag: str, value: str) -> None:
+    ("--stop-when-idle", "0.01"), ("--stop-when-idle", "20000"), ("--stop-when-idle", "-1")])
+def test_idle_minutes_are_checked(flag: str, value: str) -> None:
     with pytest.raises(ConfigError, match=flag):
         parse([f"{flag}={value}"], {})
+
+
+@pytest.mark.parametrize("value", ["short", "sixteen chars ok", "x" * 16 + ";", "x" * 257])
+def test_the_metrics_token_is_checked(value: str) -> None:
+    with pytest.raises(ConfigError, match="METRICS_TOKEN must be 16 to 256") as info:
+        parse([], {"METRICS_TOKEN": value})
+    assert value not in str(info.value)
+    assert parse([], {"METRICS_TOKEN": "s3cret-token_0123"}).metrics_token == (
+        "s3cret-token_0123")
+
+
+@pytest.mark.parametrize("argv", [
+    ["--metrics-token", "s3cret-token_0123"], ["--metrics-token=s3cret-token_0123"],
+    ["--metrics-token"], ["--metrics-token="],
+    ["--username", "alice", "--metrics-token", "s3cret-token_0123", "--no-sudo"]])
+def test_the_metrics_token_on_the_command_line_is_refused(argv: list[str]) -> None:
+    """Every process in the container reads every command line (/proc/PID/cmdline): the
+    token goes in METRICS_TOKEN or the file METRICS_TOKEN_FILE names, never a flag."""
+    with pytest.raises(ConfigError) as info:
+        parse(argv, {"METRICS_TOKEN": "from-the-env-0123"})
+    message = str(info.value)
+    assert message.startswith("--metrics-token: a token on the command line is readable")
+    assert "METRICS_TOKEN_FILE" in message
+    assert "s3cret" not in message
+    assert message.isprintable()
 
 
 def test_idle_stop_is_off_by_default_and_zero_turns_it_off() -> None:

@@ -35,7 +35,8 @@ import pytest
 import yaml
 
 from bench import certgen
-from whaletopd import certs, children, cli, config, files, watch
+from whaletopd import certs, children, cli, config, files, nginx_conf, watch
+from whaletopd.paths import Paths
 
 from .. import tools
 
@@ -478,14 +479,14 @@ def test_ingress_is_websocket_friendly_on_a_sub_path() -> None:
 
 # -- metrics -----------------------------------------------------------------------------------
 
-# whaletopd's /metrics: the path --metrics-token's help names.
+# whaletopd's /metrics: where nginx serves the metrics file.
 METRICS_PATH = "/metrics"
 SCRAPE = "prometheus.io/"
 
 
 def test_metrics_path_is_whaletopds() -> None:
-    (option,) = [o for o in config.OPTIONS if o.flag == "--metrics-token"]
-    assert f"{METRICS_PATH} (" in option.help
+    conf = nginx_conf.render(config.Config(), Paths(), nginx_conf.FrontDoorSpec("0" * 32))
+    assert f"location = {METRICS_PATH} {{" in conf
 
 
 def test_pod_template_asks_to_be_scraped_where_metrics_are() -> None:

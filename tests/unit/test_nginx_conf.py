@@ -600,6 +600,38 @@ def test_slow_bodies_from_one_address_are_capped_and_spare_the_others(
     assert probes.run_all(_desktop_checks(door)) is None
 
 
+def _tls12_handshake(port: int, ciphers: str) -> str | None:
+    """The suite nginx picks for a TLS 1.2 client offering only `ciphers`; None when it
+    refuses them all."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(ciphers)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                context.wrap_socket(raw) as tls:
+            cipher = tls.cipher()
+            return cipher[0] if cipher else None
+    except ssl.SSLError:
+        return None
+
+
+def test_with_tls_only_mozilla_intermediate_suites(start: StartDoor) -> None:
+    """TLS 1.2 with AEAD and forward secrecy only: a client offering only CBC suites
+    (LUCKY13's kind) or RSA key exchange gets no connection; one offering Mozilla's
+    intermediate suites does."""
+    door = start(Config(enable_tls=True))
+    for refused in ("ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA384",
+                    "ECDHE-ECDSA-AES128-SHA256", "ECDHE-ECDSA-AES256-SHA",
+                    "AES128-GCM-SHA256", "AES256-SHA"):
+        assert _tls12_handshake(door.port, refused) is None, refused
+    for suite in ("ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
+                  "ECDHE-ECDSA-CHACHA20-POLY1305"):
+        assert _tls12_handshake(door.port, suite) == suite
+    assert door.get("/vnc.html").status == 200, "TLS 1.3, as browsers speak it"
+
+
 def test_with_tls_plain_http_is_sent_to_https(start: StartDoor) -> None:
     door = start(Config(enable_tls=True))
     sock = socket.create_connection(("127.0.0.1", door.port), timeout=5)
@@ -639,13 +671,45 @@ def test_a_websocket_from_another_site_is_refused(start: StartDoor, origin: str)
     assert door.backend.ws_requests == [], "the request reached websockify"
 
 
-@pytest.mark.parametrize("scheme", ["http", "https"])
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
 def test_a_websocket_from_the_desktop_s_own_page_is_served(start: StartDoor,
-                                                           scheme: str) -> None:
-    door = start()
+                                                           tls: bool) -> None:
+    """Its own page: the same host and port, over the scheme the desktop serves.  The
+    other scheme is another origin (a page on http:// is anyone's on the network)."""
+    door = start(Config(enable_tls=tls))
+    scheme, other = ("https", "http") if tls else ("http", "https")
     status, head = door.websocket({"Origin": f"{scheme}://127.0.0.1:{door.port}"})
     assert status == 101, head
     assert "Upgrade: websocket" in head
+    assert door.websocket({"Origin": f"{other}://127.0.0.1:{door.port}"})[0] == 403
+    # What the client claims about the scheme is believed from a trusted proxy only.
+    forged = {"Origin": f"{other}://127.0.0.1:{door.port}", "X-Forwarded-Proto": other}
+    assert door.websocket(forged)[0] == 403
+    assert len(door.backend.ws_requests) == 1, "refused ones never reached websockify"
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_behind_a_trusted_proxy_its_scheme_is_the_browser_s(start: StartDoor,
+                                                            tls: bool) -> None:
+    """A reverse proxy that terminates TLS speaks plain HTTP to the desktop: the scheme
+    the browser used is the one it forwards (X-Forwarded-Proto), the connection's when
+    it says nothing."""
+    door = start(Config(trusted_proxy="127.0.0.1/32", enable_tls=tls))
+    here = f"127.0.0.1:{door.port}"
+    own = "https" if tls else "http"
+    assert door.websocket({"Origin": f"https://{here}", "X-Forwarded-Proto": "https"})[0] == 101
+    assert door.websocket({"Origin": f"http://{here}", "X-Forwarded-Proto": "http"})[0] == 101
+    assert door.websocket({"Origin": f"http://{here}", "X-Forwarded-Proto": "https"})[0] == 403
+    assert door.websocket({"Origin": f"https://{here}", "X-Forwarded-Proto": "http"})[0] == 403
+    assert door.websocket({"Origin": f"{own}://{here}"})[0] == 101
+    assert door.websocket({"Origin": f"{own}://{here}", "X-Forwarded-Proto": "gopher"})[0] == 101
+
+
+def test_an_untrusted_proxy_s_scheme_is_not_believed(start: StartDoor) -> None:
+    door = start(Config(trusted_proxy="10.0.0.0/8, 2001:db8::/32"))
+    here = f"127.0.0.1:{door.port}"
+    assert door.websocket({"Origin": f"https://{here}", "X-Forwarded-Proto": "https"})[0] == 403
+    assert door.websocket({"Origin": f"http://{here}", "X-Forwarded-Proto": "https"})[0] == 101
 
 
 def test_a_websocket_without_origin_is_served(start: StartDoor) -> None:
@@ -823,6 +887,23 @@ def test_with_sign_in_nothing_is_served_before_signing_in(
     door.hang_up()
     signed = [e for e in door.wait_logged(4) if e["status"] in (200, 101)]
     assert [e["user"] for e in signed] == ["alice", "alice"]
+
+
+@pytest.mark.parametrize(("config", "sent", "told"), [
+    (Config(web_users="/data/users"), "https", "http"),
+    (Config(web_users="/data/users", enable_tls=True), "http", "https"),
+    (Config(web_users="/data/users", trusted_proxy="127.0.0.1/32"), "https", "https"),
+], ids=["plain", "tls", "trusted-proxy"])
+def test_the_sign_in_service_is_told_the_browser_s_scheme(
+        start: StartDoor, sign_in: SignInService, config: Config, sent: str,
+        told: str) -> None:
+    """The sign-in page compares a form's Origin with the scheme nginx tells it; what a
+    client sends is replaced, unless a trusted proxy sent it."""
+    door = start(config)
+    door.get("/auth/signin", {"X-Forwarded-Proto": sent})
+    (request,) = [r for r in sign_in.requests if r.startswith("GET /auth/signin")]
+    assert [line for line in request.split("\r\n")
+            if line.lower().startswith("x-forwarded-proto:")] == [f"X-Forwarded-Proto: {told}"]
 
 
 def test_with_sign_in_the_health_checks_pass(start: StartDoor,

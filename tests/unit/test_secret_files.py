@@ -90,7 +90,7 @@ def test_the_file_content_meets_the_variable_rules(tmp_path: Path) -> None:
              "WEB_PASSWORD is shorter than 8", "WEB_PASSWORD_FILE")
     bad_token = tmp_path / "token"
     bad_token.write_text("has spaces in the token\n")
-    _refused([], {"METRICS_TOKEN_FILE": str(bad_token)}, "--metrics-token",
+    _refused([], {"METRICS_TOKEN_FILE": str(bad_token)}, "METRICS_TOKEN must be",
              "METRICS_TOKEN_FILE")
     same = tmp_path / "same"
     same.write_text("s3cret!x\n")
@@ -100,14 +100,14 @@ def test_the_file_content_meets_the_variable_rules(tmp_path: Path) -> None:
     assert "VNC_VIEW_ONLY" not in message
 
 
-def test_a_flag_beats_the_file_and_a_bad_flag_is_not_blamed_on_it(tmp_path: Path) -> None:
+def test_a_token_on_the_command_line_is_refused_not_blamed_on_the_file(
+        tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("from-the-file-0123\n")
-    assert parse(["--metrics-token", "from-the-flag-0123"],
-                 {"METRICS_TOKEN_FILE": str(token)}).metrics_token == "from-the-flag-0123"
-    message = _refused(["--metrics-token", "short"], {"METRICS_TOKEN_FILE": str(token)},
-                       "--metrics-token")
-    assert "METRICS_TOKEN_FILE" not in message
+    assert parse([], {"METRICS_TOKEN_FILE": str(token)}).metrics_token == "from-the-file-0123"
+    message = _refused(["--metrics-token", "hunter2-not-shown0"],
+                       {"METRICS_TOKEN_FILE": str(token)}, "--metrics-token", "/proc")
+    assert "(read from" not in message
 
 
 def test_a_file_without_its_flag_is_read_but_not_used(tmp_path: Path) -> None:

@@ -492,18 +492,38 @@ def test_redirect_endpoint(start: Start) -> None:
     assert hostile.header("Location") == "../"
 
 
-@pytest.mark.parametrize(("origin", "host", "same"), [
-    (None, HOST, True),
-    ("http://localhost:8080", "localhost:8080", True),
-    ("https://Desk.Example.com", "desk.example.com", True),
-    ("https://desk.example.com", "desk.example.com:443", True),
-    ("http://localhost:8081", "localhost:8080", False),
-    ("http://evil.com:8080", "localhost:8080", False),
-    ("null", "localhost:8080", False),
-    ("http://localhost:8080", None, False),
+@pytest.mark.parametrize(("origin", "host", "scheme", "same"), [
+    (None, HOST, "http", True),
+    ("http://localhost:8080", "localhost:8080", "http", True),
+    ("https://Desk.Example.com", "desk.example.com", "https", True),
+    ("https://desk.example.com", "desk.example.com:443", "https", True),
+    ("http://localhost:8081", "localhost:8080", "http", False),
+    ("http://evil.com:8080", "localhost:8080", "http", False),
+    ("null", "localhost:8080", "http", False),
+    ("http://localhost:8080", None, "http", False),
+    # The other scheme is another origin, the same host and port or not.
+    ("http://desk.example.com", "desk.example.com", "https", False),
+    ("http://localhost:8080", "localhost:8080", "https", False),
+    ("https://localhost:8080", "localhost:8080", "http", False),
 ])
-def test_same_origin(origin: str | None, host: str | None, same: bool) -> None:
-    assert webauth.same_origin(origin, host) is same
+def test_same_origin(origin: str | None, host: str | None, scheme: str, same: bool) -> None:
+    assert webauth.same_origin(origin, host, scheme) is same
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_a_form_from_the_other_scheme_is_refused(start: Start, tls: bool) -> None:
+    """nginx tells the service which scheme the browser used (X-Forwarded-Proto); without
+    the header, the one the desktop serves (its Secure cookie says TLS)."""
+    svc = start(secure_cookie=tls)
+    scheme, other = ("https", "http") if tls else ("http", "https")
+    for told in ({"X_Forwarded_Proto": scheme}, {}):
+        assert svc.sign_in("alice", ALICE_PW, Origin=f"{other}://{HOST}",
+                           **told).status == 403
+        token = svc.sign_in("alice", ALICE_PW, Origin=f"{scheme}://{HOST}", **told).cookie()
+        out = svc.request("POST", "/auth/signout", "", Cookie=f"{COOKIE}={token}",
+                          Origin=f"{other}://{HOST}", **told)
+        assert out.status == 403
+        assert svc.check(token).status == 204, "still signed in"
 
 
 def test_cross_site_posts_are_refused(start: Start) -> None:
