@@ -79,7 +79,16 @@ XKB_DATA = file(keyboard.XKB_RULES, "xkb-data")
 LIBOPUS = shared_library("opus", "libopus0")
 NSS_WRAPPER = _first_file("libnss_wrapper.so", "libnss-wrapper")
 LIBCRYPTO_DES = _libcrypto_des()
+XAUTH = command("xauth", "xauth")
+XVNC = command("Xvnc", "tigervnc-standalone-server")
+XDPYINFO = command("xdpyinfo", "x11-utils")
+HTPASSWD = command("htpasswd", "apache2-utils")
+# e2e
 CHROMIUM = command("chromium", "chromium")
+SLOWHTTPTEST = command("slowhttptest", "slowhttptest")
+TESTSSL = command("testssl", "testssl.sh")
+SS = command("ss", "iproute2")
 
 ALL = (NGINX, VNCPASSWD, PROMTOOL, NODE, KUBECTL, USERADD, GROUPADD, XKB_DATA, LIBOPUS,
-       NSS_WRAPPER, LIBCRYPTO_DES, CHROMIUM)
+       NSS_WRAPPER, LIBCRYPTO_DES, XAUTH, XVNC, XDPYINFO, HTPASSWD, CHROMIUM, SLOWHTTPTEST,
+       TESTSSL, SS)
