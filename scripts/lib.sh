@@ -24,7 +24,8 @@ _candidate() {
     for p in ${1//|/ }; do
         apt-cache policy "$p" 2>/dev/null | grep -q 'Candidate: [^(]' && { echo "$p"; return 0; }
     done
-    echo "${1%%|*}"  # none has one: apt-get says so
+    log "this machine's Debian has no package ${1//|/ or }"
+    echo "${1%%|*}"  # apt-get says so too, and fails
 }
 
 apt_install() {

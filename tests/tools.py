@@ -71,8 +71,9 @@ NGINX = command("nginx", "nginx")
 VNCPASSWD = command("vncpasswd", "tigervnc-tools")
 PROMTOOL = command("promtool", "prometheus")
 NODE = command("node", "nodejs")
-# Debian 13's kubectl; Debian 12 has only kubernetes-client's.
-KUBECTL = command("kubectl", "kubectl|kubernetes-client")
+# Debian 13's.  Debian 12 has only kubernetes-client 1.20, whose kustomize cannot render
+# deploy/kubernetes: there, Kubernetes' own kubectl package.
+KUBECTL = command("kubectl", "kubectl")
 USERADD = command("useradd", "passwd")
 GROUPADD = command("groupadd", "passwd")
 XKB_DATA = file(keyboard.XKB_RULES, "xkb-data")
