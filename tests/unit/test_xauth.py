@@ -113,7 +113,10 @@ def xvnc(cookie: Path) -> Iterator[str]:
     xauth.write(cookie, 0, None)
     read, write = os.pipe()
     proc = subprocess.Popen(
+        # VNC on a UNIX socket only: TigerVNC 1.15 (Debian 13's) refuses to start with
+        # no way in at all.
         ["Xvnc", "-displayfd", str(write), "-auth", str(cookie), "-rfbport", "-1",
+         "-rfbunixpath", str(cookie.parent / "vnc.sock"),
          "-SecurityTypes", "None", "-nolisten", "tcp", "-nolisten", "local"],
         pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
