@@ -22,9 +22,12 @@ _candidate() {
     # "a|b": the first package this machine's Debian has (Debian 13's name, then 12's).
     local p
     for p in ${1//|/ }; do
-        apt-cache policy "$p" 2>/dev/null | grep -q 'Candidate: [^(]' && { echo "$p"; return 0; }
+        # grep reads it all: with -q, apt-cache could die of SIGPIPE and pipefail say no.
+        apt-cache policy "$p" 2>/dev/null | grep 'Candidate: [^(]' >/dev/null \
+            && { echo "$p"; return 0; }
     done
-    echo "${1%%|*}"  # none has one: apt-get says so
+    log "this machine's Debian has no package ${1//|/ or }"
+    echo "${1%%|*}"  # apt-get says so too, and fails
 }
 
 apt_install() {

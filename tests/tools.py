@@ -71,15 +71,25 @@ NGINX = command("nginx", "nginx")
 VNCPASSWD = command("vncpasswd", "tigervnc-tools")
 PROMTOOL = command("promtool", "prometheus")
 NODE = command("node", "nodejs")
-# Debian 13's kubectl; Debian 12 has only kubernetes-client's.
-KUBECTL = command("kubectl", "kubectl|kubernetes-client")
+# Debian 13's.  Debian 12 has only kubernetes-client 1.20, whose kustomize cannot render
+# deploy/kubernetes: there, Kubernetes' own kubectl package.
+KUBECTL = command("kubectl", "kubectl")
 USERADD = command("useradd", "passwd")
 GROUPADD = command("groupadd", "passwd")
 XKB_DATA = file(keyboard.XKB_RULES, "xkb-data")
 LIBOPUS = shared_library("opus", "libopus0")
 NSS_WRAPPER = _first_file("libnss_wrapper.so", "libnss-wrapper")
 LIBCRYPTO_DES = _libcrypto_des()
+XAUTH = command("xauth", "xauth")
+XVNC = command("Xvnc", "tigervnc-standalone-server")
+XDPYINFO = command("xdpyinfo", "x11-utils")
+HTPASSWD = command("htpasswd", "apache2-utils")
+# e2e
 CHROMIUM = command("chromium", "chromium")
+SLOWHTTPTEST = command("slowhttptest", "slowhttptest")
+TESTSSL = command("testssl", "testssl.sh")
+SS = command("ss", "iproute2")
 
 ALL = (NGINX, VNCPASSWD, PROMTOOL, NODE, KUBECTL, USERADD, GROUPADD, XKB_DATA, LIBOPUS,
-       NSS_WRAPPER, LIBCRYPTO_DES, CHROMIUM)
+       NSS_WRAPPER, LIBCRYPTO_DES, XAUTH, XVNC, XDPYINFO, HTPASSWD, CHROMIUM, SLOWHTTPTEST,
+       TESTSSL, SS)

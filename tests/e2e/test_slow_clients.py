@@ -14,20 +14,19 @@ refused (`Connection reset by peer`) and the desktop goes RECOVERING.
 from __future__ import annotations
 
 import http.client
-import shutil
 import subprocess
 import time
 
 import pytest
 
+from tests import tools
 from tests.e2e import vnc
 from tests.e2e.conftest import Container, docker, wait_until
 from tests.e2e.test_front_door import HealthWatch, assert_stayed_healthy, children_pids
 from whaletopd.probes import websocket_login
 
 pytestmark = [pytest.mark.e2e,
-              pytest.mark.skipif(not shutil.which("slowhttptest"),
-                                 reason="needs Debian's slowhttptest")]
+              tools.SLOWHTTPTEST.needed, tools.SS.needed]
 
 PORT = 8080
 OTHER = "127.0.0.2"  # another client address, still the loopback

@@ -7,7 +7,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import ssl
 import subprocess
 import time
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bench import certgen
+from tests import tools
 from tests.e2e import vnc
 from tests.e2e.conftest import Container, docker
 from tests.unit.test_tls import IAN_OID, RSA_SHA1, SAN_OID, _resigned
@@ -287,11 +287,7 @@ def test_testssl_flags_nothing_but_breach_on_static_files(desktop, tmp_path):
     """Debian's testssl.sh, as an auditor runs it: protocols, cipher categories and
     every vulnerability check, against 127.0.0.1 only (no DNS, no phoning out).  Only
     Mozilla's intermediate suites are offered: no CBC (LUCKY13), no RSA key exchange."""
-    testssl = shutil.which("testssl") or shutil.which("testssl.sh")
-    if testssl is None:
-        if os.environ.get("CI"):
-            pytest.fail("testssl.sh is not installed (Debian's testssl.sh)")
-        pytest.skip("testssl.sh is not installed (Debian's testssl.sh)")
+    testssl = tools.TESTSSL.require()
     c = desktop("--enable-tls")
     c.wait_status("HEALTHY")
     report = tmp_path / "testssl.json"

@@ -16,12 +16,14 @@ import pytest
 from whaletopd import webauth, webusers
 from whaletopd.webusers import WebUser
 
+from .. import tools
+
 PASSWORD = "the right one"
 
 
 def _htpasswd_bcrypt(name: str, cost: int) -> str:
     """A bcrypt hash as people make them (`htpasswd -nB -C COST name`)."""
-    out = subprocess.run(["htpasswd", "-nbB", "-C", str(cost), name, PASSWORD],
+    out = subprocess.run([tools.HTPASSWD.require(), "-nbB", "-C", str(cost), name, PASSWORD],
                          capture_output=True, text=True, check=True).stdout
     user, _, hashed = out.strip().partition(":")
     assert user == name
@@ -62,7 +64,7 @@ def app(tmp_path: Path, users: dict[str, WebUser]) -> webauth.App:
     (tmp_path / "users").write_text(webusers.render(users))
     settings = webauth.Settings(
         users_file=tmp_path / "users", sessions_file=tmp_path / "sessions.json",
-        vnc_password="vncFULL1", view_only_password="vncVIEW2",
+        grants_file=tmp_path / "grants.json",
         probe_token="probe-0123456789abcdef", attempts=1000, lockout_s=30)
     return webauth.App(settings)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -15,6 +14,8 @@ import pytest
 
 from whaletopd import xauth
 from whaletopd.paths import Paths
+
+from .. import tools
 
 ROOT = Path(__file__).resolve().parents[2]
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid")
@@ -36,10 +37,8 @@ def cookie(tmp_path: Path) -> Path:
 
 
 def test_xauth_reads_one_wild_entry_for_the_display(cookie: Path) -> None:
-    if shutil.which("xauth") is None:
-        pytest.skip("no xauth (Debian's xauth)")
     xauth.write(cookie, 7, None)
-    out = subprocess.run(["xauth", "-f", str(cookie), "nlist"], capture_output=True,
+    out = subprocess.run([tools.XAUTH.require(), "-f", str(cookie), "nlist"], capture_output=True,
                          text=True, check=True).stdout
     # family ffff (any host), no address, display "7", the protocol, 16 bytes.
     assert re.fullmatch(r"ffff 0000  0001 37 0012 4d49542d4d414749432d434f4f4b49452d31 "
@@ -109,12 +108,15 @@ def test_the_image_names_the_same_file() -> None:
 @pytest.fixture
 def xvnc(cookie: Path) -> Iterator[str]:
     """Xvnc with the cookie, on a display it picks itself (tests share the machine)."""
-    if shutil.which("Xvnc") is None or shutil.which("xdpyinfo") is None:
-        pytest.skip("no Xvnc or xdpyinfo (tigervnc-standalone-server, x11-utils)")
+    tools.XVNC.require()
+    tools.XDPYINFO.require()
     xauth.write(cookie, 0, None)
     read, write = os.pipe()
     proc = subprocess.Popen(
+        # VNC on a UNIX socket only: TigerVNC 1.15 (Debian 13's) refuses to start with
+        # no way in at all.
         ["Xvnc", "-displayfd", str(write), "-auth", str(cookie), "-rfbport", "-1",
+         "-rfbunixpath", str(cookie.parent / "vnc.sock"),
          "-SecurityTypes", "None", "-nolisten", "tcp", "-nolisten", "local"],
         pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
