@@ -3,9 +3,9 @@
 Every listening UNIX socket of a running desktop (with sign-in, so the sign-in service's
 is there too) is found in /proc/net/unix and must be one this file knows: a new socket
 fails the test until someone says who may reach it, and so does an abstract one (its
-name starts with "@": with --network host it would be the host's to reach).  Each one is then tried from the
-accounts of the container: the one that must reach it is let in (so a refusal cannot
-come from a dead server), every other one is refused.
+name starts with "@": with --network host it would be the host's to reach).  Each one is
+then tried from the accounts of the container: the one that must reach it is let in (so
+a refusal cannot come from a dead server), every other one is refused.
 
 - The X display (its socket is 0777, as X's are): `xdotool mousemove` with the cookie
   the image's XAUTHORITY names; only the desktop user moves the pointer.

@@ -54,6 +54,11 @@ def test_a_viewer_signing_in_1001_times_signs_nobody_else_out(path: Path) -> Non
     assert _valid(sessions, bobs) == [False] * (len(bobs) - per_user) + [True] * per_user, (
         "bob keeps his newest sessions; his oldest went")
     assert len(sessions) == 2 + per_user
+    # What the desktop's relay keeps open: bob's dropped sessions lose their grants (the
+    # relay closes their connections), alice's and carol's keep theirs.
+    grants = sessions.live(USERS)
+    kept = [webauth_state.session_grant(t) in grants for t in [alice, carol, *bobs]]
+    assert kept == [True, True] + [False] * (len(bobs) - per_user) + [True] * per_user
 
 
 def test_when_all_are_taken_the_largest_holder_gives_one_up(path: Path) -> None:

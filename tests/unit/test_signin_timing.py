@@ -64,8 +64,8 @@ def app(tmp_path: Path, users: dict[str, WebUser]) -> webauth.App:
     (tmp_path / "users").write_text(webusers.render(users))
     settings = webauth.Settings(
         users_file=tmp_path / "users", sessions_file=tmp_path / "sessions.json",
-        grants_file=tmp_path / "grants.json",
-        probe_token="probe-0123456789abcdef", attempts=1000, lockout_s=30)
+        grants_file=tmp_path / "grants.json", probe_token="probe-0123456789abcdef",
+        attempts=1000, lockout_s=30)
     return webauth.App(settings)
 
 
