@@ -170,8 +170,8 @@ def test_websockify_that_keeps_failing_ends_unhealthy(desktop):
     restarts = [e for e in c.log_lines() if e.get("event") == "restart_scheduled"]
     assert len(restarts) == 5
     assert all(e["child"] == "websockify" for e in restarts), restarts
-    assert any("PermissionError" in str(e.get("event")) for e in c.log_lines()
-               if e.get("source") == "websockify")
+    assert any(e.get("event") == "relay_failed" and "Permission denied" in e["reason"]
+               for e in c.log_lines() if e.get("source") == "websockify")
 
 
 def test_orphans_are_reaped(desktop):

@@ -45,12 +45,14 @@ class Kind:
 KINDS = (
     Kind(r"/tmp/\.X11-unix/X1", "x", frozenset({DESKTOP})),
     Kind(r"/tmp/dbus-\w+", "dbus", frozenset({DESKTOP})),
-    # websockify is Xvnc's only client.
+    # The relay (websockify's socket) is Xvnc's only client.
     Kind(r"/run/whaletop/desktop/vnc\.sock", "connect", frozenset({DESKTOP})),
     # The desktop user's servers whose clients are nginx's workers.
     Kind(r"/run/whaletop/desktop/(websockify|sound|files)\.sock", "connect",
          frozenset({DESKTOP, WEB})),
     Kind(r"/run/whaletop/web/auth\.sock", "connect", frozenset({WEB})),
+    # nginx's listener for whaletopd's health checks (root's; HEALTHY says it serves).
+    Kind(r"/run/whaletop/nginx/probe/probe\.sock", "connect", frozenset()),
     # The session's: PipeWire, its Pulse interface, LXDE's menu cache and file manager.
     Kind(RUNTIME + r"/(pipewire-0|pipewire-0-manager|pulse/native|menu-cached-:1"
          r"|pcmanfm-socket--1)", "connect", frozenset({DESKTOP})),
