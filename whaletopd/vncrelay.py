@@ -408,6 +408,7 @@ class Relay:
         self.settings = settings
         self.grants = Grants(settings.grants_file)
         self.connections: set[Connection] = set()
+        self._watcher: asyncio.Future[None] | None = None
 
     # -- the gate --
 
@@ -428,17 +429,19 @@ class Relay:
             return "the role changed"
         return user, role, grant
 
+    def _signed(self) -> list[Connection]:
+        return [c for c in self.connections if c.grant and c.grant != PROBE_GRANT]
+
     async def watch_grants(self) -> None:
-        """Ends the connections whose grant ended or whose role changed."""
-        while True:
+        """Ends the connections whose grant ended or whose role changed.  Runs only
+        while a signed-in connection is open: an idle desktop is not woken for it."""
+        while signed := self._signed():
+            if self.grants.refresh():
+                for c in signed:
+                    role = self.grants.role(c.grant)
+                    if role != c.role:
+                        c.end("access taken back" if role is None else "role changed")
             await asyncio.sleep(GRANTS_POLL)
-            signed = [c for c in self.connections if c.grant]
-            if not signed or not self.grants.refresh():
-                continue
-            for c in signed:
-                role = self.grants.role(c.grant)
-                if role != c.role:
-                    c.end("access taken back" if role is None else "role changed")
 
     # -- serving --
 
@@ -473,6 +476,8 @@ class Relay:
             return
         conn = Connection(user, role, grant, writer)
         self.connections.add(conn)
+        if self._signed() and (self._watcher is None or self._watcher.done()):
+            self._watcher = asyncio.ensure_future(self.watch_grants())
         try:
             await self._relay(conn, headers, reader, writer, xreader, xwriter)
         finally:
@@ -600,11 +605,11 @@ class Relay:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        watcher = asyncio.ensure_future(self.watch_grants())
         async with server:
             log("relay_ready", socket=str(socket_path), sign_in=self.settings.sign_in)
             await stop.wait()
-        watcher.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
         for c in list(self.connections):
             c.end("the desktop is stopping", 1001)
 
