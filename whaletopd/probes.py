@@ -23,7 +23,8 @@ server answers: the X server replies to a connection setup (Xvnc's loop runs), a
 web port accepts (nginx listens).  A dead child is an event already (supervisor.py); a
 hung one is what these rounds are for.  The prober runs a full round until the first
 pass and after every reset() (a part was replaced: its repair is proved the user's way),
-whenever a light check fails (to judge, and to blame the right part), and otherwise
+whenever a light check fails (to judge, and to blame the right part), after a failed
+full round (two in a row are the verdict), and otherwise
 every `full_interval` seconds; light rounds every `interval` seconds in between.  The
 price: a server that hangs behind nginx while the X server answers (websockify, the
 sign-in service, nginx's workers) is found by the next full round, not the next light one.
@@ -430,7 +431,8 @@ class Prober:
 
     `light` probes, when given, run every `interval` seconds between full rounds of
     `probes`, which run every `full_interval` seconds, until the first pass of each
-    generation, while the verdict is a failure, and whenever a light check fails."""
+    generation, while the verdict is a failure, after a failed full round, and whenever
+    a light check fails."""
 
     def __init__(self, probes: Sequence[Probe], events: EventQueue, interval: float,
                  failures_to_unhealthy: int = 2,
@@ -495,7 +497,9 @@ class Prober:
                 generation, checks, light = self._generation, self._probes, self._light
             if generation != seen:
                 healthy, failures, seen, last_full = None, 0, generation, -math.inf
-            thorough = (healthy is not True or not light
+            # A failed full round is confirmed by a full one: a light pass would forget
+            # it, and a hang behind nginx would never be a verdict.
+            thorough = (healthy is not True or failures > 0 or not light
                         or self._clock() - last_full >= self._full_interval)
             seconds: dict[str, float] = {}
             rounds = self.rounds["full"]

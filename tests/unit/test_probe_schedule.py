@@ -112,6 +112,26 @@ def test_the_full_round_blames_and_two_in_a_row_are_a_verdict() -> None:
         _stopped(prober)
 
 
+def test_a_failed_full_round_is_confirmed_by_the_next_full_one() -> None:
+    """A server that hangs behind nginx while the cheap checks pass (websockify, the
+    sign-in service): the full round due on the slow timer fails, and the next round is
+    full again, not a light one whose pass would forget the failure (then no hang
+    behind nginx would ever be a verdict)."""
+    q, clock = EventQueue(), Clock()
+    full, light = Script("pf"), Script("p")
+    prober = _prober([Probe("full", "websockify", full)], [Probe("light", "xvnc", light)],
+                     clock, q)
+    prober.start()
+    try:
+        assert q.get(timeout=10) == ProbePassed()
+        wait_for(lambda: light.calls > 5, "light rounds")
+        clock.now += 300.0
+        assert q.get(timeout=10) == ProbeFailed(reason="failure at call 3", part="websockify")
+        assert full.calls >= 3
+    finally:
+        _stopped(prober)
+
+
 def test_a_reset_proves_the_repair_with_a_full_round() -> None:
     q, clock = EventQueue(), Clock()
     full, light = Script("p"), Script("p")
