@@ -12,7 +12,8 @@ Each kind of skip the tests have, and why CI fails it rather than allowing it:
 - a missing tool (nginx, vncpasswd, promtool, node, kubectl, useradd, xkb-data, libopus,
   libnss-wrapper, libcrypto's DES, chromium, Docker Compose): scripts/test installs each;
 - not root (provisioning, rootless mode, file owners): CI runs as root;
-- no private mount namespace for the accounts sandbox: root on CI's machine can make one;
+- no accounts sandbox: root on CI's machine can make a private mount namespace, and in
+  CI's own throwaway container (no CAP_SYS_ADMIN) that container stands in for one;
 - the engine's swarm is a worker's, in an odd state, or cannot be initialised: CI's engine
   is the one scripts/test started, with no swarm of anyone else's;
 - bench/results.json without the side-by-side section, or Pillow missing: both are the

@@ -6,6 +6,16 @@ copy-on-write overlays over /etc and /var/log and a tmpfs over /run/user, then c
 and sends back what it returned or raised (pickled, through a pipe).  Every write lands
 in the overlays, which die with the child; the parent never enters the namespace.
 
+Where root may not mount (a container's root by default: no CAP_SYS_ADMIN, Docker's
+seccomp and AppArmor profiles) and the machine is CI's own throwaway container, that
+container stands in for the namespace: the parent sets aside what the account tools
+write (the account files, their backups and locks, /etc/skel, lastlog and faillog),
+the child runs fn against the container's real /etc, and the parent puts every byte,
+owner, mode, mtime and inode back and removes what /run/user gained.  Anything else
+under /etc, /var/log or /var/mail that changed fails the test (ContainerChanged).  It
+is never used on a machine that is not such a container: there the tests skip (and in
+CI fail, tests/conftest.py).
+
 Why overlays and not bind mounts of the four account files: useradd and groupadd write
 /etc/passwd+ and rename it over /etc/passwd (EBUSY over a bind-mounted file, and the
 `+` file is left in the real /etc), take lock files and write `-` backups next to it,
@@ -32,6 +42,7 @@ from typing import Any, TypeVar
 from whaletopd.provision import SKEL
 
 from .. import tools
+from ..conftest import in_ci
 
 T = TypeVar("T")
 
@@ -47,6 +58,10 @@ REGULAR_IDS = range(1000, 65534)
 # What the host must keep byte for byte (also the `-` backups shadow-utils writes).
 ACCOUNT_FILES = ("passwd", "group", "shadow", "gshadow", "subuid", "subgid")
 LOG_FILES = (Path("/var/log/lastlog"), Path("/var/log/faillog"))
+# Docker's and Podman's marks of a container.
+CONTAINER_MARKS = (Path("/.dockerenv"), Path("/run/.containerenv"))
+# Checked unchanged after fn in a container (beyond what is put back).
+WATCHED = (Path("/etc"), Path("/var/log"), Path("/var/mail"), Path("/var/spool/mail"))
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _libc.unshare.argtypes = [ctypes.c_int]
@@ -56,6 +71,10 @@ _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctype
 
 class SandboxUnavailable(Exception):
     """This kernel or container does not let us make a private mount namespace."""
+
+
+class ContainerChanged(RuntimeError):
+    """fn changed the throwaway container beyond what the sandbox puts back."""
 
 
 def _check(rc: int, what: str) -> None:
@@ -143,9 +162,9 @@ def _coverage_restart() -> Any:
     return child
 
 
-def _outcome(fn: Callable[[], Any], scratch: Path) -> tuple[Any, ...]:
+def _outcome(fn: Callable[[], Any], enter: Callable[[], None]) -> tuple[Any, ...]:
     try:
-        _enter(scratch)
+        enter()
     except SandboxUnavailable as exc:
         return ("unavailable", str(exc))
     except Exception as exc:  # half covered: fn must not run
@@ -156,7 +175,7 @@ def _outcome(fn: Callable[[], Any], scratch: Path) -> tuple[Any, ...]:
         return ("raised", exc, traceback.format_exc())
 
 
-def _child(fn: Callable[[], Any], scratch: Path, out_fd: int) -> None:
+def _child(fn: Callable[[], Any], enter: Callable[[], None], out_fd: int) -> None:
     """Never returns: the child must not run any of pytest's code after fn."""
     status = 70
     try:
@@ -164,7 +183,7 @@ def _child(fn: Callable[[], Any], scratch: Path, out_fd: int) -> None:
             cov = _coverage_restart()
         except Exception:  # measuring is a bonus: never a reason for a test to fail
             cov = None
-        outcome = _outcome(fn, scratch)
+        outcome = _outcome(fn, enter)
         try:
             data = pickle.dumps(outcome)
         except Exception:  # an unpicklable result or exception: send its text
@@ -185,11 +204,22 @@ def run(fn: Callable[[], T], scratch: Path) -> T:
     """fn() in a forked child inside the sandbox; its return value, or its exception
     re-raised here (with the child's traceback as a note).  `scratch` is an empty
     directory the child mounts its tmpfs on.  Raises SandboxUnavailable."""
+    if _way() != "container":
+        return _forked(fn, functools.partial(_enter, scratch))
+    kept = _Kept()
+    try:
+        result = _forked(fn, _enter_container)
+    finally:
+        kept.put_back()
+    return result
+
+
+def _forked(fn: Callable[[], T], enter: Callable[[], None]) -> T:
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(read_fd)
-        _child(fn, scratch, write_fd)
+        _child(fn, enter, write_fd)
     os.close(write_fd)
     with os.fdopen(read_fd, "rb") as pipe:
         data = pipe.read()
@@ -207,9 +237,16 @@ def run(fn: Callable[[], T], scratch: Path) -> T:
     return result
 
 
-@functools.cache
 def unavailable_reason() -> str | None:
     """None when a sandbox can be made here, else why not (asked once per session)."""
+    way = _way()
+    return None if way in ("namespace", "container") else way
+
+
+@functools.cache
+def _way() -> str:
+    """How the sandbox is made here: "namespace", "container" (the module docstring),
+    or why neither can be."""
     if os.geteuid() != 0:
         return "the sandbox mounts over /etc and runs useradd: needs root"
     for tool in (tools.USERADD, tools.GROUPADD):
@@ -217,10 +254,108 @@ def unavailable_reason() -> str | None:
             return tool.reason
     with tempfile.TemporaryDirectory(prefix="sandbox-probe.") as scratch:
         try:
-            run(lambda: None, Path(scratch))
+            _forked(lambda: None, functools.partial(_enter, Path(scratch)))
         except SandboxUnavailable as exc:
-            return f"cannot make a private mount namespace here: {exc}"
-    return None
+            if in_ci() and any(mark.exists() for mark in CONTAINER_MARKS):
+                return "container"
+            return (f"cannot make a private mount namespace here ({exc}), and this is not "
+                    "CI (CI=true) in a container of its own, whose accounts could stand in")
+    return "namespace"
+
+
+# -- the throwaway container as the sandbox -----------------------------------------------
+
+def _enter_container() -> None:
+    """The child's start in a container: what _enter leaves after its mounts."""
+    RUNTIME_ROOT.mkdir(mode=0o755, exist_ok=True)
+    _forget_regular_accounts()
+
+
+class _Kept:
+    """What the account tools write, set aside by the parent before fn and put back
+    after it, whatever fn did (even when the child died)."""
+
+    def __init__(self) -> None:
+        self.watched = _listing()
+        self.runtime = set(os.listdir(RUNTIME_ROOT)) if RUNTIME_ROOT.is_dir() else None
+        # A second link to each account file keeps its inode: useradd renames a new file
+        # over the name, and putting the kept one back restores what `ls -i` showed.
+        self.links = Path(tempfile.mkdtemp(prefix=".whaletop-sandbox.", dir="/etc"))
+        self.files: dict[Path, tuple[os.stat_result, bytes, Path | None]] = {}
+        for path in (*_account_paths(), *LOG_FILES):
+            with contextlib.suppress(FileNotFoundError):
+                link = None
+                if path.parent == Path("/etc"):
+                    link = self.links / path.name
+                    os.link(path, link)
+                self.files[path] = (path.stat(), path.read_bytes(), link)
+        self.skel = self.links / "skel"
+        if SKEL.exists():
+            shutil.copytree(SKEL, self.skel, symlinks=True)
+
+    def put_back(self) -> None:
+        for path in (*_account_paths(), *LOG_FILES):
+            if path not in self.files:
+                path.unlink(missing_ok=True)
+        for path, (st, data, link) in self.files.items():
+            target = link or path
+            with open(target, "r+b" if target.exists() else "wb") as out:
+                out.write(data)
+                out.truncate()
+            os.chown(target, st.st_uid, st.st_gid)
+            os.chmod(target, st.st_mode & 0o7777)
+            os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+            if link is not None:
+                os.replace(link, path)
+        shutil.rmtree(SKEL, ignore_errors=True)
+        if self.skel.exists():
+            shutil.copytree(self.skel, SKEL, symlinks=True)
+        shutil.rmtree(self.links)
+        self._runtime_back()
+        changed = _differences(self.watched, _listing())
+        if changed:
+            raise ContainerChanged(f"the sandbox left the container changed: {changed}")
+
+    def _runtime_back(self) -> None:
+        if self.runtime is None:
+            shutil.rmtree(RUNTIME_ROOT, ignore_errors=True)
+            return
+        for name in set(os.listdir(RUNTIME_ROOT)) - self.runtime:
+            path = RUNTIME_ROOT / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
+def _account_paths() -> list[Path]:
+    etc = Path("/etc")
+    return [etc / n for n in sorted(os.listdir(etc))
+            if n == ".pwd.lock" or n.split(".")[0].rstrip("+-") in ACCOUNT_FILES]
+
+
+def _listing() -> dict[str, tuple[int, ...]]:
+    """Every file and link under WATCHED: type, mode, owner, size, mtime (a folder's
+    mtime is left out: adding and removing an entry changes it)."""
+    found: dict[str, tuple[int, ...]] = {}
+    for top in WATCHED:
+        for folder, dirs, files in os.walk(top):
+            dirs[:] = [d for d in dirs if not d.startswith(".whaletop-sandbox.")]
+            for name in (*dirs, *files):
+                st = os.lstat(os.path.join(folder, name))
+                mtime = 0 if name in dirs else st.st_mtime_ns
+                found[os.path.join(folder, name)] = (
+                    st.st_mode, st.st_uid, st.st_gid, 0 if name in dirs else st.st_size,
+                    mtime)
+    return found
+
+
+def _differences(before: dict[str, tuple[int, ...]],
+                 after: dict[str, tuple[int, ...]]) -> list[str]:
+    return ([f"{p} added" for p in sorted(after.keys() - before.keys())]
+            + [f"{p} removed" for p in sorted(before.keys() - after.keys())]
+            + [f"{p} changed" for p in sorted(before.keys() & after.keys())
+               if before[p] != after[p]])
 
 
 # -- helpers for code running inside the sandbox ----------------------------------------

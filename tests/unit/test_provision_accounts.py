@@ -1,8 +1,9 @@
 """The provisioning steps that change the account database, run for real (useradd,
 groupadd, usermod, vncpasswd, chown) inside the sandbox of accounts.py: a forked child in
-a private mount namespace with copy-on-write /etc, /var/log and /run/user.  Each test's
-`inside()` runs there and returns what the test checks; the machine's own accounts are
-checked to be untouched after every test.
+a private mount namespace with copy-on-write /etc, /var/log and /run/user (or, in CI's
+throwaway container where root may not mount, that container with its account files put
+back after each test).  Each test's `inside()` runs there and returns what the test
+checks; the machine's own accounts are checked to be untouched after every test.
 """
 
 from __future__ import annotations
