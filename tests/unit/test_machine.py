@@ -1119,11 +1119,12 @@ def test_lifecycle_recovery_that_never_heals_exits_3(start: Callable[..., Run],
 
 def test_lifecycle_startup_that_never_becomes_healthy_exits_3(start: Callable[..., Run],
                                                               paths: Paths) -> None:
-    """The startup deadline is armed at start and ends a desktop that never passes."""
+    """The startup deadline is armed at start and ends a desktop that never passes,
+    whether it comes while the children launch (a busy host) or after (STARTED)."""
     run = start(Config(startup_timeout=0.3, probe_interval=0.005))
     run.checks.broken.add("xvnc")
     assert run.until_exit() == 3
-    assert run.words == [STARTING, STARTED, UNHEALTHY]
+    assert run.words in ([STARTING, STARTED, UNHEALTHY], [STARTING, UNHEALTHY])
     assert _status(paths)[1]["reason"] == "not HEALTHY within 0.3 s of start"
 
 
