@@ -432,15 +432,21 @@ class Relay:
     def _signed(self) -> list[Connection]:
         return [c for c in self.connections if c.grant and c.grant != PROBE_GRANT]
 
+    def enforce(self) -> None:
+        """Ends the connections whose grant ended or whose role changed.  Every open
+        one is compared each time, not only when the file just changed: a new request
+        (who()) may have read the change first."""
+        self.grants.refresh()
+        for c in self._signed():
+            role = self.grants.role(c.grant)
+            if role != c.role:
+                c.end("access taken back" if role is None else "role changed")
+
     async def watch_grants(self) -> None:
-        """Ends the connections whose grant ended or whose role changed.  Runs only
-        while a signed-in connection is open: an idle desktop is not woken for it."""
-        while signed := self._signed():
-            if self.grants.refresh():
-                for c in signed:
-                    role = self.grants.role(c.grant)
-                    if role != c.role:
-                        c.end("access taken back" if role is None else "role changed")
+        """enforce() every GRANTS_POLL, only while a signed-in connection is open: an
+        idle desktop is not woken for it."""
+        while self._signed():
+            self.enforce()
             await asyncio.sleep(GRANTS_POLL)
 
     # -- serving --

@@ -14,8 +14,11 @@ import pytest
 from whaletopd.vncrelay import (
     EXTENDED_DESKTOP_SIZE,
     ClientMessages,
+    Connection,
     Grants,
     Refused,
+    Relay,
+    Settings,
     frame,
     parse_request,
     unmask,
@@ -119,3 +122,63 @@ def test_grants_are_re_read_when_they_change_and_missing_means_none(tmp_path: Pa
     path.write_text("{not json")
     assert grants.refresh()
     assert grants.role("s1") is None, "unreadable: nothing is granted"
+
+
+class _Client:
+    """What the relay writes to a client's connection, and whether it closed it."""
+
+    def __init__(self) -> None:
+        self.written = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _relay(tmp_path: Path, grants: dict[str, str]) -> Relay:
+    path = tmp_path / "grants.json"
+    path.write_text(json.dumps({"grants": grants}))
+    return Relay(Settings(tmp_path / "vnc.sock", True, "full-pw1", "view-pw1", path))
+
+
+def _connect(relay: Relay, grant: str, role: str) -> tuple[Connection, _Client]:
+    client = _Client()
+    conn = Connection("alice", role, grant, client)  # type: ignore[arg-type]
+    relay.connections.add(conn)
+    return conn, client
+
+
+def test_a_grant_gone_or_a_role_changed_closes_its_connections_only(tmp_path: Path) -> None:
+    relay = _relay(tmp_path, {"s1": "full", "s2": "full", "s3": "viewer"})
+    gone, gone_client = _connect(relay, "s1", "full")
+    demoted, _ = _connect(relay, "s2", "full")
+    kept, kept_client = _connect(relay, "s3", "viewer")
+    probe, _ = _connect(relay, "probe", "full")
+    relay.enforce()
+    assert not any(c.ended for c in (gone, demoted, kept, probe))
+    (tmp_path / "grants.json").write_text(json.dumps({"grants": {"s2": "viewer",
+                                                                 "s3": "viewer"}}))
+    # A new request reads the change first: the open connections are still judged.
+    assert relay.who({"x-whaletop-grant": "s3", "x-whaletop-role": "viewer"}) == (
+        "", "viewer", "s3")
+    relay.enforce()
+    assert (gone.ended, demoted.ended, kept.ended, probe.ended) == (
+        "access taken back", "role changed", "", "")
+    assert gone_client.closed
+    assert gone_client.written.startswith(b"\x88"), "a close frame, with its reason"
+    assert b"access taken back" in gone_client.written
+    assert not kept_client.closed
+
+
+def test_who_believes_only_a_grant_the_sign_in_service_published(tmp_path: Path) -> None:
+    relay = _relay(tmp_path, {"s1": "viewer"})
+    assert relay.who({}) == "not signed in"
+    assert relay.who({"x-whaletop-grant": "s9", "x-whaletop-role": "full"}) == (
+        "access was taken back")
+    assert relay.who({"x-whaletop-grant": "s1", "x-whaletop-role": "full"}) == (
+        "the role changed"), "a viewer's grant never passes as full"
+    assert relay.who({"x-whaletop-grant": "s1", "x-whaletop-role": "admin"}) == (
+        "not signed in")
