@@ -202,11 +202,7 @@ class FrontDoor:
         """The sign-in service writes the grants, the relay (the desktop user) reads
         them; nobody else: the web account's, group the desktop user's, setgid so the
         file gets that group."""
-        folder = self._paths.grants_file.parent
-        folder.mkdir(parents=True, exist_ok=True)
-        if self._web is not None and os.geteuid() == 0:
-            os.chown(folder, self._web.uid, desktop.gid)
-        folder.chmod(0o2750)
+        _fresh_dir(self._paths.grants_file.parent, self._web, 0o2750, desktop.gid)
         self._paths.grants_file.unlink(missing_ok=True)  # a previous run's
 
     def check(self) -> None:

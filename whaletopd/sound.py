@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import ctypes
 import ctypes.util
-import hashlib
 import json
 import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from whaletopd.websocket import frame, parse_upgrade, switching, unmask
 
 SINK = "whaletop"
 RATE = 48000
@@ -45,7 +45,6 @@ LINGER = 2.0
 MAX_BUFFERED = 8 * 1024
 # Recording latency asked of the sound server (its fragment).
 CAPTURE_LATENCY_MS = 10
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_REQUEST = 8192
 
 # libopus's constants (opus_defines.h).
@@ -98,40 +97,12 @@ class OpusEncoder:
             self._enc = None
 
 
-# -- RFC 6455, the server's side ---------------------------------------------------------
-
-def accept_key(key: str) -> str:
-    return base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
-
+# -- RFC 6455, the server's side (websocket.py) ------------------------------------------
 
 def handshake(request: bytes) -> bytes | None:
     """The 101 answer to a WebSocket upgrade request; None when it is not one."""
-    lines = request.decode("latin-1").split("\r\n")
-    if not lines[0].startswith("GET "):
-        return None
-    headers = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    key = headers.get("sec-websocket-key", "")
-    if "websocket" not in headers.get("upgrade", "").lower() or len(key) != 24:
-        return None
-    return ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\n"
-            f"Sec-WebSocket-Accept: {accept_key(key)}\r\n\r\n").encode()
-
-
-def frame(payload: bytes, opcode: int = 0x2) -> bytes:
-    """One unmasked, final frame (servers never mask)."""
-    n = len(payload)
-    if n < 126:
-        head = bytes([0x80 | opcode, n])
-    elif n < 65536:
-        head = bytes([0x80 | opcode, 126]) + n.to_bytes(2, "big")
-    else:
-        head = bytes([0x80 | opcode, 127]) + n.to_bytes(8, "big")
-    return head + payload
+    headers = parse_upgrade(request)
+    return None if headers is None else switching(headers)
 
 
 async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
@@ -146,7 +117,7 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
         raise ValueError("a listener sends nothing that large")
     mask = await reader.readexactly(4) if b1 & 0x80 else b"\0\0\0\0"
     data = await reader.readexactly(n)
-    return b0 & 0x0F, bytes(c ^ mask[i % 4] for i, c in enumerate(data))
+    return b0 & 0x0F, unmask(data, mask)
 
 
 # -- the bridge --------------------------------------------------------------------------

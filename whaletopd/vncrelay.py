@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
-import hashlib
 import json
 import os
 import signal
@@ -48,8 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from whaletopd.rfbauth import PROBE_GRANT, vnc_des_response
+from whaletopd.websocket import frame, parse_upgrade, switching, unmask
 
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_REQUEST = 8192
 MAX_MESSAGE = 16 * 1024 * 1024  # one WebSocket message from a client (a large paste)
 MAX_CUT_TEXT = 16 * 1024 * 1024
@@ -77,35 +75,12 @@ class Refused(Exception):
     """The client said something the relay does not pass on: its connection ends."""
 
 
-# -- RFC 6455, the server's side ---------------------------------------------------------
-
-def accept_key(key: str) -> str:
-    return base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
-
-
-def parse_request(request: bytes) -> dict[str, str] | None:
-    """The headers of a WebSocket upgrade request (names lower-case); None if not one."""
-    lines = request.decode("latin-1").split("\r\n")
-    if not lines[0].startswith("GET "):
-        return None
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    if ("websocket" not in headers.get("upgrade", "").lower()
-            or len(headers.get("sec-websocket-key", "")) != 24):
-        return None
-    return headers
-
+# -- RFC 6455 (websocket.py) ---------------------------------------------------------------
 
 def upgrade(headers: dict[str, str]) -> bytes:
+    """The 101 answer, with noVNC's "binary" subprotocol when it offered it."""
     offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")]
-    protocol = "Sec-WebSocket-Protocol: binary\r\n" if "binary" in offered else ""
-    return ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\n" + protocol
-            + f"Sec-WebSocket-Accept: {accept_key(headers['sec-websocket-key'])}\r\n\r\n"
-            ).encode()
+    return switching(headers, "binary" if "binary" in offered else None)
 
 
 def refusal(status: int, reason: str) -> bytes:
@@ -114,28 +89,8 @@ def refusal(status: int, reason: str) -> bytes:
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
 
 
-def frame(payload: bytes, opcode: int = 0x2) -> bytes:
-    """One unmasked, final frame (servers never mask)."""
-    n = len(payload)
-    if n < 126:
-        head = bytes([0x80 | opcode, n])
-    elif n < 65536:
-        head = bytes([0x80 | opcode, 126]) + n.to_bytes(2, "big")
-    else:
-        head = bytes([0x80 | opcode, 127]) + n.to_bytes(8, "big")
-    return head + payload
-
-
 def close_frame(code: int, reason: str) -> bytes:
     return frame(code.to_bytes(2, "big") + reason.encode()[:120], 0x8)
-
-
-def unmask(data: bytes, mask: bytes) -> bytes:
-    n = len(data)
-    if not n:
-        return data
-    key = (mask * (n // 4 + 1))[:n]
-    return (int.from_bytes(data, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
 
 
 class WebSocketReader:
@@ -379,27 +334,23 @@ class Connection:
             self.client.close()
 
 
-async def _exactly(reader: asyncio.StreamReader, n: int) -> bytes:
-    return await reader.readexactly(n)
-
-
 async def login_to_xvnc(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                         password: str) -> None:
     """RFB 3.8 and VNC authentication as a client, up to (not including) ClientInit."""
-    banner = await _exactly(reader, 12)
+    banner = await reader.readexactly(12)
     if not banner.startswith(b"RFB 003."):
         raise ConnectionError(f"no RFB banner from Xvnc ({banner!r})")
     writer.write(b"RFB 003.008\n")
-    count = (await _exactly(reader, 1))[0]
+    count = (await reader.readexactly(1))[0]
     if count == 0:
-        size = int.from_bytes(await _exactly(reader, 4), "big")
-        raise ConnectionError("Xvnc refused: " + (await _exactly(reader, min(size, 1024)))
+        size = int.from_bytes(await reader.readexactly(4), "big")
+        raise ConnectionError("Xvnc refused: " + (await reader.readexactly(min(size, 1024)))
                               .decode(errors="replace"))
-    if 2 not in await _exactly(reader, count):
+    if 2 not in await reader.readexactly(count):
         raise ConnectionError("Xvnc offers no VNC authentication")
     writer.write(b"\x02")
-    writer.write(vnc_des_response(password, await _exactly(reader, 16)))
-    if await _exactly(reader, 4) != b"\0\0\0\0":
+    writer.write(vnc_des_response(password, await reader.readexactly(16)))
+    if await reader.readexactly(4) != b"\0\0\0\0":
         raise ConnectionError("Xvnc refused the relay's password")
 
 
@@ -459,7 +410,7 @@ class Relay:
                 ConnectionError):
             writer.close()
             return
-        headers = parse_request(request)
+        headers = parse_upgrade(request)
         if headers is None:
             writer.write(refusal(400, "Bad Request"))
             writer.close()

@@ -115,14 +115,17 @@ def session(cookie: str, client: str | None = None) -> Answer:
 
 
 def ws_upgrade(headers: dict[str, str] | None = None, timeout: float = 10,
-               port: int = PORT) -> int:
-    """Ask for the desktop's WebSocket and hang up: the HTTP status nginx answered."""
+               port: int = PORT, path: str = "/websockify", tls: bool = False) -> int:
+    """Ask for a WebSocket (the desktop's by default; over TLS when `tls`) and hang up:
+    the HTTP status nginx answered."""
     key = b64encode(os.urandom(16)).decode()
-    lines = ["GET /websockify HTTP/1.1", f"Host: {HOST}:{port}", "Upgrade: websocket",
+    lines = [f"GET {path} HTTP/1.1", f"Host: {HOST}:{port}", "Upgrade: websocket",
              "Connection: Upgrade", "Sec-WebSocket-Version: 13",
              "Sec-WebSocket-Protocol: binary", f"Sec-WebSocket-Key: {key}",
              *(f"{k}: {v}" for k, v in (headers or {}).items())]
-    with socket.create_connection((HOST, port), timeout=timeout) as sock:
+    raw = socket.create_connection((HOST, port), timeout=timeout)
+    sock = _unverified().wrap_socket(raw) if tls else raw
+    with sock:
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         head = b""
         while b"\r\n" not in head:

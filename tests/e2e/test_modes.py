@@ -15,24 +15,21 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.client
 import json
 import os
-import socket
-import ssl
 import struct
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 
 from tests.e2e import vnc
 from tests.e2e.conftest import Container, docker, wait_until
+from tests.e2e.test_front_door import request, ws_upgrade
 from whaletopd import webusers
 
 pytestmark = pytest.mark.e2e
@@ -57,48 +54,16 @@ class Mode:
 
     # -- HTTP as the page (or a script) speaks it --
 
-    def connection(self, timeout: float = 60) -> http.client.HTTPConnection:
-        if self.tls:
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-            return http.client.HTTPSConnection(HOST, PORT, timeout=timeout, context=context)
-        return http.client.HTTPConnection(HOST, PORT, timeout=timeout)
-
-    def request(self, method: str, path: str, body: Any = None,
+    def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-        conn = self.connection()
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            resp = conn.getresponse()
-            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-        finally:
-            conn.close()
+        answer = request(method, path, headers, body, tls=self.tls, timeout=60)
+        return answer.status, {k.lower(): v for k, v in answer.headers.items()}, answer.body
 
     def upgrade(self, path: str, headers: dict[str, str]) -> int:
-        """A WebSocket upgrade as a browser asks for it: the status answered."""
-        raw = socket.create_connection((HOST, PORT), timeout=10)
-        sock: socket.socket = raw
-        if self.tls:
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-            sock = context.wrap_socket(raw)
-        scheme = "https" if self.tls else "http"
-        lines = [f"GET {path} HTTP/1.1", f"Host: {HOST}:{PORT}", "Upgrade: websocket",
-                 "Connection: Upgrade", "Sec-WebSocket-Version: 13",
-                 f"Origin: {scheme}://{HOST}:{PORT}",
-                 f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}",
-                 *(f"{k}: {v}" for k, v in headers.items())]
-        with sock:
-            sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-            head = b""
-            while b"\r\n" not in head:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    raise ConnectionError(f"closed before a status line: {head!r}")
-                head += chunk
-        return int(head.split(b" ", 2)[1])
+        """A WebSocket upgrade as a browser asks for it (with this site's Origin): the
+        status answered."""
+        origin = f"{'https' if self.tls else 'http'}://{HOST}:{PORT}"
+        return ws_upgrade({"Origin": origin, **headers}, path=path, tls=self.tls)
 
     def vnc_session(self) -> vnc.WebVNC:
         conn = vnc.WebVNC(PORT, None, tls=self.tls, headers=self.auth)
@@ -127,7 +92,7 @@ def _basic(user: str, password: str) -> dict[str, str]:
 
 
 def _sign_in(m: Mode) -> str:
-    body = urlencode({"username": "alice", "password": PASSWORD, "next": ""})
+    body = urlencode({"username": "alice", "password": PASSWORD, "next": ""}).encode()
     status, headers, _ = m.request("POST", "/auth/signin", body, {
         "Content-Type": "application/x-www-form-urlencoded"})
     assert status == 303, status

@@ -19,10 +19,8 @@ from whaletopd.vncrelay import (
     Refused,
     Relay,
     Settings,
-    frame,
-    parse_request,
-    unmask,
 )
+from whaletopd.websocket import frame, parse_upgrade, unmask
 
 PIXEL_FORMAT = bytes([0, 0, 0, 0, 32, 24, 0, 1]) + struct.pack("!HHH", 255, 255, 255) + bytes(
     [16, 8, 0, 0, 0, 0])
@@ -101,11 +99,11 @@ def test_a_client_frame_is_unmasked() -> None:
 def test_only_websocket_upgrades_are_taken() -> None:
     good = (b"GET /websockify HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Whaletop-Role: full\r\n\r\n")
-    headers = parse_request(good)
+    headers = parse_upgrade(good)
     assert headers is not None
     assert headers["x-whaletop-role"] == "full"
-    assert parse_request(good.replace(b"websocket", b"h2c")) is None
-    assert parse_request(b"POST / HTTP/1.1\r\n\r\n") is None
+    assert parse_upgrade(good.replace(b"websocket", b"h2c")) is None
+    assert parse_upgrade(b"POST / HTTP/1.1\r\n\r\n") is None
 
 
 def test_grants_are_re_read_when_they_change_and_missing_means_none(tmp_path: Path) -> None:
